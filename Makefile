@@ -1,0 +1,97 @@
+# fleetd - see README.md. `make` builds build/fleetd.
+#
+#   make                  build/fleetd (-O2 -g, -Wall -Wextra -Werror clean)
+#   make test             unit + integration tests (real Mosquitto, Redis,
+#                         PostgreSQL started by the tests on free ports)
+#   make test-unit        C unit tests only
+#   make test-integration pytest integration tests only
+#   make asan             AddressSanitizer + UBSan build, then all the tests
+#   make fuzz             libFuzzer harnesses, short runs (FUZZ_SECONDS)
+#   make run              install deps, start the local stack, run fleetd
+#   make install          PREFIX=/usr/local DESTDIR=
+#   make bench            HTTP core vs a bare libevent server (wrk)
+
+CC       ?= cc
+PREFIX   ?= /usr/local
+BUILD    ?= build
+PYTHON   ?= /usr/bin/python3
+FUZZ_SECONDS ?= 30
+
+PKGS     := libevent yaml-0.1 libcjson
+CFLAGS   ?= -O2 -g
+CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter \
+            -Icommon -Imaster -Iworker $(shell pkg-config --cflags $(PKGS))
+LDLIBS   += $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lm
+
+COMMON_SRC := $(wildcard common/*.c)
+MASTER_SRC := $(wildcard master/*.c)
+WORKER_SRC := $(wildcard worker/*.c)
+FLEETD_SRC := $(COMMON_SRC) $(MASTER_SRC) $(WORKER_SRC)
+FLEETD_OBJ := $(FLEETD_SRC:%.c=$(BUILD)/obj/%.o)
+UNIT_SRC   := $(wildcard test/unit/*.c)
+UNIT_OBJ   := $(UNIT_SRC:%.c=$(BUILD)/obj/%.o) \
+              $(COMMON_SRC:%.c=$(BUILD)/obj/%.o)
+HEADERS    := $(wildcard common/*.h master/*.h worker/*.h test/unit/*.h)
+
+.PHONY: all test test-unit test-integration asan fuzz run install clean \
+        bench deps stack-up stack-down
+
+all: $(BUILD)/fleetd
+
+$(BUILD)/fleetd: $(FLEETD_OBJ)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/unit: $(UNIT_OBJ)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/obj/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+test: test-unit test-integration
+
+test-unit: $(BUILD)/unit
+	$(BUILD)/unit
+
+test-integration: $(BUILD)/fleetd
+	FLEETD_BIN=$(abspath $(BUILD)/fleetd) $(PYTHON) -m pytest -q test/integration $(PYTEST_ARGS)
+
+# The sanitizer pass: a separate tree, the same tests. A report in any
+# process fails the run (the integration fixtures scan stderr and logs).
+asan:
+	$(MAKE) BUILD=build-asan CC=clang \
+	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	  LDFLAGS="-fsanitize=address,undefined" test
+
+FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Icommon -Iworker
+fuzz: $(BUILD)/fuzz_config $(BUILD)/fuzz_http
+	@mkdir -p $(BUILD)/corpus/config $(BUILD)/corpus/http
+	$(BUILD)/fuzz_config -max_total_time=$(FUZZ_SECONDS) $(BUILD)/corpus/config test/fuzz/corpus/config
+	$(BUILD)/fuzz_http -max_total_time=$(FUZZ_SECONDS) $(BUILD)/corpus/http test/fuzz/corpus/http
+
+$(BUILD)/fuzz_config: test/fuzz/fuzz_config.c $(COMMON_SRC) $(HEADERS)
+	@mkdir -p $(BUILD)
+	clang $(FUZZ_FLAGS) -o $@ test/fuzz/fuzz_config.c $(COMMON_SRC) $(shell pkg-config --libs $(PKGS)) -lm
+
+$(BUILD)/fuzz_http: test/fuzz/fuzz_http.c $(FLEETD_SRC) $(HEADERS)
+	@mkdir -p $(BUILD)
+	clang $(FUZZ_FLAGS) -DFL_FUZZ -o $@ test/fuzz/fuzz_http.c $(COMMON_SRC) $(WORKER_SRC) $(LDLIBS)
+
+deps:
+	scripts/deps
+
+run: deps all
+	scripts/dev-stack up
+	@echo "fleetd: http://127.0.0.1:8080/healthz (Ctrl-C stops fleetd; scripts/dev-stack down stops the stack)"
+	$(BUILD)/fleetd -c conf/fleetd.yaml
+
+bench: all
+	bench/http-bench
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/etc/fleetd
+	install -m 0755 $(BUILD)/fleetd $(DESTDIR)$(PREFIX)/bin/fleetd
+	install -m 0644 conf/fleetd.yaml $(DESTDIR)$(PREFIX)/etc/fleetd/fleetd.yaml.sample
+
+clean:
+	rm -rf build build-asan

@@ -1,0 +1,105 @@
+/*
+ * fl_config.h - the typed configuration.
+ *
+ * fl_config_load() reads a YAML file through libyaml into fl_config_t.
+ * Every key has a default (fl_config_defaults), unknown keys, wrong types
+ * and out-of-range values are errors reported as "FILE:LINE: message".
+ * Durations are kept in milliseconds, sizes in bytes.
+ */
+#ifndef FL_CONFIG_H
+#define FL_CONFIG_H
+
+#include <stdint.h>
+#include "fl_core.h"
+
+#define FL_MAX_WORKERS 64
+#define FL_CONF_ERRLEN 512
+#define FL_CONF_MAX_LIST 64
+
+typedef struct {
+    char  **items;
+    int     n;
+} fl_strlist_t;
+
+typedef struct {
+    char    *file;                 /* the path it was loaded from */
+
+    char    *node_id;
+    int      workers;              /* resolved: auto -> number of cores */
+    int      workers_auto;
+    char    *listen;               /* as written: "127.0.0.1:8080" */
+    char    *listen_host;          /* "127.0.0.1", "::1", "0.0.0.0" */
+    int      listen_port;
+    int      listen_line;          /* for bind errors reported by -t */
+    int      backlog;
+    char    *pid_file;
+    int64_t  shutdown_timeout_ms;      /* graceful drain deadline */
+    int64_t  fast_shutdown_timeout_ms; /* SIGTERM/SIGINT deadline */
+    int64_t  worker_ready_timeout_ms;  /* reload: new generation must be
+                                          ready within this, or is killed */
+
+    struct {
+        int      level;            /* fl_log_level_t */
+        char    *file;
+    } log;
+
+    struct {
+        int64_t  max_header_bytes;
+        int64_t  max_body_bytes;
+        int64_t  header_timeout_ms;
+        int64_t  idle_timeout_ms;
+        int64_t  drain_idle_ms;
+        int      max_connections;  /* per worker */
+        int64_t  max_output_bytes; /* stop reading a pipelining client */
+    } http;
+
+    struct {
+        char        *uri;
+        char        *username;
+        char        *password;
+        fl_strlist_t topics;
+        int          qos;
+    } mqtt;
+
+    struct {
+        char    *host;
+        int      port;
+        char    *password;
+    } redis;
+
+    struct {
+        char    *conninfo;
+        int      retention_days;
+    } postgres;
+
+    struct {
+        fl_strlist_t admin_tokens;
+    } auth;
+
+    struct {
+        int64_t  max_payload_bytes;
+        int64_t  ws_send_buffer;
+    } limits;
+} fl_config_t;
+
+/*
+ * Load path into a freshly allocated config. On success returns it; on
+ * failure returns NULL and writes "FILE:LINE: message" into err.
+ * The caller owns the result and frees it with fl_config_free().
+ */
+fl_config_t *fl_config_load(const char *path, char *err, size_t errlen);
+
+/* Same from a string (unit tests, fuzzing); name is used in messages. */
+fl_config_t *fl_config_load_string(const char *name, const char *yaml,
+                                   size_t len, char *err, size_t errlen);
+
+void fl_config_free(fl_config_t *cf);
+
+/* Parse "30s", "500ms", "2m", "1h", or a bare number of seconds. */
+int fl_parse_duration_ms(const char *s, int64_t *out);
+/* Parse "16k", "1m", "1g" (optional b/ib suffix), or bare bytes. */
+int fl_parse_size(const char *s, int64_t *out);
+/* Split "host:port" / "[v6]:port" / ":port" / "port". */
+int fl_parse_listen(const char *s, char **host, int *port);
+
+#endif

@@ -1,0 +1,157 @@
+/*
+ * test_main.c - the table of unit tests and the runner.
+ *
+ *   build/unit              run every test
+ *   build/unit NAME...      run the named tests
+ *   build/unit -l           list the names
+ *
+ * Prints one line per test, then "N passed, N failed"; exits 1 when a test
+ * failed or a name is unknown.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "fl_core.h"
+#include "unit.h"
+
+void test_hist_empty(void);
+void test_hist_single(void);
+void test_hist_small_exact(void);
+void test_hist_bucket_bounds(void);
+void test_hist_uniform(void);
+void test_hist_outliers(void);
+void test_hist_min_max(void);
+void test_hist_merge(void);
+void test_hist_huge_clamp(void);
+void test_window_rotate(void);
+
+void test_config_defaults(void);
+void test_config_empty_forms(void);
+void test_config_scalars(void);
+void test_config_durations(void);
+void test_config_sizes(void);
+void test_config_flow_mappings(void);
+void test_config_lists(void);
+void test_config_workers(void);
+void test_config_listen(void);
+void test_config_err_unknown_key(void);
+void test_config_err_unknown_nested(void);
+void test_config_err_type(void);
+void test_config_err_range(void);
+void test_config_err_qos(void);
+void test_config_err_duration(void);
+void test_config_err_size(void);
+void test_config_err_listen(void);
+void test_config_err_syntax(void);
+void test_config_err_duplicate(void);
+void test_config_err_not_mapping(void);
+void test_config_err_log_level(void);
+void test_config_err_list(void);
+void test_config_load_file(void);
+void test_parse_duration(void);
+void test_parse_size(void);
+void test_parse_listen(void);
+
+static const fl_test_t tests[] = {
+    {"hist_empty", test_hist_empty},
+    {"hist_single", test_hist_single},
+    {"hist_small_exact", test_hist_small_exact},
+    {"hist_bucket_bounds", test_hist_bucket_bounds},
+    {"hist_uniform", test_hist_uniform},
+    {"hist_outliers", test_hist_outliers},
+    {"hist_min_max", test_hist_min_max},
+    {"hist_merge", test_hist_merge},
+    {"hist_huge_clamp", test_hist_huge_clamp},
+    {"window_rotate", test_window_rotate},
+
+    {"config_defaults", test_config_defaults},
+    {"config_empty_forms", test_config_empty_forms},
+    {"config_scalars", test_config_scalars},
+    {"config_durations", test_config_durations},
+    {"config_sizes", test_config_sizes},
+    {"config_flow_mappings", test_config_flow_mappings},
+    {"config_lists", test_config_lists},
+    {"config_workers", test_config_workers},
+    {"config_listen", test_config_listen},
+    {"config_err_unknown_key", test_config_err_unknown_key},
+    {"config_err_unknown_nested", test_config_err_unknown_nested},
+    {"config_err_type", test_config_err_type},
+    {"config_err_range", test_config_err_range},
+    {"config_err_qos", test_config_err_qos},
+    {"config_err_duration", test_config_err_duration},
+    {"config_err_size", test_config_err_size},
+    {"config_err_listen", test_config_err_listen},
+    {"config_err_syntax", test_config_err_syntax},
+    {"config_err_duplicate", test_config_err_duplicate},
+    {"config_err_not_mapping", test_config_err_not_mapping},
+    {"config_err_log_level", test_config_err_log_level},
+    {"config_err_list", test_config_err_list},
+    {"config_load_file", test_config_load_file},
+    {"parse_duration", test_parse_duration},
+    {"parse_size", test_parse_size},
+    {"parse_listen", test_parse_listen},
+};
+
+static int current_failures;
+
+void fl_test_fail(const char *file, int line, const char *fmt, ...)
+{
+    va_list ap;
+
+    current_failures++;
+    fprintf(stdout, "  %s:%d: ", file, line);
+    va_start(ap, fmt);
+    vfprintf(stdout, fmt, ap);
+    va_end(ap);
+    fputc('\n', stdout);
+    fflush(stdout);
+}
+
+int fl_test_failures(void)
+{
+    return current_failures;
+}
+
+/* Runs one test; returns 1 when it passed. */
+static int run_test(const fl_test_t *t)
+{
+    current_failures = 0;
+    t->fn();
+    printf("%s %s\n", current_failures ? "FAIL" : "ok  ", t->name);
+    fflush(stdout);
+    return current_failures == 0;
+}
+
+int main(int argc, char **argv)
+{
+    size_t i;
+    int    a, passed = 0, failed = 0;
+
+    if (argc == 2 && strcmp(argv[1], "-l") == 0) {
+        for (i = 0; i < fl_nelem(tests); i++)
+            printf("%s\n", tests[i].name);
+        return 0;
+    }
+
+    if (argc == 1) {
+        for (i = 0; i < fl_nelem(tests); i++)
+            run_test(&tests[i]) ? passed++ : failed++;
+    }
+
+    for (a = 1; a < argc; a++) {
+        for (i = 0; i < fl_nelem(tests); i++) {
+            if (strcmp(argv[a], tests[i].name) == 0)
+                break;
+        }
+        if (i == fl_nelem(tests)) {
+            printf("FAIL %s (no such test)\n", argv[a]);
+            failed++;
+            continue;
+        }
+        run_test(&tests[i]) ? passed++ : failed++;
+    }
+
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? 1 : 0;
+}

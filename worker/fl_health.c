@@ -1,0 +1,261 @@
+/*
+ * fl_health.c - GET /livez, /healthz and /metrics for the whole node.
+ *
+ * Every worker reads the shared stats segment, so whichever worker the
+ * kernel hands a connection to answers for all of them. /livez says only
+ * that this process serves HTTP (load-balancer checks, benchmarks);
+ * /healthz is 503 when the node cannot do its job: a worker slot of the
+ * current generation has no live worker (dead, backing off, failing), a
+ * worker's loop has not ticked for HEARTBEAT_STALE_MS, or a dependency
+ * that a module uses is down.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+#include <event2/buffer.h>
+
+#include "fl_http.h"
+#include "fl_log.h"
+#include "fl_worker.h"
+
+#define HEARTBEAT_STALE_MS 5000
+
+static const char *dep_name(int state)
+{
+    switch (state) {
+    case FL_DEP_UP: return "up";
+    case FL_DEP_DOWN: return "down";
+    case FL_DEP_CONNECTING: return "connecting";
+    default: return "unused";
+    }
+}
+
+static int livez(fl_http_req_t *req, void *ud)
+{
+    (void)ud;
+    fl_http_respond(req, 200, "text/plain", "ok\n", 3);
+    return FL_OK;
+}
+
+/* Is entry i a worker of the node right now, and is it healthy? */
+static int entry_listed(const fl_shm_worker_t *e)
+{
+    return fl_shm_load(e->state) != FL_W_EMPTY;
+}
+
+static int entry_healthy(const fl_shm_worker_t *e, uint32_t gen,
+                         int64_t now)
+{
+    int st = fl_shm_load(e->state);
+
+    if (fl_shm_load(e->generation) != gen)
+        return 1;                /* a draining or starting generation */
+    if (st == FL_W_BACKOFF || st == FL_W_FAILED || fl_shm_load(e->pid) == 0)
+        return 0;
+    if (st == FL_W_READY &&
+        now - fl_shm_load(e->heartbeat_ms) > HEARTBEAT_STALE_MS)
+        return 0;
+    return 1;
+}
+
+static cJSON *lag_json(const fl_shm_worker_t *e)
+{
+    cJSON *o = cJSON_CreateObject();
+
+    cJSON_AddNumberToObject(o, "p50", fl_shm_load(e->lag_p50_us) / 1000.0);
+    cJSON_AddNumberToObject(o, "p99", fl_shm_load(e->lag_p99_us) / 1000.0);
+    cJSON_AddNumberToObject(o, "max", fl_shm_load(e->lag_max_us) / 1000.0);
+    return o;
+}
+
+static int healthz(fl_http_req_t *req, void *ud)
+{
+    const fl_shm_t *s = fl_shm;
+    uint32_t gen = fl_shm_load(s->generation);
+    int64_t now = fl_wall_ms();
+    int ok = 1;
+    cJSON *root, *ws, *o;
+    char *text;
+
+    (void)ud;
+    root = cJSON_CreateObject();
+    ws = cJSON_CreateArray();
+    for (int i = 0; i < FL_SHM_ENTRIES; i++) {
+        const fl_shm_worker_t *e = &s->w[i];
+        int64_t started;
+
+        if (!entry_listed(e))
+            continue;
+        if (!entry_healthy(e, gen, now))
+            ok = 0;
+        o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "slot", fl_shm_load(e->slot));
+        cJSON_AddNumberToObject(o, "pid", fl_shm_load(e->pid));
+        cJSON_AddNumberToObject(o, "generation", fl_shm_load(e->generation));
+        cJSON_AddStringToObject(o, "state",
+                                fl_wstate_name(fl_shm_load(e->state)));
+        cJSON_AddNumberToObject(o, "restarts", fl_shm_load(e->restarts));
+        started = fl_shm_load(e->started_ms);
+        cJSON_AddNumberToObject(o, "uptime_s",
+                                started ? (now - started) / 1000 : 0);
+        cJSON_AddItemToObject(o, "loop_lag_ms", lag_json(e));
+        cJSON *c = cJSON_AddObjectToObject(o, "connections");
+        cJSON_AddNumberToObject(c, "ws", fl_shm_load(e->conns_ws));
+        cJSON_AddNumberToObject(c, "http", fl_shm_load(e->conns_http));
+        cJSON_AddItemToArray(ws, o);
+    }
+    if (kill(fl_shm_load(s->master_pid), 0) == -1)
+        ok = 0;                  /* the master is gone: nobody respawns */
+    for (int d = FL_DEP_MQTT; d <= FL_DEP_POSTGRES; d++) {
+        if (fl_shm_load(s->dep_state[d]) == FL_DEP_DOWN)
+            ok = 0;
+    }
+
+    cJSON_AddStringToObject(root, "status", ok ? "ok" : "degraded");
+    cJSON_AddStringToObject(root, "node", fl_worker.cf->node_id);
+    cJSON_AddStringToObject(root, "version", FL_VERSION);
+    cJSON_AddNumberToObject(root, "master_pid", fl_shm_load(s->master_pid));
+    cJSON_AddNumberToObject(root, "generation", gen);
+    cJSON_AddNumberToObject(root, "uptime_s",
+                            (now - fl_shm_load(s->master_started_ms)) / 1000);
+    o = cJSON_AddObjectToObject(root, "served_by");
+    cJSON_AddNumberToObject(o, "slot", fl_worker.slot);
+    cJSON_AddNumberToObject(o, "pid", getpid());
+    cJSON_AddItemToObject(root, "workers", ws);
+    /* the ingest queue arrives with the MQTT module: null until then */
+    o = cJSON_AddObjectToObject(root, "queue");
+    cJSON_AddNullToObject(o, "length");
+    cJSON_AddNullToObject(o, "pending");
+    cJSON_AddStringToObject(root, "mqtt",
+                            dep_name(fl_shm_load(s->dep_state[FL_DEP_MQTT])));
+    cJSON_AddStringToObject(root, "redis",
+                            dep_name(fl_shm_load(s->dep_state[FL_DEP_REDIS])));
+    cJSON_AddStringToObject(
+        root, "postgres", dep_name(fl_shm_load(s->dep_state[FL_DEP_POSTGRES])));
+
+    text = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    fl_http_add_header(req, "Cache-Control", "no-store");
+    fl_http_respond(req, ok ? 200 : 503, "application/json", text,
+                    strlen(text));
+    cJSON_free(text);
+    return FL_OK;
+}
+
+/*
+ * Prometheus text exposition format 0.0.4. Per-worker series are labelled
+ * by slot ("worker"); a slot keeps its counters across respawns, a reload
+ * starts a new generation's counters at zero (a counter reset, which
+ * rate() handles).
+ */
+static int metrics(fl_http_req_t *req, void *ud)
+{
+    const fl_shm_t *s = fl_shm;
+    struct evbuffer *b = evbuffer_new();
+    uint32_t gen = fl_shm_load(s->generation);
+    int64_t now = fl_wall_ms();
+    const fl_shm_worker_t *cur[FL_SHM_ENTRIES];
+    int n = 0;
+
+    (void)ud;
+    for (int i = 0; i < FL_SHM_ENTRIES; i++) {
+        if (entry_listed(&s->w[i]) && fl_shm_load(s->w[i].generation) == gen)
+            cur[n++] = &s->w[i];
+    }
+
+#define HELP(name, type, help) \
+    evbuffer_add_printf(b, "# HELP " name " " help "\n# TYPE " name " " type "\n")
+
+    HELP("fleetd_info", "gauge", "Build and node information.");
+    evbuffer_add_printf(b, "fleetd_info{node=\"%s\",version=\"%s\"} 1\n",
+                        fl_worker.cf->node_id, FL_VERSION);
+    HELP("fleetd_uptime_seconds", "gauge", "Seconds since the master started.");
+    evbuffer_add_printf(b, "fleetd_uptime_seconds %lld\n",
+                        (long long)(now - s->master_started_ms) / 1000);
+    HELP("fleetd_workers_configured", "gauge", "Worker slots configured.");
+    evbuffer_add_printf(b, "fleetd_workers_configured %d\n",
+                        fl_shm_load(s->workers));
+    HELP("fleetd_reloads_total", "counter", "Successful reloads.");
+    evbuffer_add_printf(b, "fleetd_reloads_total %llu\n",
+                        (unsigned long long)fl_shm_load(s->reloads));
+    HELP("fleetd_reloads_failed_total", "counter",
+         "Reloads refused (bad config, bind error, workers not ready).");
+    evbuffer_add_printf(b, "fleetd_reloads_failed_total %llu\n",
+                        (unsigned long long)fl_shm_load(s->reloads_failed));
+
+    HELP("fleetd_worker_up", "gauge", "1 when the slot has a live worker.");
+    for (int i = 0; i < n; i++)
+        evbuffer_add_printf(b, "fleetd_worker_up{worker=\"%d\"} %d\n",
+                            cur[i]->slot,
+                            entry_healthy(cur[i], gen, now) ? 1 : 0);
+    HELP("fleetd_worker_restarts_total", "counter",
+         "Times the slot's worker died and was restarted.");
+    for (int i = 0; i < n; i++)
+        evbuffer_add_printf(b, "fleetd_worker_restarts_total{worker=\"%d\"} "
+                            "%llu\n", cur[i]->slot,
+                            (unsigned long long)fl_shm_load(cur[i]->restarts));
+    HELP("fleetd_loop_lag_seconds", "gauge",
+         "Event-loop lag over the last 10 s (quantile 1 = max).");
+    for (int i = 0; i < n; i++) {
+        evbuffer_add_printf(b,
+            "fleetd_loop_lag_seconds{worker=\"%d\",quantile=\"0.5\"} %.6f\n"
+            "fleetd_loop_lag_seconds{worker=\"%d\",quantile=\"0.99\"} %.6f\n"
+            "fleetd_loop_lag_seconds{worker=\"%d\",quantile=\"1\"} %.6f\n",
+            cur[i]->slot, fl_shm_load(cur[i]->lag_p50_us) / 1e6,
+            cur[i]->slot, fl_shm_load(cur[i]->lag_p99_us) / 1e6,
+            cur[i]->slot, fl_shm_load(cur[i]->lag_max_us) / 1e6);
+    }
+    HELP("fleetd_connections", "gauge", "Open client connections.");
+    for (int i = 0; i < n; i++)
+        evbuffer_add_printf(b,
+            "fleetd_connections{worker=\"%d\",kind=\"http\"} %u\n"
+            "fleetd_connections{worker=\"%d\",kind=\"ws\"} %u\n",
+            cur[i]->slot, fl_shm_load(cur[i]->conns_http),
+            cur[i]->slot, fl_shm_load(cur[i]->conns_ws));
+    HELP("fleetd_connections_accepted_total", "counter",
+         "Connections accepted.");
+    for (int i = 0; i < n; i++)
+        evbuffer_add_printf(b, "fleetd_connections_accepted_total"
+                            "{worker=\"%d\"} %llu\n", cur[i]->slot,
+                            (unsigned long long)fl_shm_load(
+                                cur[i]->conns_accepted));
+    HELP("fleetd_connections_rejected_total", "counter",
+         "Connections refused over http.max_connections.");
+    for (int i = 0; i < n; i++)
+        evbuffer_add_printf(b, "fleetd_connections_rejected_total"
+                            "{worker=\"%d\"} %llu\n", cur[i]->slot,
+                            (unsigned long long)fl_shm_load(
+                                cur[i]->conns_rejected));
+    HELP("fleetd_http_requests_total", "counter",
+         "HTTP responses sent, by status code.");
+    for (int i = 0; i < n; i++) {
+        for (int code = 100; code < FL_SHM_STATUS_CODES; code++) {
+            uint64_t v = fl_shm_load(cur[i]->http_requests[code]);
+            if (v)
+                evbuffer_add_printf(b, "fleetd_http_requests_total"
+                                    "{worker=\"%d\",code=\"%d\"} %llu\n",
+                                    cur[i]->slot, code,
+                                    (unsigned long long)v);
+        }
+    }
+#undef HELP
+
+    fl_http_respond_buffer(req, 200, "text/plain; version=0.0.4", b);
+    evbuffer_free(b);
+    return FL_OK;
+}
+
+static int health_init(fl_worker_t *w)
+{
+    (void)w;
+    fl_http_route("GET", "/livez", livez, NULL);
+    fl_http_route("GET", "/healthz", healthz, NULL);
+    fl_http_route("GET", "/metrics", metrics, NULL);
+    return FL_OK;
+}
+
+const fl_module_t fl_health_module = {
+    "health", health_init, NULL, NULL, NULL,
+};

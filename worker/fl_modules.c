@@ -1,0 +1,16 @@
+/*
+ * fl_modules.c - the worker's subsystems, in init order (destroyed in
+ * reverse). Later subsystems (MQTT ingest, WebSocket, REST API) add a line.
+ */
+#include "fl_worker.h"
+
+extern const fl_module_t fl_lag_module;
+extern const fl_module_t fl_http_module;
+extern const fl_module_t fl_health_module;
+
+const fl_module_t *const fl_modules[] = {
+    &fl_lag_module,
+    &fl_http_module,
+    &fl_health_module,
+    NULL,
+};
