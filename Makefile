@@ -8,11 +8,12 @@
 #   make asan             AddressSanitizer + UBSan build, then all the tests
 #   make fuzz             libFuzzer harnesses, short runs (FUZZ_SECONDS)
 #   make run              install deps, start the local stack, run fleetd
-#   make install          PREFIX=/usr/local DESTDIR=
+#   make install          PREFIX=/usr/local SYSCONFDIR=/etc DESTDIR=
 #   make bench            HTTP core vs a bare libevent server (wrk)
 
 CC       ?= cc
 PREFIX   ?= /usr/local
+SYSCONFDIR ?= /etc
 BUILD    ?= build
 PYTHON   ?= /usr/bin/python3
 FUZZ_SECONDS ?= 30
@@ -75,7 +76,7 @@ $(BUILD)/fuzz_config: test/fuzz/fuzz_config.c $(COMMON_SRC) $(HEADERS)
 
 $(BUILD)/fuzz_http: test/fuzz/fuzz_http.c $(FLEETD_SRC) $(HEADERS)
 	@mkdir -p $(BUILD)
-	clang $(FUZZ_FLAGS) -DFL_FUZZ -o $@ test/fuzz/fuzz_http.c $(COMMON_SRC) $(WORKER_SRC) $(LDLIBS)
+	clang $(FUZZ_FLAGS) -DFL_FUZZ -o $@ test/fuzz/fuzz_http.c $(COMMON_SRC) $(filter-out worker/fl_modules.c,$(WORKER_SRC)) $(LDLIBS)
 
 deps:
 	scripts/deps
@@ -88,10 +89,18 @@ run: deps all
 bench: all
 	bench/http-bench
 
+# The config goes to $(SYSCONFDIR)/fleetd (where the init script and the
+# systemd unit look); an existing fleetd.yaml is never overwritten.
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/etc/fleetd
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(SYSCONFDIR)/fleetd \
+	  $(DESTDIR)$(PREFIX)/share/fleetd
 	install -m 0755 $(BUILD)/fleetd $(DESTDIR)$(PREFIX)/bin/fleetd
-	install -m 0644 conf/fleetd.yaml $(DESTDIR)$(PREFIX)/etc/fleetd/fleetd.yaml.sample
+	install -m 0644 conf/fleetd.yaml $(DESTDIR)$(SYSCONFDIR)/fleetd/fleetd.yaml.sample
+	test -e $(DESTDIR)$(SYSCONFDIR)/fleetd/fleetd.yaml || \
+	  install -m 0644 conf/fleetd.yaml $(DESTDIR)$(SYSCONFDIR)/fleetd/fleetd.yaml
+	install -m 0755 scripts/fleetd.init $(DESTDIR)$(PREFIX)/share/fleetd/fleetd.init
+	install -m 0644 scripts/fleetd.service conf/haproxy.cfg README.md \
+	  $(DESTDIR)$(PREFIX)/share/fleetd/
 
 clean:
 	rm -rf build build-asan

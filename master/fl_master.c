@@ -504,6 +504,14 @@ static void stop_begin(int how)
     gen_signal(&g_cur, how);
     gen_signal(&g_next, SIGKILL);
     gen_signal(&g_old, how);
+
+    /* The node is going away: once the workers have accepted what is
+     * queued and closed their copies, new connections must be refused
+     * (a load balancer retries elsewhere at once), not queued on the
+     * master's copy and reset when it exits. */
+    fl_listeners_close(&g_cur.ls, NULL);
+    fl_listeners_close(&g_next.ls, NULL);
+    fl_listeners_close(&g_old.ls, NULL);
 }
 
 int fl_master_cycle(fl_config_t *cf, fl_listeners_t *ls)

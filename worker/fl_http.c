@@ -690,7 +690,7 @@ static void on_reap(evutil_socket_t fd, short what, void *arg)
     fl_worker_drain_check();
 }
 
-static void conn_new(evutil_socket_t fd)
+void fl_http_serve_fd(evutil_socket_t fd)
 {
     fl_http_conn_t *c;
     int one = 1;
@@ -747,7 +747,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
         reject(fd);
         return;
     }
-    conn_new(fd);
+    fl_http_serve_fd(fd);
 }
 
 static void on_accept_error(struct evconnlistener *l, void *arg)
@@ -773,6 +773,8 @@ static int http_init(fl_worker_t *w)
     read_high_wm = fl_max((size_t)w->cf->http.max_header_bytes, 65536);
 
     ev_reaper = event_new(w->base, -1, 0, on_reap, NULL);
+    if (w->listen_fd == -1)
+        return FL_OK;           /* fuzzing and tests feed fl_http_serve_fd */
     listener = evconnlistener_new(w->base, on_accept, NULL,
                                   LEV_OPT_CLOSE_ON_FREE, -1, w->listen_fd);
     if (listener == NULL) {
@@ -804,7 +806,7 @@ static void http_stop(fl_worker_t *w, int fast)
             if (nconns >= w->cf->http.max_connections)
                 reject(cfd);
             else
-                conn_new(cfd);
+                fl_http_serve_fd(cfd);
         }
         evconnlistener_free(listener);
         listener = NULL;

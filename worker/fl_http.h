@@ -90,4 +90,8 @@ struct bufferevent *fl_http_upgrade(fl_http_req_t *req);
 
 const char *fl_http_status_text(int status);
 
+/* Serve HTTP on an accepted, connected socket (the listener's path; also
+ * how the fuzz harness feeds bytes in). Takes ownership of fd. */
+void fl_http_serve_fd(evutil_socket_t fd);
+
 #endif
