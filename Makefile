@@ -19,8 +19,9 @@ PYTHON   ?= /usr/bin/python3
 FUZZ_SECONDS ?= 30
 
 PKGS     := libevent yaml-0.1 libcjson
-CFLAGS   ?= -O2 -g
-CFLAGS   += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter \
+OPT      ?= -O2 -g
+SAN      ?=
+override CFLAGS += $(OPT) $(SAN) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter \
             -Icommon -Imaster -Iworker $(shell pkg-config --cflags $(PKGS))
 LDLIBS   += $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lm
 
@@ -60,8 +61,8 @@ test-integration: $(BUILD)/fleetd
 # The sanitizer pass: a separate tree, the same tests. A report in any
 # process fails the run (the integration fixtures scan stderr and logs).
 asan:
-	$(MAKE) BUILD=build-asan CC=clang \
-	  CFLAGS="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined" \
+	$(MAKE) BUILD=build-asan CC=clang OPT="-O1 -g -fno-omit-frame-pointer" \
+	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	  LDFLAGS="-fsanitize=address,undefined" test
 
 FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Icommon -Iworker
