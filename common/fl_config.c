@@ -24,7 +24,7 @@
 typedef enum {
     T_SECTION,
     T_STR,
-    T_NAME,     /* string of [A-Za-z0-9_.-] */
+    T_NAME, /* string of [A-Za-z0-9_.-] */
     T_INT,
     T_SIZE,
     T_DURATION,
@@ -35,77 +35,79 @@ typedef enum {
 } conf_type_t;
 
 typedef struct {
-    const char  *path;
-    conf_type_t  type;
-    size_t       off;
-    int64_t      min, max;
-    const char  *def;       /* default as it would be written in YAML */
+    const char *path;
+    conf_type_t type;
+    size_t      off;
+    int64_t     min, max;
+    const char *def; /* default as it would be written in YAML */
 } conf_key_t;
 
 #define O(f) offsetof(fl_config_t, f)
-#define S(p) { p, T_SECTION, 0, 0, 0, NULL }
+#define S(p)                        \
+    {                               \
+        p, T_SECTION, 0, 0, 0, NULL \
+    }
 
 static const conf_key_t conf_keys[] = {
-    { "node_id", T_NAME, O(node_id), 1, 64, "node-1" },
-    { "workers", T_WORKERS, O(workers), 1, FL_MAX_WORKERS, "auto" },
-    { "listen", T_LISTEN, O(listen), 0, 0, "127.0.0.1:8080" },
-    { "backlog", T_INT, O(backlog), 1, 65535, "511" },
-    { "pid_file", T_STR, O(pid_file), 0, 4095, "run/fleetd.pid" },
-    { "shutdown_timeout", T_DURATION, O(shutdown_timeout_ms), 100,
-      3600000, "30s" },
-    { "fast_shutdown_timeout", T_DURATION, O(fast_shutdown_timeout_ms), 10,
-      600000, "3s" },
-    { "worker_ready_timeout", T_DURATION, O(worker_ready_timeout_ms), 100,
-      600000, "10s" },
+    {"node_id", T_NAME, O(node_id), 1, 64, "node-1"},
+    {"workers", T_WORKERS, O(workers), 1, FL_MAX_WORKERS, "auto"},
+    {"listen", T_LISTEN, O(listen), 0, 0, "127.0.0.1:8080"},
+    {"backlog", T_INT, O(backlog), 1, 65535, "511"},
+    {"pid_file", T_STR, O(pid_file), 0, 4095, "run/fleetd.pid"},
+    {"shutdown_timeout", T_DURATION, O(shutdown_timeout_ms), 100, 3600000,
+     "30s"},
+    {"fast_shutdown_timeout", T_DURATION, O(fast_shutdown_timeout_ms), 10,
+     600000, "3s"},
+    {"worker_ready_timeout", T_DURATION, O(worker_ready_timeout_ms), 100,
+     600000, "10s"},
 
     S("log"),
-    { "log.level", T_LOGLEVEL, O(log.level), 0, 0, "info" },
-    { "log.file", T_STR, O(log.file), 0, 4095, "" },
+    {"log.level", T_LOGLEVEL, O(log.level), 0, 0, "info"},
+    {"log.file", T_STR, O(log.file), 0, 4095, ""},
 
     S("http"),
-    { "http.max_header_bytes", T_SIZE, O(http.max_header_bytes), 1024,
-      1048576, "16k" },
-    { "http.max_body_bytes", T_SIZE, O(http.max_body_bytes), 0,
-      1073741824, "1m" },
-    { "http.header_timeout", T_DURATION, O(http.header_timeout_ms), 100,
-      3600000, "10s" },
-    { "http.idle_timeout", T_DURATION, O(http.idle_timeout_ms), 100,
-      86400000, "60s" },
-    { "http.drain_idle", T_DURATION, O(http.drain_idle_ms), 0, 600000,
-      "1s" },
-    { "http.max_connections", T_INT, O(http.max_connections), 1, 1000000,
-      "10000" },
-    { "http.max_output_bytes", T_SIZE, O(http.max_output_bytes), 4096,
-      1073741824, "1m" },
+    {"http.max_header_bytes", T_SIZE, O(http.max_header_bytes), 1024, 1048576,
+     "16k"},
+    {"http.max_body_bytes", T_SIZE, O(http.max_body_bytes), 0, 1073741824,
+     "1m"},
+    {"http.header_timeout", T_DURATION, O(http.header_timeout_ms), 100, 3600000,
+     "10s"},
+    {"http.idle_timeout", T_DURATION, O(http.idle_timeout_ms), 100, 86400000,
+     "60s"},
+    {"http.drain_idle", T_DURATION, O(http.drain_idle_ms), 0, 600000, "1s"},
+    {"http.max_connections", T_INT, O(http.max_connections), 1, 1000000,
+     "10000"},
+    {"http.max_output_bytes", T_SIZE, O(http.max_output_bytes), 4096,
+     1073741824, "1m"},
 
     S("mqtt"),
-    { "mqtt.uri", T_STR, O(mqtt.uri), 1, 1024, "tcp://127.0.0.1:1883" },
-    { "mqtt.username", T_STR, O(mqtt.username), 0, 1024, "" },
-    { "mqtt.password", T_STR, O(mqtt.password), 0, 1024, "" },
-    { "mqtt.topics", T_STRLIST, O(mqtt.topics), 1, 1024,
-      "[\"devices/+/telemetry\", \"devices/+/state\"]" },
-    { "mqtt.qos", T_INT, O(mqtt.qos), 0, 1, "1" },
+    {"mqtt.uri", T_STR, O(mqtt.uri), 1, 1024, "tcp://127.0.0.1:1883"},
+    {"mqtt.username", T_STR, O(mqtt.username), 0, 1024, ""},
+    {"mqtt.password", T_STR, O(mqtt.password), 0, 1024, ""},
+    {"mqtt.topics", T_STRLIST, O(mqtt.topics), 1, 1024,
+     "[\"devices/+/telemetry\", \"devices/+/state\"]"},
+    {"mqtt.qos", T_INT, O(mqtt.qos), 0, 1, "1"},
 
     S("redis"),
-    { "redis.host", T_STR, O(redis.host), 1, 1024, "127.0.0.1" },
-    { "redis.port", T_INT, O(redis.port), 1, 65535, "6379" },
-    { "redis.password", T_STR, O(redis.password), 0, 1024, "" },
+    {"redis.host", T_STR, O(redis.host), 1, 1024, "127.0.0.1"},
+    {"redis.port", T_INT, O(redis.port), 1, 65535, "6379"},
+    {"redis.password", T_STR, O(redis.password), 0, 1024, ""},
 
     S("postgres"),
-    { "postgres.conninfo", T_STR, O(postgres.conninfo), 0, 4096,
-      "host=127.0.0.1 port=5432 dbname=fleetd user=fleetd" },
-    { "postgres.retention_days", T_INT, O(postgres.retention_days), 1,
-      36500, "30" },
+    {"postgres.conninfo", T_STR, O(postgres.conninfo), 0, 4096,
+     "host=127.0.0.1 port=5432 dbname=fleetd user=fleetd"},
+    {"postgres.retention_days", T_INT, O(postgres.retention_days), 1, 36500,
+     "30"},
 
     S("auth"),
-    { "auth.admin_tokens", T_STRLIST, O(auth.admin_tokens), 1, 1024,
-      "[\"change-me\"]" },
+    {"auth.admin_tokens", T_STRLIST, O(auth.admin_tokens), 1, 1024,
+     "[\"change-me\"]"},
 
     S("limits"),
-    { "limits.max_payload_bytes", T_SIZE, O(limits.max_payload_bytes), 16,
-      268435456, "64k" },
-    { "limits.ws_send_buffer", T_SIZE, O(limits.ws_send_buffer), 1024,
-      1073741824, "1m" },
+    {"limits.max_payload_bytes", T_SIZE, O(limits.max_payload_bytes), 16,
+     268435456, "64k"},
+    {"limits.ws_send_buffer", T_SIZE, O(limits.ws_send_buffer), 1024,
+     1073741824, "1m"},
 };
 
 typedef struct {
@@ -122,7 +124,7 @@ static void conf_error(conf_ctx_t *ctx, int line, const char *fmt, ...)
 static void conf_error(conf_ctx_t *ctx, int line, const char *fmt, ...)
 {
     va_list ap;
-    int n;
+    int     n;
 
     if (ctx->failed)
         return;
@@ -140,9 +142,9 @@ static void conf_error(conf_ctx_t *ctx, int line, const char *fmt, ...)
 int fl_parse_duration_ms(const char *s, int64_t *out)
 {
     const char *p = s;
-    char *end;
-    double v;
-    int64_t mul;
+    char       *end;
+    double      v;
+    int64_t     mul;
 
     /* digits with at most one '.', nothing strtod would also take
      * (signs, hex, exponents, inf, nan) */
@@ -179,9 +181,9 @@ int fl_parse_duration_ms(const char *s, int64_t *out)
 
 int fl_parse_size(const char *s, int64_t *out)
 {
-    char *end;
+    char     *end;
     long long v;
-    int64_t mul = 1;
+    int64_t   mul = 1;
 
     if (!isdigit((unsigned char)*s))
         return FL_ERROR;
@@ -190,11 +192,19 @@ int fl_parse_size(const char *s, int64_t *out)
     if (errno != 0 || v < 0)
         return FL_ERROR;
     switch (tolower((unsigned char)*end)) {
-    case '\0':
+    case '\0': break;
+    case 'k':
+        mul = 1024;
+        end++;
         break;
-    case 'k': mul = 1024; end++; break;
-    case 'm': mul = 1024 * 1024; end++; break;
-    case 'g': mul = 1024LL * 1024 * 1024; end++; break;
+    case 'm':
+        mul = 1024 * 1024;
+        end++;
+        break;
+    case 'g':
+        mul = 1024LL * 1024 * 1024;
+        end++;
+        break;
     case 'b': break;
     default: return FL_ERROR;
     }
@@ -217,9 +227,9 @@ int fl_parse_size(const char *s, int64_t *out)
 int fl_parse_listen(const char *s, char **host, int *port)
 {
     const char *colon, *p, *h = "0.0.0.0";
-    size_t hlen = strlen(h);
-    long v;
-    char *end;
+    size_t      hlen = strlen(h);
+    long        v;
+    char       *end;
 
     if (s[0] == '[') {
         const char *rb = strchr(s, ']');
@@ -229,7 +239,7 @@ int fl_parse_listen(const char *s, char **host, int *port)
         hlen = rb - h;
         p = rb + 2;
     } else if ((colon = strrchr(s, ':')) != NULL) {
-        if (strchr(s, ':') != colon)   /* bare IPv6 needs brackets */
+        if (strchr(s, ':') != colon) /* bare IPv6 needs brackets */
             return FL_ERROR;
         if (colon != s) {
             h = s;
@@ -298,9 +308,9 @@ static int ncpus(void)
 static void conf_set_scalar(conf_ctx_t *ctx, const conf_key_t *k,
                             const char *value, int line)
 {
-    char *base = (char *)ctx->cf;
+    char   *base = (char *)ctx->cf;
     int64_t v;
-    char *end;
+    char   *end;
 
     switch (k->type) {
     case T_STR:
@@ -315,8 +325,10 @@ static void conf_set_scalar(conf_ctx_t *ctx, const conf_key_t *k,
         for (const char *c = value; k->type == T_NAME && *c; c++) {
             if (!isalnum((unsigned char)*c) && *c != '-' && *c != '_' &&
                 *c != '.') {
-                conf_error(ctx, line, "\"%s\" may only hold letters, "
-                           "digits, '-', '_' and '.'", k->path);
+                conf_error(ctx, line,
+                           "\"%s\" may only hold letters, "
+                           "digits, '-', '_' and '.'",
+                           k->path);
                 return;
             }
         }
@@ -372,10 +384,12 @@ static void conf_set_scalar(conf_ctx_t *ctx, const conf_key_t *k,
         return;
     case T_LISTEN: {
         char *host;
-        int port;
+        int   port;
         if (fl_parse_listen(value, &host, &port) != FL_OK) {
-            conf_error(ctx, line, "\"%s\" must be \"host:port\" with a port "
-                       "from 1 to 65535, not \"%s\"", k->path, value);
+            conf_error(ctx, line,
+                       "\"%s\" must be \"host:port\" with a port "
+                       "from 1 to 65535, not \"%s\"",
+                       k->path, value);
             return;
         }
         free(ctx->cf->listen);
@@ -397,14 +411,13 @@ static void conf_set_scalar(conf_ctx_t *ctx, const conf_key_t *k,
         return;
     }
     default:
-        conf_error(ctx, line, "\"%s\" must be %s", k->path,
-                   type_name(k->type));
+        conf_error(ctx, line, "\"%s\" must be %s", k->path, type_name(k->type));
         return;
     }
 
     if (v < k->min || v > k->max) {
-        conf_error(ctx, line, "\"%s\" is out of range (%lld to %lld)",
-                   k->path, (long long)k->min, (long long)k->max);
+        conf_error(ctx, line, "\"%s\" is out of range (%lld to %lld)", k->path,
+                   (long long)k->min, (long long)k->max);
         return;
     }
     if (k->type == T_INT)
@@ -425,9 +438,9 @@ static void conf_set_list(conf_ctx_t *ctx, yaml_document_t *doc,
                           const conf_key_t *k, yaml_node_t *node)
 {
     fl_strlist_t *dst = (fl_strlist_t *)((char *)ctx->cf + k->off);
-    fl_strlist_t l = { NULL, 0 };
-    int n = (int)(node->data.sequence.items.top -
-                  node->data.sequence.items.start);
+    fl_strlist_t  l = {NULL, 0};
+    int           n =
+        (int)(node->data.sequence.items.top - node->data.sequence.items.start);
 
     if (n > FL_CONF_MAX_LIST) {
         conf_error(ctx, (int)node->start_mark.line + 1,
@@ -436,8 +449,8 @@ static void conf_set_list(conf_ctx_t *ctx, yaml_document_t *doc,
     }
     l.items = fl_calloc(n ? n : 1, sizeof(char *));
     for (int i = 0; i < n; i++) {
-        yaml_node_t *it = yaml_document_get_node(
-            doc, node->data.sequence.items.start[i]);
+        yaml_node_t *it =
+            yaml_document_get_node(doc, node->data.sequence.items.start[i]);
         if (it == NULL || it->type != YAML_SCALAR_NODE) {
             conf_error(ctx, it ? (int)it->start_mark.line + 1 : 0,
                        "\"%s\" must be %s", k->path, type_name(k->type));
@@ -472,11 +485,11 @@ static void conf_walk_mapping(conf_ctx_t *ctx, yaml_document_t *doc,
 
     for (p = map->data.mapping.pairs.start;
          p < map->data.mapping.pairs.top && !ctx->failed; p++) {
-        yaml_node_t *kn = yaml_document_get_node(doc, p->key);
-        yaml_node_t *vn = yaml_document_get_node(doc, p->value);
-        char path[256];
+        yaml_node_t      *kn = yaml_document_get_node(doc, p->key);
+        yaml_node_t      *vn = yaml_document_get_node(doc, p->value);
+        char              path[256];
         const conf_key_t *k;
-        int line;
+        int               line;
 
         if (kn == NULL || vn == NULL)
             continue;
@@ -536,10 +549,9 @@ static void conf_walk_mapping(conf_ctx_t *ctx, yaml_document_t *doc,
                            type_name(k->type));
                 return;
             }
-            conf_set_scalar(ctx, k,
-                            is_plain_null(vn) ? ""
-                                              : (char *)vn->data.scalar.value,
-                            (int)vn->start_mark.line + 1);
+            conf_set_scalar(
+                ctx, k, is_plain_null(vn) ? "" : (char *)vn->data.scalar.value,
+                (int)vn->start_mark.line + 1);
         }
     }
 }
@@ -547,7 +559,7 @@ static void conf_walk_mapping(conf_ctx_t *ctx, yaml_document_t *doc,
 /* Fill every key from its default, parsed by the same code as a file. */
 static void conf_defaults(conf_ctx_t *ctx)
 {
-    yaml_parser_t parser;
+    yaml_parser_t   parser;
     yaml_document_t doc;
 
     for (size_t i = 0; i < fl_nelem(conf_keys); i++) {
@@ -557,8 +569,7 @@ static void conf_defaults(conf_ctx_t *ctx)
             continue;
         if (k->type == T_STRLIST) {
             yaml_parser_initialize(&parser);
-            yaml_parser_set_input_string(&parser,
-                                         (const unsigned char *)k->def,
+            yaml_parser_set_input_string(&parser, (const unsigned char *)k->def,
                                          strlen(k->def));
             if (yaml_parser_load(&parser, &doc)) {
                 yaml_node_t *root = yaml_document_get_root_node(&doc);
@@ -576,15 +587,15 @@ static void conf_defaults(conf_ctx_t *ctx)
 fl_config_t *fl_config_load_string(const char *name, const char *yaml,
                                    size_t len, char *err, size_t errlen)
 {
-    conf_ctx_t ctx = { name, err, errlen, NULL, 0 };
-    yaml_parser_t parser;
+    conf_ctx_t      ctx = {name, err, errlen, NULL, 0};
+    yaml_parser_t   parser;
     yaml_document_t doc;
-    yaml_node_t *root;
+    yaml_node_t    *root;
 
     ctx.cf = fl_calloc(1, sizeof(fl_config_t));
     ctx.cf->file = fl_strdup(name);
     conf_defaults(&ctx);
-    if (ctx.failed) {   /* a broken default is a bug, say so loudly */
+    if (ctx.failed) { /* a broken default is a bug, say so loudly */
         fl_config_free(ctx.cf);
         return NULL;
     }
@@ -618,10 +629,11 @@ fl_config_t *fl_config_load_string(const char *name, const char *yaml,
         yaml_document_t extra;
         if (yaml_parser_load(&parser, &extra)) {
             if (yaml_document_get_root_node(&extra) != NULL)
-                conf_error(&ctx,
-                           (int)yaml_document_get_root_node(&extra)
-                               ->start_mark.line + 1,
-                           "only one YAML document is allowed");
+                conf_error(
+                    &ctx,
+                    (int)yaml_document_get_root_node(&extra)->start_mark.line +
+                        1,
+                    "only one YAML document is allowed");
             yaml_document_delete(&extra);
         } else {
             conf_error(&ctx, (int)parser.problem_mark.line + 1, "%s%s%s",
@@ -642,23 +654,21 @@ fl_config_t *fl_config_load_string(const char *name, const char *yaml,
 
 fl_config_t *fl_config_load(const char *path, char *err, size_t errlen)
 {
-    FILE *f;
-    char *buf = NULL;
-    size_t len = 0, cap = 0, n;
+    FILE        *f;
+    char        *buf = NULL;
+    size_t       len = 0, cap = 0, n;
     fl_config_t *cf;
 
     f = fopen(path, "r");
     if (f == NULL) {
-        snprintf(err, errlen, "%s:0: open() failed: %s", path,
-                 strerror(errno));
+        snprintf(err, errlen, "%s:0: open() failed: %s", path, strerror(errno));
         return NULL;
     }
     do {
         if (cap - len < 4096) {
             cap = cap ? cap * 2 : 8192;
             if (cap > 16 * 1024 * 1024) {
-                snprintf(err, errlen, "%s:0: file is larger than 16 MiB",
-                         path);
+                snprintf(err, errlen, "%s:0: file is larger than 16 MiB", path);
                 free(buf);
                 fclose(f);
                 return NULL;
@@ -669,8 +679,7 @@ fl_config_t *fl_config_load(const char *path, char *err, size_t errlen)
         len += n;
     } while (n > 0);
     if (ferror(f)) {
-        snprintf(err, errlen, "%s:0: read() failed: %s", path,
-                 strerror(errno));
+        snprintf(err, errlen, "%s:0: read() failed: %s", path, strerror(errno));
         free(buf);
         fclose(f);
         return NULL;

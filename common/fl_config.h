@@ -9,48 +9,48 @@
 #ifndef FL_CONFIG_H
 #define FL_CONFIG_H
 
-#include <stdint.h>
 #include "fl_core.h"
+#include <stdint.h>
 
-#define FL_MAX_WORKERS 64
-#define FL_CONF_ERRLEN 512
+#define FL_MAX_WORKERS   64
+#define FL_CONF_ERRLEN   512
 #define FL_CONF_MAX_LIST 64
 
 typedef struct {
-    char  **items;
-    int     n;
+    char **items;
+    int    n;
 } fl_strlist_t;
 
 typedef struct {
-    char    *file;                 /* the path it was loaded from */
+    char *file; /* the path it was loaded from */
 
-    char    *node_id;
-    int      workers;              /* resolved: auto -> number of cores */
-    int      workers_auto;
-    char    *listen;               /* as written: "127.0.0.1:8080" */
-    char    *listen_host;          /* "127.0.0.1", "::1", "0.0.0.0" */
-    int      listen_port;
-    int      listen_line;          /* for bind errors reported by -t */
-    int      backlog;
-    char    *pid_file;
-    int64_t  shutdown_timeout_ms;      /* graceful drain deadline */
-    int64_t  fast_shutdown_timeout_ms; /* SIGTERM/SIGINT deadline */
-    int64_t  worker_ready_timeout_ms;  /* reload: new generation must be
-                                          ready within this, or is killed */
+    char   *node_id;
+    int     workers; /* resolved: auto -> number of cores */
+    int     workers_auto;
+    char   *listen;      /* as written: "127.0.0.1:8080" */
+    char   *listen_host; /* "127.0.0.1", "::1", "0.0.0.0" */
+    int     listen_port;
+    int     listen_line; /* for bind errors reported by -t */
+    int     backlog;
+    char   *pid_file;
+    int64_t shutdown_timeout_ms;      /* graceful drain deadline */
+    int64_t fast_shutdown_timeout_ms; /* SIGTERM/SIGINT deadline */
+    int64_t worker_ready_timeout_ms;  /* reload: new generation must be
+                                         ready within this, or is killed */
 
     struct {
-        int      level;            /* fl_log_level_t */
-        char    *file;
+        int   level; /* fl_log_level_t */
+        char *file;
     } log;
 
     struct {
-        int64_t  max_header_bytes;
-        int64_t  max_body_bytes;
-        int64_t  header_timeout_ms;
-        int64_t  idle_timeout_ms;
-        int64_t  drain_idle_ms;
-        int      max_connections;  /* per worker */
-        int64_t  max_output_bytes; /* stop reading a pipelining client */
+        int64_t max_header_bytes;
+        int64_t max_body_bytes;
+        int64_t header_timeout_ms;
+        int64_t idle_timeout_ms;
+        int64_t drain_idle_ms;
+        int     max_connections;  /* per worker */
+        int64_t max_output_bytes; /* stop reading a pipelining client */
     } http;
 
     struct {
@@ -62,14 +62,14 @@ typedef struct {
     } mqtt;
 
     struct {
-        char    *host;
-        int      port;
-        char    *password;
+        char *host;
+        int   port;
+        char *password;
     } redis;
 
     struct {
-        char    *conninfo;
-        int      retention_days;
+        char *conninfo;
+        int   retention_days;
     } postgres;
 
     struct {
@@ -77,8 +77,8 @@ typedef struct {
     } auth;
 
     struct {
-        int64_t  max_payload_bytes;
-        int64_t  ws_send_buffer;
+        int64_t max_payload_bytes;
+        int64_t ws_send_buffer;
     } limits;
 } fl_config_t;
 

@@ -68,7 +68,7 @@ void *fl_realloc(void *p, size_t n)
 char *fl_strdup(const char *s)
 {
     size_t n = strlen(s) + 1;
-    char *p = fl_alloc(n);
+    char  *p = fl_alloc(n);
 
     memcpy(p, s, n);
     return p;

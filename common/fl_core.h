@@ -10,19 +10,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FL_OK     0
-#define FL_ERROR  -1
-#define FL_AGAIN  -2
-#define FL_DONE   -4
+#define FL_OK    0
+#define FL_ERROR -1
+#define FL_AGAIN -2
+#define FL_DONE  -4
 
 #define FL_VERSION "0.1.0"
 
-#define fl_nelem(a) (sizeof(a) / sizeof((a)[0]))
+#define fl_nelem(a)  (sizeof(a) / sizeof((a)[0]))
 #define fl_min(a, b) ((a) < (b) ? (a) : (b))
 #define fl_max(a, b) ((a) > (b) ? (a) : (b))
 
 #if defined(__GNUC__)
-#define fl_unused __attribute__((unused))
+#define fl_unused       __attribute__((unused))
 #define fl_printf(f, a) __attribute__((format(printf, f, a)))
 #else
 #define fl_unused

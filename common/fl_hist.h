@@ -17,7 +17,7 @@
 
 #include <stdint.h>
 
-#define FL_HIST_SUB_BITS 4                  /* 16 sub-buckets per octave */
+#define FL_HIST_SUB_BITS 4 /* 16 sub-buckets per octave */
 #define FL_HIST_SUB      (1 << FL_HIST_SUB_BITS)
 #define FL_HIST_OCTAVES  40
 #define FL_HIST_BUCKETS  (FL_HIST_SUB * (FL_HIST_OCTAVES + 1))

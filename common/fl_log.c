@@ -22,7 +22,7 @@ static fl_log_level_t log_level = FL_LOG_INFO;
 static char           log_path[4096];
 static char           log_role[16] = "master";
 
-static const char *level_names[] = { "debug", "info", "warn", "error", "crit" };
+static const char *level_names[] = {"debug", "info", "warn", "error", "crit"};
 
 int fl_log_open(const char *path, fl_log_level_t level)
 {
@@ -108,18 +108,18 @@ const char *fl_log_level_name(fl_log_level_t level)
 static void log_write(fl_log_level_t level, int err, const char *fmt,
                       va_list ap)
 {
-    char buf[2048];
+    char           buf[2048];
     struct timeval tv;
-    struct tm tm;
-    size_t n;
-    int r;
+    struct tm      tm;
+    size_t         n;
+    int            r;
 
     gettimeofday(&tv, NULL);
     localtime_r(&tv.tv_sec, &tm);
     n = strftime(buf, sizeof(buf), "%Y/%m/%d %H:%M:%S", &tm);
-    r = snprintf(buf + n, sizeof(buf) - n, ".%03d [%s] %d#%s: ",
-                 (int)(tv.tv_usec / 1000), fl_log_level_name(level),
-                 (int)getpid(), log_role);
+    r = snprintf(buf + n, sizeof(buf) - n,
+                 ".%03d [%s] %d#%s: ", (int)(tv.tv_usec / 1000),
+                 fl_log_level_name(level), (int)getpid(), log_role);
     n += (r > 0) ? (size_t)r : 0;
 
     r = vsnprintf(buf + n, sizeof(buf) - n, fmt, ap);

@@ -19,18 +19,19 @@ typedef enum {
 } fl_log_level_t;
 
 /* path NULL or "" = stderr. Returns FL_OK or FL_ERROR (errno set). */
-int fl_log_open(const char *path, fl_log_level_t level);
-int fl_log_reopen(void);
+int  fl_log_open(const char *path, fl_log_level_t level);
+int  fl_log_reopen(void);
 void fl_log_set_level(fl_log_level_t level);
 /* Names the process in every line: "master", "w0", "w1"... */
-void fl_log_set_role(const char *role);
-int fl_log_fd(void);
-int fl_log_level_parse(const char *s, fl_log_level_t *out);
+void        fl_log_set_role(const char *role);
+int         fl_log_fd(void);
+int         fl_log_level_parse(const char *s, fl_log_level_t *out);
 const char *fl_log_level_name(fl_log_level_t level);
 
 void fl_log(fl_log_level_t level, const char *fmt, ...) fl_printf(2, 3);
 /* Same, with ": strerror(err)" appended. */
-void fl_log_errno(fl_log_level_t level, int err, const char *fmt, ...) fl_printf(3, 4);
+void fl_log_errno(fl_log_level_t level, int err, const char *fmt, ...)
+    fl_printf(3, 4);
 
 #define fl_debug(...) fl_log(FL_LOG_DEBUG, __VA_ARGS__)
 #define fl_info(...)  fl_log(FL_LOG_INFO, __VA_ARGS__)

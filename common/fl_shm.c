@@ -28,8 +28,8 @@ int fl_shm_create(void)
 
 const char *fl_wstate_name(int state)
 {
-    static const char *names[] = { "empty", "starting", "ready",
-                                   "draining", "backoff", "failed" };
+    static const char *names[] = {"empty",    "starting", "ready",
+                                  "draining", "backoff",  "failed"};
 
     if (state < 0 || (size_t)state >= fl_nelem(names))
         return "unknown";

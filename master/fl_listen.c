@@ -24,8 +24,8 @@ static int listen_one(const fl_config_t *cf, int do_listen, char *err,
                       size_t errlen)
 {
     struct addrinfo hints, *res = NULL;
-    char port[16];
-    int fd, one = 1, rc;
+    char            port[16];
+    int             fd, one = 1, rc;
 
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
@@ -43,8 +43,8 @@ static int listen_one(const fl_config_t *cf, int do_listen, char *err,
 
     fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd == -1) {
-        snprintf(err, errlen, "%s:%d: listen %s: socket() failed: %s",
-                 cf->file, cf->listen_line, cf->listen, strerror(errno));
+        snprintf(err, errlen, "%s:%d: listen %s: socket() failed: %s", cf->file,
+                 cf->listen_line, cf->listen, strerror(errno));
         freeaddrinfo(res);
         return -1;
     }
@@ -58,13 +58,13 @@ static int listen_one(const fl_config_t *cf, int do_listen, char *err,
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
 
     if (bind(fd, res->ai_addr, res->ai_addrlen) == -1) {
-        snprintf(err, errlen, "%s:%d: listen %s: bind() failed: %s",
-                 cf->file, cf->listen_line, cf->listen, strerror(errno));
+        snprintf(err, errlen, "%s:%d: listen %s: bind() failed: %s", cf->file,
+                 cf->listen_line, cf->listen, strerror(errno));
         goto fail;
     }
     if (do_listen && listen(fd, cf->backlog) == -1) {
-        snprintf(err, errlen, "%s:%d: listen %s: listen() failed: %s",
-                 cf->file, cf->listen_line, cf->listen, strerror(errno));
+        snprintf(err, errlen, "%s:%d: listen %s: listen() failed: %s", cf->file,
+                 cf->listen_line, cf->listen, strerror(errno));
         goto fail;
     }
     freeaddrinfo(res);

@@ -22,25 +22,25 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../worker/fl_worker.h"
 #include "fl_log.h"
 #include "fl_master.h"
 #include "fl_shm.h"
-#include "../worker/fl_worker.h"
 
-#define BACKOFF_MIN_MS    100
-#define BACKOFF_MAX_MS    10000
-#define STABLE_AFTER_MS   10000  /* a worker up this long resets its backoff */
-#define FAILED_AFTER      5      /* consecutive quick deaths = "failed" */
-#define KILL_GRACE_MS     2000   /* after a drain deadline, before SIGKILL */
-#define POLL_MS           20     /* readiness polling while reloading */
+#define BACKOFF_MIN_MS  100
+#define BACKOFF_MAX_MS  10000
+#define STABLE_AFTER_MS 10000 /* a worker up this long resets its backoff */
+#define FAILED_AFTER    5     /* consecutive quick deaths = "failed" */
+#define KILL_GRACE_MS   2000  /* after a drain deadline, before SIGKILL */
+#define POLL_MS         20    /* readiness polling while reloading */
 
 typedef struct {
-    pid_t    pid;
-    int      slot;
-    int      entry;
-    int64_t  started_ms;   /* monotonic */
-    int64_t  respawn_at;   /* 0 = not waiting for a respawn */
-    int      failures;
+    pid_t   pid;
+    int     slot;
+    int     entry;
+    int64_t started_ms; /* monotonic */
+    int64_t respawn_at; /* 0 = not waiting for a respawn */
+    int     failures;
 } proc_t;
 
 typedef struct {
@@ -49,9 +49,9 @@ typedef struct {
     fl_config_t   *cf;
     fl_listeners_t ls;
     proc_t         proc[FL_MAX_WORKERS];
-    int64_t        deadline;  /* next: ready by; old: kill at */
+    int64_t        deadline; /* next: ready by; old: kill at */
     int            active;
-    int            half;      /* which half of the shm entries it uses */
+    int            half; /* which half of the shm entries it uses */
 } gen_t;
 
 static volatile sig_atomic_t sig_reload, sig_quit, sig_term, sig_reopen,
@@ -59,7 +59,7 @@ static volatile sig_atomic_t sig_reload, sig_quit, sig_term, sig_reopen,
 
 static gen_t    g_cur, g_next, g_old;
 static uint32_t gen_counter;
-static int      stopping;         /* 0, SIGQUIT or SIGTERM */
+static int      stopping; /* 0, SIGQUIT or SIGTERM */
 static int64_t  stop_deadline;
 static int      reload_pending;
 
@@ -78,10 +78,10 @@ static void on_signal(int signo)
 
 static void master_signals(sigset_t *waitmask)
 {
-    static const int sigs[] = { SIGHUP, SIGQUIT, SIGTERM, SIGINT,
-                                SIGUSR1, SIGCHLD, SIGALRM };
+    static const int sigs[] = {SIGHUP,  SIGQUIT, SIGTERM, SIGINT,
+                               SIGUSR1, SIGCHLD, SIGALRM};
     struct sigaction sa;
-    sigset_t block;
+    sigset_t         block;
 
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal;
@@ -104,10 +104,10 @@ static void master_signals(sigset_t *waitmask)
 static void child_after_fork(gen_t *g, proc_t *p)
 {
     sigset_t none;
-    int fd = g->ls.fd[p->slot];
-    pid_t master = getppid();
-    char role[16];
-    gen_t *all[] = { &g_cur, &g_next, &g_old };
+    int      fd = g->ls.fd[p->slot];
+    pid_t    master = getppid();
+    char     role[16];
+    gen_t   *all[] = {&g_cur, &g_next, &g_old};
 
     /* the worker dies with the master (HAProxy mworker does the same
      * through its pipe; the parent-death signal needs no polling) */
@@ -140,7 +140,7 @@ static void child_after_fork(gen_t *g, proc_t *p)
 static int spawn(gen_t *g, proc_t *p, int fresh)
 {
     fl_shm_worker_t *w = &fl_shm->w[p->entry];
-    pid_t pid;
+    pid_t            pid;
 
     if (fresh) {
         memset((void *)w, 0, sizeof(*w));
@@ -245,8 +245,8 @@ static void gen_release(gen_t *g)
 
 static void reload_begin(void)
 {
-    char err[FL_CONF_ERRLEN];
-    fl_config_t *cf;
+    char           err[FL_CONF_ERRLEN];
+    fl_config_t   *cf;
     fl_listeners_t ls;
 
     if (g_next.active || g_old.active) {
@@ -269,8 +269,8 @@ static void reload_begin(void)
     free(cf->pid_file);
     cf->pid_file = fl_strdup(g_cur.cf->pid_file);
 
-    if (fl_listeners_open(&ls, cf, cf->workers, &g_cur.ls, err,
-                          sizeof(err)) != FL_OK) {
+    if (fl_listeners_open(&ls, cf, cf->workers, &g_cur.ls, err, sizeof(err)) !=
+        FL_OK) {
         fl_error("reload failed, keeping the running workers: %s", err);
         fl_shm_add(fl_shm->reloads_failed, 1);
         fl_config_free(cf);
@@ -322,8 +322,8 @@ static void reload_check(void)
             g_old.proc[i].respawn_at = 0;
         }
         gen_signal(&g_old, SIGQUIT);
-        g_old.deadline = fl_now_ms() + g_old.cf->shutdown_timeout_ms +
-                         KILL_GRACE_MS;
+        g_old.deadline =
+            fl_now_ms() + g_old.cf->shutdown_timeout_ms + KILL_GRACE_MS;
         if (gen_alive(&g_old) == 0)
             gen_release(&g_old);
     } else if (fl_now_ms() >= g_next.deadline) {
@@ -335,7 +335,7 @@ static void reload_check(void)
 
 static proc_t *find_proc(pid_t pid, gen_t **gp)
 {
-    gen_t *all[] = { &g_cur, &g_next, &g_old };
+    gen_t *all[] = {&g_cur, &g_next, &g_old};
 
     for (size_t i = 0; i < fl_nelem(all); i++) {
         for (int s = 0; all[i]->active && s < all[i]->n; s++) {
@@ -357,15 +357,15 @@ static void log_exit(proc_t *p, int status, int expected)
                WCOREDUMP(status) ? " (core dumped)" : "");
     else
         fl_log(expected || WEXITSTATUS(status) == 0 ? FL_LOG_INFO
-                                                     : FL_LOG_ERROR,
-               "worker w%d (pid %d) exited with code %d", p->slot,
-               (int)p->pid, WEXITSTATUS(status));
+                                                    : FL_LOG_ERROR,
+               "worker w%d (pid %d) exited with code %d", p->slot, (int)p->pid,
+               WEXITSTATUS(status));
 }
 
 static void schedule_respawn(proc_t *p)
 {
     fl_shm_worker_t *w = &fl_shm->w[p->entry];
-    int64_t now = fl_now_ms(), delay = BACKOFF_MIN_MS;
+    int64_t          now = fl_now_ms(), delay = BACKOFF_MIN_MS;
 
     if (now - p->started_ms >= STABLE_AFTER_MS)
         p->failures = 0;
@@ -382,7 +382,8 @@ static void schedule_respawn(proc_t *p)
     if (p->failures >= FAILED_AFTER) {
         fl_shm_store(w->state, FL_W_FAILED);
         fl_error("worker w%d keeps dying (%d times in a row), next start in "
-                 "%lld ms", p->slot, p->failures, (long long)delay);
+                 "%lld ms",
+                 p->slot, p->failures, (long long)delay);
     } else {
         fl_shm_store(w->state, FL_W_BACKOFF);
         fl_info("worker w%d restarts in %lld ms", p->slot, (long long)delay);
@@ -391,11 +392,11 @@ static void schedule_respawn(proc_t *p)
 
 static void reap(void)
 {
-    int status;
+    int   status;
     pid_t pid;
 
     while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
-        gen_t *g;
+        gen_t  *g;
         proc_t *p = find_proc(pid, &g);
 
         if (p == NULL)
@@ -416,8 +417,7 @@ static void reap(void)
             if (g->deadline != 0)
                 reload_abort("a new worker died while starting");
         } else {
-            log_exit(p, status, WIFEXITED(status) &&
-                                    WEXITSTATUS(status) == 0);
+            log_exit(p, status, WIFEXITED(status) && WEXITSTATUS(status) == 0);
             p->pid = 0;
         }
         if (g != &g_cur && gen_alive(g) == 0)
@@ -440,7 +440,7 @@ static void respawn_due(void)
 
 static void arm_timer(void)
 {
-    int64_t now = fl_now_ms(), next = 0;
+    int64_t          now = fl_now_ms(), next = 0;
     struct itimerval it;
 
     for (int i = 0; i < g_cur.n; i++) {
@@ -493,8 +493,8 @@ static void stop_begin(int how)
     stopping = how;
     timeout = how == SIGQUIT ? g_cur.cf->shutdown_timeout_ms
                              : g_cur.cf->fast_shutdown_timeout_ms;
-    fl_info("%s: stopping workers", how == SIGQUIT ? "graceful stop"
-                                                   : "fast stop");
+    fl_info("%s: stopping workers",
+            how == SIGQUIT ? "graceful stop" : "fast stop");
     stop_deadline = fl_now_ms() + timeout + KILL_GRACE_MS;
     for (int i = 0; i < g_cur.n; i++) {
         g_cur.proc[i].respawn_at = 0;
@@ -517,7 +517,7 @@ static void stop_begin(int how)
 int fl_master_cycle(fl_config_t *cf, fl_listeners_t *ls)
 {
     sigset_t waitmask;
-    char pid_file[4096];
+    char     pid_file[4096];
 
     snprintf(pid_file, sizeof(pid_file), "%s", cf->pid_file);
     master_signals(&waitmask);
@@ -568,8 +568,7 @@ int fl_master_cycle(fl_config_t *cf, fl_listeners_t *ls)
         sig_alarm = 0;
 
         if (stopping) {
-            if (gen_alive(&g_cur) + gen_alive(&g_next) + gen_alive(&g_old) ==
-                0)
+            if (gen_alive(&g_cur) + gen_alive(&g_next) + gen_alive(&g_old) == 0)
                 break;
         } else {
             reload_check();

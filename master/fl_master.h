@@ -5,12 +5,12 @@
 #ifndef FL_MASTER_H
 #define FL_MASTER_H
 
-#include <sys/types.h>
 #include "fl_config.h"
+#include <sys/types.h>
 
 /* One SO_REUSEPORT listening socket per worker slot, all on one address. */
 typedef struct {
-    char *listen;                   /* the address as configured */
+    char *listen; /* the address as configured */
     int   n;
     int   fd[FL_MAX_WORKERS];
 } fl_listeners_t;
@@ -30,8 +30,8 @@ int fl_listeners_test(const fl_config_t *cf, char *err, size_t errlen);
 
 /* Pid file: returns the pid written in path, 0 if none, -1 on error. */
 pid_t fl_pidfile_read(const char *path);
-int fl_pidfile_write(const char *path);
-void fl_pidfile_remove(const char *path);
+int   fl_pidfile_write(const char *path);
+void  fl_pidfile_remove(const char *path);
 
 /* Run the master until it stops; returns the process exit code.
  * Takes ownership of cf and ls. */

@@ -13,11 +13,11 @@
 
 pid_t fl_pidfile_read(const char *path)
 {
-    char buf[32];
+    char    buf[32];
     ssize_t n;
-    long v;
-    char *end;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    long    v;
+    char   *end;
+    int     fd = open(path, O_RDONLY | O_CLOEXEC);
 
     if (fd == -1)
         return errno == ENOENT ? 0 : -1;
@@ -37,7 +37,7 @@ pid_t fl_pidfile_read(const char *path)
 int fl_pidfile_write(const char *path)
 {
     char tmp[4200], buf[32];
-    int fd, n;
+    int  fd, n;
 
     if (path[0] == '\0')
         return FL_OK;
@@ -56,8 +56,10 @@ int fl_pidfile_write(const char *path)
         return FL_ERROR;
     }
     if (rename(tmp, path) == -1) {
-        fl_log_errno(FL_LOG_CRIT, errno, "rename() of pid file to \"%s\" "
-                     "failed", path);
+        fl_log_errno(FL_LOG_CRIT, errno,
+                     "rename() of pid file to \"%s\" "
+                     "failed",
+                     path);
         unlink(tmp);
         return FL_ERROR;
     }

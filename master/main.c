@@ -35,9 +35,14 @@ static void usage(FILE *f)
 
 static int send_signal(const fl_config_t *cf, const char *name)
 {
-    static const struct { const char *name; int signo; } sigs[] = {
-        { "reload", SIGHUP }, { "stop", SIGTERM },
-        { "quit", SIGQUIT },  { "reopen", SIGUSR1 },
+    static const struct {
+        const char *name;
+        int         signo;
+    } sigs[] = {
+        {"reload", SIGHUP},
+        {"stop", SIGTERM},
+        {"quit", SIGQUIT},
+        {"reopen", SIGUSR1},
     };
     pid_t pid;
 
@@ -51,14 +56,16 @@ static int send_signal(const fl_config_t *cf, const char *name)
             return 1;
         }
         if (kill(pid, sigs[i].signo) == -1) {
-            fprintf(stderr, "fleetd: kill(%d, %s) failed: %s\n", (int)pid,
-                    name, strerror(errno));
+            fprintf(stderr, "fleetd: kill(%d, %s) failed: %s\n", (int)pid, name,
+                    strerror(errno));
             return 1;
         }
         return 0;
     }
-    fprintf(stderr, "fleetd: unknown signal \"%s\" (reload, stop, quit, "
-            "reopen)\n", name);
+    fprintf(stderr,
+            "fleetd: unknown signal \"%s\" (reload, stop, quit, "
+            "reopen)\n",
+            name);
     return 1;
 }
 
@@ -69,9 +76,9 @@ static int send_signal(const fl_config_t *cf, const char *name)
  */
 static int daemonize(int *ready_fd)
 {
-    int pfd[2], fd;
+    int   pfd[2], fd;
     pid_t pid;
-    char c;
+    char  c;
 
     if (pipe(pfd) == -1) {
         perror("fleetd: pipe()");
@@ -109,12 +116,12 @@ static int daemonize(int *ready_fd)
 
 int main(int argc, char **argv)
 {
-    const char *conf = DEFAULT_CONF, *sig = NULL;
-    int test = 0, daemon_mode = 0, opt, ready_fd = -1;
-    char err[FL_CONF_ERRLEN];
-    fl_config_t *cf;
+    const char    *conf = DEFAULT_CONF, *sig = NULL;
+    int            test = 0, daemon_mode = 0, opt, ready_fd = -1;
+    char           err[FL_CONF_ERRLEN];
+    fl_config_t   *cf;
     fl_listeners_t ls;
-    pid_t other;
+    pid_t          other;
 
     while ((opt = getopt(argc, argv, "c:tds:hv")) != -1) {
         switch (opt) {
@@ -154,8 +161,10 @@ int main(int argc, char **argv)
 
     other = fl_pidfile_read(cf->pid_file);
     if (other > 0 && other != getpid() && kill(other, 0) == 0) {
-        fprintf(stderr, "fleetd: already running as pid %d (pid file \"%s\")"
-                "\n", (int)other, cf->pid_file);
+        fprintf(stderr,
+                "fleetd: already running as pid %d (pid file \"%s\")"
+                "\n",
+                (int)other, cf->pid_file);
         fl_config_free(cf);
         return 1;
     }
@@ -168,7 +177,7 @@ int main(int argc, char **argv)
     }
     if (daemon_mode && cf->log.file[0] == '\0')
         fprintf(stderr, "fleetd: warning: log.file is empty, the daemon "
-                "keeps logging to this stderr\n");
+                        "keeps logging to this stderr\n");
 
     /* bind before daemonizing so that a busy port fails the command */
     if (fl_listeners_open(&ls, cf, cf->workers, NULL, err, sizeof(err)) !=

@@ -10,6 +10,7 @@
  * that a module uses is down.
  */
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -45,13 +46,12 @@ static int entry_listed(const fl_shm_worker_t *e)
     return fl_shm_load(e->state) != FL_W_EMPTY;
 }
 
-static int entry_healthy(const fl_shm_worker_t *e, uint32_t gen,
-                         int64_t now)
+static int entry_healthy(const fl_shm_worker_t *e, uint32_t gen, int64_t now)
 {
     int st = fl_shm_load(e->state);
 
     if (fl_shm_load(e->generation) != gen)
-        return 1;                /* a draining or starting generation */
+        return 1; /* a draining or starting generation */
     if (st == FL_W_BACKOFF || st == FL_W_FAILED || fl_shm_load(e->pid) == 0)
         return 0;
     if (st == FL_W_READY &&
@@ -73,18 +73,18 @@ static cJSON *lag_json(const fl_shm_worker_t *e)
 static int healthz(fl_http_req_t *req, void *ud)
 {
     const fl_shm_t *s = fl_shm;
-    uint32_t gen = fl_shm_load(s->generation);
-    int64_t now = fl_wall_ms();
-    int ok = 1;
-    cJSON *root, *ws, *o;
-    char *text;
+    uint32_t        gen = fl_shm_load(s->generation);
+    int64_t         now = fl_wall_ms();
+    int             ok = 1;
+    cJSON          *root, *ws, *o;
+    char           *text;
 
     (void)ud;
     root = cJSON_CreateObject();
     ws = cJSON_CreateArray();
     for (int i = 0; i < FL_SHM_ENTRIES; i++) {
         const fl_shm_worker_t *e = &s->w[i];
-        int64_t started;
+        int64_t                started;
 
         if (!entry_listed(e))
             continue;
@@ -107,7 +107,7 @@ static int healthz(fl_http_req_t *req, void *ud)
         cJSON_AddItemToArray(ws, o);
     }
     if (kill(fl_shm_load(s->master_pid), 0) == -1)
-        ok = 0;                  /* the master is gone: nobody respawns */
+        ok = 0; /* the master is gone: nobody respawns */
     for (int d = FL_DEP_MQTT; d <= FL_DEP_POSTGRES; d++) {
         if (fl_shm_load(s->dep_state[d]) == FL_DEP_DOWN)
             ok = 0;
@@ -144,6 +144,22 @@ static int healthz(fl_http_req_t *req, void *ud)
     return FL_OK;
 }
 
+/* One counter series per worker slot, read from a uint64_t field of the
+ * worker's stats entry at offset off. */
+static void per_worker_u64(struct evbuffer              *b,
+                           const fl_shm_worker_t *const *cur, int n,
+                           const char *name, const char *help, size_t off)
+{
+    evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s counter\n", name, help,
+                        name);
+    for (int i = 0; i < n; i++) {
+        const volatile uint64_t *v =
+            (const volatile uint64_t *)((const char *)cur[i] + off);
+        evbuffer_add_printf(b, "%s{worker=\"%d\"} %llu\n", name, cur[i]->slot,
+                            (unsigned long long)fl_shm_load(*v));
+    }
+}
+
 /*
  * Prometheus text exposition format 0.0.4. Per-worker series are labelled
  * by slot ("worker"); a slot keeps its counters across respawns, a reload
@@ -152,12 +168,12 @@ static int healthz(fl_http_req_t *req, void *ud)
  */
 static int metrics(fl_http_req_t *req, void *ud)
 {
-    const fl_shm_t *s = fl_shm;
-    struct evbuffer *b = evbuffer_new();
-    uint32_t gen = fl_shm_load(s->generation);
-    int64_t now = fl_wall_ms();
+    const fl_shm_t        *s = fl_shm;
+    struct evbuffer       *b = evbuffer_new();
+    uint32_t               gen = fl_shm_load(s->generation);
+    int64_t                now = fl_wall_ms();
     const fl_shm_worker_t *cur[FL_SHM_ENTRIES];
-    int n = 0;
+    int                    n = 0;
 
     (void)ud;
     for (int i = 0; i < FL_SHM_ENTRIES; i++) {
@@ -165,8 +181,9 @@ static int metrics(fl_http_req_t *req, void *ud)
             cur[n++] = &s->w[i];
     }
 
-#define HELP(name, type, help) \
-    evbuffer_add_printf(b, "# HELP " name " " help "\n# TYPE " name " " type "\n")
+#define HELP(name, type, help)                                               \
+    evbuffer_add_printf(b, "# HELP " name " " help "\n# TYPE " name " " type \
+                           "\n")
 
     HELP("fleetd_info", "gauge", "Build and node information.");
     evbuffer_add_printf(b, "fleetd_info{node=\"%s\",version=\"%s\"} 1\n",
@@ -190,54 +207,45 @@ static int metrics(fl_http_req_t *req, void *ud)
         evbuffer_add_printf(b, "fleetd_worker_up{worker=\"%d\"} %d\n",
                             cur[i]->slot,
                             entry_healthy(cur[i], gen, now) ? 1 : 0);
-    HELP("fleetd_worker_restarts_total", "counter",
-         "Times the slot's worker died and was restarted.");
-    for (int i = 0; i < n; i++)
-        evbuffer_add_printf(b, "fleetd_worker_restarts_total{worker=\"%d\"} "
-                            "%llu\n", cur[i]->slot,
-                            (unsigned long long)fl_shm_load(cur[i]->restarts));
+    per_worker_u64(b, cur, n, "fleetd_worker_restarts_total",
+                   "Times the slot's worker died and was restarted.",
+                   offsetof(fl_shm_worker_t, restarts));
     HELP("fleetd_loop_lag_seconds", "gauge",
          "Event-loop lag over the last 10 s (quantile 1 = max).");
     for (int i = 0; i < n; i++) {
-        evbuffer_add_printf(b,
+        evbuffer_add_printf(
+            b,
             "fleetd_loop_lag_seconds{worker=\"%d\",quantile=\"0.5\"} %.6f\n"
             "fleetd_loop_lag_seconds{worker=\"%d\",quantile=\"0.99\"} %.6f\n"
             "fleetd_loop_lag_seconds{worker=\"%d\",quantile=\"1\"} %.6f\n",
-            cur[i]->slot, fl_shm_load(cur[i]->lag_p50_us) / 1e6,
-            cur[i]->slot, fl_shm_load(cur[i]->lag_p99_us) / 1e6,
-            cur[i]->slot, fl_shm_load(cur[i]->lag_max_us) / 1e6);
+            cur[i]->slot, fl_shm_load(cur[i]->lag_p50_us) / 1e6, cur[i]->slot,
+            fl_shm_load(cur[i]->lag_p99_us) / 1e6, cur[i]->slot,
+            fl_shm_load(cur[i]->lag_max_us) / 1e6);
     }
     HELP("fleetd_connections", "gauge", "Open client connections.");
     for (int i = 0; i < n; i++)
-        evbuffer_add_printf(b,
+        evbuffer_add_printf(
+            b,
             "fleetd_connections{worker=\"%d\",kind=\"http\"} %u\n"
             "fleetd_connections{worker=\"%d\",kind=\"ws\"} %u\n",
-            cur[i]->slot, fl_shm_load(cur[i]->conns_http),
-            cur[i]->slot, fl_shm_load(cur[i]->conns_ws));
-    HELP("fleetd_connections_accepted_total", "counter",
-         "Connections accepted.");
-    for (int i = 0; i < n; i++)
-        evbuffer_add_printf(b, "fleetd_connections_accepted_total"
-                            "{worker=\"%d\"} %llu\n", cur[i]->slot,
-                            (unsigned long long)fl_shm_load(
-                                cur[i]->conns_accepted));
-    HELP("fleetd_connections_rejected_total", "counter",
-         "Connections refused over http.max_connections.");
-    for (int i = 0; i < n; i++)
-        evbuffer_add_printf(b, "fleetd_connections_rejected_total"
-                            "{worker=\"%d\"} %llu\n", cur[i]->slot,
-                            (unsigned long long)fl_shm_load(
-                                cur[i]->conns_rejected));
+            cur[i]->slot, fl_shm_load(cur[i]->conns_http), cur[i]->slot,
+            fl_shm_load(cur[i]->conns_ws));
+    per_worker_u64(b, cur, n, "fleetd_connections_accepted_total",
+                   "Connections accepted.",
+                   offsetof(fl_shm_worker_t, conns_accepted));
+    per_worker_u64(b, cur, n, "fleetd_connections_rejected_total",
+                   "Connections refused over http.max_connections.",
+                   offsetof(fl_shm_worker_t, conns_rejected));
     HELP("fleetd_http_requests_total", "counter",
          "HTTP responses sent, by status code.");
     for (int i = 0; i < n; i++) {
         for (int code = 100; code < FL_SHM_STATUS_CODES; code++) {
             uint64_t v = fl_shm_load(cur[i]->http_requests[code]);
             if (v)
-                evbuffer_add_printf(b, "fleetd_http_requests_total"
+                evbuffer_add_printf(b,
+                                    "fleetd_http_requests_total"
                                     "{worker=\"%d\",code=\"%d\"} %llu\n",
-                                    cur[i]->slot, code,
-                                    (unsigned long long)v);
+                                    cur[i]->slot, code, (unsigned long long)v);
         }
     }
 #undef HELP

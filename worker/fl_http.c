@@ -45,18 +45,18 @@ struct fl_http_conn_s {
     fl_http_req_t      *req;
     /* url and header bytes of the request being parsed, NUL-separated;
      * offsets because hbuf may move while it grows */
-    char               *hbuf;
-    size_t              hlen, hcap;
-    size_t              name_off[FL_HTTP_MAX_HEADERS];
-    size_t              value_off[FL_HTTP_MAX_HEADERS];
-    int                 nheaders;
-    int                 last_cb;        /* 0 none, 1 url, 2 field, 3 value */
-    size_t              body_bytes;
-    int                 error_status;   /* limit hit while parsing */
-    int                 message_done;
-    int                 processing;     /* inside conn_process() */
-    int                 dead;
-    fl_http_conn_t     *prev, *next;
+    char           *hbuf;
+    size_t          hlen, hcap;
+    size_t          name_off[FL_HTTP_MAX_HEADERS];
+    size_t          value_off[FL_HTTP_MAX_HEADERS];
+    int             nheaders;
+    int             last_cb; /* 0 none, 1 url, 2 field, 3 value */
+    size_t          body_bytes;
+    int             error_status; /* limit hit while parsing */
+    int             message_done;
+    int             processing; /* inside conn_process() */
+    int             dead;
+    fl_http_conn_t *prev, *next;
 };
 
 typedef struct {
@@ -68,17 +68,17 @@ typedef struct {
     void              *ud;
 } route_t;
 
-static route_t               routes[MAX_ROUTES];
-static int                   nroutes;
+static route_t                routes[MAX_ROUTES];
+static int                    nroutes;
 static struct evconnlistener *listener;
-static fl_http_conn_t        *conns;        /* live connections */
-static fl_http_conn_t        *zombies;      /* closed, freed by the reaper */
+static fl_http_conn_t        *conns;   /* live connections */
+static fl_http_conn_t        *zombies; /* closed, freed by the reaper */
 static struct event          *ev_reaper;
-static http_parser_settings  settings;
-static int                   nconns;
-static size_t                read_high_wm;
-static char                  date_buf[40];
-static time_t                date_sec;
+static http_parser_settings   settings;
+static int                    nconns;
+static size_t                 read_high_wm;
+static char                   date_buf[40];
+static time_t                 date_sec;
 
 static void conn_process(fl_http_conn_t *c);
 static void conn_close(fl_http_conn_t *c);
@@ -86,11 +86,11 @@ static void conn_arm(fl_http_conn_t *c, int64_t ms);
 
 /* ---- routes ---- */
 
-void fl_http_route(const char *method, const char *path,
-                   fl_http_handler_pt fn, void *ud)
+void fl_http_route(const char *method, const char *path, fl_http_handler_pt fn,
+                   void *ud)
 {
     route_t *r;
-    size_t len = strlen(path);
+    size_t   len = strlen(path);
 
     if (nroutes == MAX_ROUTES) {
         fl_error("too many HTTP routes, \"%s\" not added", path);
@@ -114,8 +114,8 @@ static int route_match(const route_t *r, const char *path)
 
 static void dispatch(fl_http_req_t *req)
 {
-    char allow[128] = "";
-    size_t alen = 0;
+    char        allow[128] = "";
+    size_t      alen = 0;
     const char *m = req->method == HTTP_HEAD ? "GET" : req->method_name;
 
     for (int i = 0; i < nroutes; i++) {
@@ -123,8 +123,8 @@ static void dispatch(fl_http_req_t *req)
         if (!route_match(r, req->path))
             continue;
         if (r->method == NULL || strcmp(r->method, m) == 0) {
-            if (r->fn(req, r->ud) == FL_AGAIN && !req->responded &&
-                req->conn && req->conn->req == req)
+            if (r->fn(req, r->ud) == FL_AGAIN && !req->responded && req->conn &&
+                req->conn->req == req)
                 bufferevent_disable(req->conn->bev, EV_READ);
             return;
         }
@@ -172,15 +172,15 @@ const char *fl_http_header(const fl_http_req_t *req, const char *name)
     return NULL;
 }
 
-const char *fl_http_query(const fl_http_req_t *req, const char *name,
-                          char *buf, size_t len)
+const char *fl_http_query(const fl_http_req_t *req, const char *name, char *buf,
+                          size_t len)
 {
-    size_t nlen = strlen(name);
+    size_t      nlen = strlen(name);
     const char *p = req->query;
 
     while (p && *p) {
         const char *amp = strchr(p, '&');
-        size_t plen = amp ? (size_t)(amp - p) : strlen(p);
+        size_t      plen = amp ? (size_t)(amp - p) : strlen(p);
 
         if (plen >= nlen && strncmp(p, name, nlen) == 0 &&
             (plen == nlen || p[nlen] == '=')) {
@@ -196,8 +196,7 @@ const char *fl_http_query(const fl_http_req_t *req, const char *name,
     return NULL;
 }
 
-void fl_http_add_header(fl_http_req_t *req, const char *name,
-                        const char *value)
+void fl_http_add_header(fl_http_req_t *req, const char *name, const char *value)
 {
     if (req->out_headers == NULL)
         req->out_headers = evbuffer_new();
@@ -238,14 +237,13 @@ const char *fl_http_status_text(int status)
 
 static const char *http_date(void)
 {
-    time_t now = time(NULL);
+    time_t    now = time(NULL);
     struct tm tm;
 
     if (now != date_sec) {
         date_sec = now;
         gmtime_r(&now, &tm);
-        strftime(date_buf, sizeof(date_buf), "%a, %d %b %Y %H:%M:%S GMT",
-                 &tm);
+        strftime(date_buf, sizeof(date_buf), "%a, %d %b %Y %H:%M:%S GMT", &tm);
     }
     return date_buf;
 }
@@ -257,10 +255,10 @@ static const char *http_date(void)
 static void respond(fl_http_req_t *req, int status, const char *ctype,
                     const void *body, size_t len, struct evbuffer *body_buf)
 {
-    fl_http_conn_t *c = req->conn;
+    fl_http_conn_t  *c = req->conn;
     struct evbuffer *out;
-    char head[512];
-    int keep, n;
+    char             head[512];
+    int              keep, n;
 
     if (req->responded)
         return;
@@ -268,7 +266,7 @@ static void respond(fl_http_req_t *req, int status, const char *ctype,
     if (status >= 0 && status < FL_SHM_STATUS_CODES)
         fl_shm_add(fl_worker.stats->http_requests[status], 1);
 
-    if (c == NULL) {            /* the peer went away meanwhile */
+    if (c == NULL) { /* the peer went away meanwhile */
         req_free(req);
         return;
     }
@@ -276,15 +274,14 @@ static void respond(fl_http_req_t *req, int status, const char *ctype,
     keep = req->keep_alive && !c->error_status && !fl_worker.draining;
     if (body_buf)
         len = evbuffer_get_length(body_buf);
-    n = snprintf(head, sizeof(head),
-                 "HTTP/1.1 %d %s\r\nServer: fleetd\r\nDate: %s\r\n"
-                 "Content-Length: %zu\r\n%s%s%s%s",
-                 status, fl_http_status_text(status), http_date(), len,
-                 ctype ? "Content-Type: " : "", ctype ? ctype : "",
-                 ctype ? "\r\n" : "",
-                 keep ? (req->http_minor == 0 ? "Connection: keep-alive\r\n"
-                                              : "")
-                      : "Connection: close\r\n");
+    n = snprintf(
+        head, sizeof(head),
+        "HTTP/1.1 %d %s\r\nServer: fleetd\r\nDate: %s\r\n"
+        "Content-Length: %zu\r\n%s%s%s%s",
+        status, fl_http_status_text(status), http_date(), len,
+        ctype ? "Content-Type: " : "", ctype ? ctype : "", ctype ? "\r\n" : "",
+        keep ? (req->http_minor == 0 ? "Connection: keep-alive\r\n" : "")
+             : "Connection: close\r\n");
     out = bufferevent_get_output(c->bev);
     evbuffer_add(out, head, n);
     if (req->out_headers)
@@ -324,8 +321,8 @@ void fl_http_respond(fl_http_req_t *req, int status, const char *ctype,
     respond(req, status, ctype, body, len, NULL);
 }
 
-void fl_http_respond_buffer(fl_http_req_t *req, int status,
-                            const char *ctype, struct evbuffer *buf)
+void fl_http_respond_buffer(fl_http_req_t *req, int status, const char *ctype,
+                            struct evbuffer *buf)
 {
     respond(req, status, ctype, NULL, 0, buf);
 }
@@ -334,9 +331,9 @@ void fl_http_respond_error(fl_http_req_t *req, int status, const char *code,
                            const char *message)
 {
     char body[512];
-    int n = snprintf(body, sizeof(body),
-                     "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n",
-                     code, message);
+    int  n = snprintf(body, sizeof(body),
+                      "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n", code,
+                      message);
 
     respond(req, status, "application/json", body,
             (size_t)fl_min(n, (int)sizeof(body) - 1), NULL);
@@ -344,7 +341,7 @@ void fl_http_respond_error(fl_http_req_t *req, int status, const char *code,
 
 struct bufferevent *fl_http_upgrade(fl_http_req_t *req)
 {
-    fl_http_conn_t *c = req->conn;
+    fl_http_conn_t     *c = req->conn;
     struct bufferevent *bev;
 
     if (c == NULL)
@@ -363,8 +360,7 @@ struct bufferevent *fl_http_upgrade(fl_http_req_t *req)
 
 /* ---- parser callbacks ---- */
 
-static int hbuf_append(fl_http_conn_t *c, int kind, const char *at,
-                       size_t len)
+static int hbuf_append(fl_http_conn_t *c, int kind, const char *at, size_t len)
 {
     size_t need;
 
@@ -378,7 +374,7 @@ static int hbuf_append(fl_http_conn_t *c, int kind, const char *at,
                 return -1;
             }
             c->name_off[c->nheaders] = c->hlen;
-            c->value_off[c->nheaders] = c->hlen;  /* until a value comes */
+            c->value_off[c->nheaders] = c->hlen; /* until a value comes */
         } else if (kind == 3) {
             c->value_off[c->nheaders++] = c->hlen;
         }
@@ -435,12 +431,12 @@ static int on_header_value(http_parser *p, const char *at, size_t len)
 static int on_headers_complete(http_parser *p)
 {
     fl_http_conn_t *c = p->data;
-    fl_http_req_t *req = c->req;
-    char *q;
+    fl_http_req_t  *req = c->req;
+    char           *q;
 
-    if (c->last_cb == 2)                 /* a field without value */
+    if (c->last_cb == 2) /* a field without value */
         c->value_off[c->nheaders++] = c->hlen;
-    if (hbuf_append(c, 4, "", 0) != 0)   /* terminates the last element */
+    if (hbuf_append(c, 4, "", 0) != 0) /* terminates the last element */
         return -1;
     c->hbuf[c->hlen++] = '\0';
 
@@ -450,7 +446,7 @@ static int on_headers_complete(http_parser *p)
     req->keep_alive = http_should_keep_alive(p);
     req->upgrade = p->upgrade;
     req->url = fl_alloc(c->hlen);
-    memcpy(req->url, c->hbuf, c->hlen);  /* url, then headers */
+    memcpy(req->url, c->hbuf, c->hlen); /* url, then headers */
     for (int i = 0; i < c->nheaders; i++) {
         req->headers[i].name = req->url + c->name_off[i];
         req->headers[i].value = req->url + c->value_off[i];
@@ -527,7 +523,7 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
 
 static void conn_arm(fl_http_conn_t *c, int64_t ms)
 {
-    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
 
     evtimer_add(c->timer, &tv);
 }
@@ -544,22 +540,21 @@ static void conn_process(fl_http_conn_t *c)
     c->processing = 1;
     while (!c->dead && (c->state == C_IDLE || c->state == C_READING)) {
         struct evbuffer_iovec v;
-        size_t n;
-        enum http_errno err;
+        size_t                n;
+        enum http_errno       err;
 
         if (evbuffer_get_length(bufferevent_get_output(c->bev)) >
             (size_t)fl_worker.cf->http.max_output_bytes)
-            break;                     /* resumes in on_write */
+            break; /* resumes in on_write */
         if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
             break;
 
-        n = http_parser_execute(&c->parser, &settings, v.iov_base,
-                                v.iov_len);
+        n = http_parser_execute(&c->parser, &settings, v.iov_base, v.iov_len);
         err = HTTP_PARSER_ERRNO(&c->parser);
         evbuffer_drain(in, n);
 
         if (c->error_status || (err != HPE_OK && err != HPE_PAUSED)) {
-            int status = c->error_status ? c->error_status : 400;
+            int  status = c->error_status ? c->error_status : 400;
             char msg[160];
 
             c->error_status = status;
@@ -573,13 +568,13 @@ static void conn_process(fl_http_conn_t *c)
                          http_errno_description(err));
             else
                 snprintf(msg, sizeof(msg), "%s",
-                         status == 413 ? "body larger than "
-                                         "http.max_body_bytes"
+                         status == 413   ? "body larger than "
+                                           "http.max_body_bytes"
                          : status == 408 ? "request not received in time"
                                          : "request line or headers larger "
                                            "than http.max_header_bytes");
             fl_http_respond_error(c->req, status,
-                                  status == 413 ? "payload_too_large"
+                                  status == 413   ? "payload_too_large"
                                   : status == 400 ? "bad_request"
                                                   : "header_too_large",
                                   msg);
@@ -648,7 +643,7 @@ static void conn_close(fl_http_conn_t *c)
     c->dead = 1;
     if (c->req) {
         if (c->state == C_HANDLING && !c->req->responded) {
-            c->req->conn = NULL;   /* freed when the handler responds */
+            c->req->conn = NULL; /* freed when the handler responds */
             c->req->gone = 1;
         } else {
             req_free(c->req);
@@ -693,7 +688,7 @@ static void on_reap(evutil_socket_t fd, short what, void *arg)
 void fl_http_serve_fd(evutil_socket_t fd)
 {
     fl_http_conn_t *c;
-    int one = 1;
+    int             one = 1;
 
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     c = fl_calloc(1, sizeof(*c));
@@ -727,7 +722,8 @@ static void reject(evutil_socket_t fd)
     static const char resp[] =
         "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json"
         "\r\nContent-Length: 81\r\nConnection: close\r\n\r\n"
-        "{\"error\":{\"code\":\"overloaded\",\"message\":\"too many connections "
+        "{\"error\":{\"code\":\"overloaded\",\"message\":\"too many "
+        "connections "
         "on this worker\"}}\n";
 
     /* best effort: the socket buffer of a fresh connection takes it */
@@ -774,7 +770,7 @@ static int http_init(fl_worker_t *w)
 
     ev_reaper = event_new(w->base, -1, 0, on_reap, NULL);
     if (w->listen_fd == -1)
-        return FL_OK;           /* fuzzing and tests feed fl_http_serve_fd */
+        return FL_OK; /* fuzzing and tests feed fl_http_serve_fd */
     listener = evconnlistener_new(w->base, on_accept, NULL,
                                   LEV_OPT_CLOSE_ON_FREE, -1, w->listen_fd);
     if (listener == NULL) {

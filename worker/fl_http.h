@@ -30,41 +30,41 @@ typedef struct {
 } fl_http_header_t;
 
 typedef struct fl_http_req_s {
-    fl_http_conn_t   *conn;        /* NULL once the peer went away */
-    int               gone;
-    enum http_method  method;
-    const char       *method_name;
-    char             *url;         /* as received, NUL-terminated */
-    char             *path;        /* decoded-free path, before '?' */
-    char             *query;       /* after '?', or "" */
-    fl_http_header_t  headers[FL_HTTP_MAX_HEADERS];
-    int               nheaders;
-    struct evbuffer  *body;
-    int               keep_alive;
-    int               upgrade;
-    int               http_minor;
+    fl_http_conn_t  *conn; /* NULL once the peer went away */
+    int              gone;
+    enum http_method method;
+    const char      *method_name;
+    char            *url;   /* as received, NUL-terminated */
+    char            *path;  /* decoded-free path, before '?' */
+    char            *query; /* after '?', or "" */
+    fl_http_header_t headers[FL_HTTP_MAX_HEADERS];
+    int              nheaders;
+    struct evbuffer *body;
+    int              keep_alive;
+    int              upgrade;
+    int              http_minor;
 
     /* response being built */
-    struct evbuffer  *out_headers;
-    int               responded;
-    int64_t           started_us;
+    struct evbuffer *out_headers;
+    int              responded;
+    int64_t          started_us;
 } fl_http_req_t;
 
 typedef int (*fl_http_handler_pt)(fl_http_req_t *req, void *ud);
 
 /*
  * Register a route. method: "GET", "POST", ... or NULL for any. path: an
- * exact path, or a prefix ending in '*' (e.g. "/api/v1/devices/" + '*'). The first
- * match wins; a path that matches with another method gets 405 + Allow.
+ * exact path, or a prefix ending in '*' (e.g. "/api/v1/devices/" + '*'). The
+ * first match wins; a path that matches with another method gets 405 + Allow.
  */
-void fl_http_route(const char *method, const char *path,
-                   fl_http_handler_pt fn, void *ud);
+void fl_http_route(const char *method, const char *path, fl_http_handler_pt fn,
+                   void *ud);
 
 /* Case-insensitive header lookup; NULL if absent. */
 const char *fl_http_header(const fl_http_req_t *req, const char *name);
 /* Value of a query parameter (not decoded) into buf; NULL if absent. */
-const char *fl_http_query(const fl_http_req_t *req, const char *name,
-                          char *buf, size_t len);
+const char *fl_http_query(const fl_http_req_t *req, const char *name, char *buf,
+                          size_t len);
 
 /* Add a response header before fl_http_respond(). */
 void fl_http_add_header(fl_http_req_t *req, const char *name,
@@ -74,8 +74,8 @@ void fl_http_add_header(fl_http_req_t *req, const char *name,
 void fl_http_respond(fl_http_req_t *req, int status, const char *ctype,
                      const void *body, size_t len);
 /* Same, moving the contents of buf (buf is left empty). */
-void fl_http_respond_buffer(fl_http_req_t *req, int status,
-                            const char *ctype, struct evbuffer *buf);
+void fl_http_respond_buffer(fl_http_req_t *req, int status, const char *ctype,
+                            struct evbuffer *buf);
 /* {"error": {"code": code, "message": message}} */
 void fl_http_respond_error(fl_http_req_t *req, int status, const char *code,
                            const char *message);

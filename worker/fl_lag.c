@@ -24,7 +24,7 @@ static int64_t       next_publish_us;
 static void lag_publish(void)
 {
     fl_shm_worker_t *s = fl_worker.stats;
-    fl_hist_t h;
+    fl_hist_t        h;
 
     fl_window_merge(&window, &h);
     fl_shm_store(s->lag_p50_us, (uint32_t)fl_hist_quantile(&h, 0.50));
@@ -36,8 +36,8 @@ static void lag_publish(void)
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
-    int64_t now = fl_now_us(), late = now - expected_us;
-    struct timeval tv = { 0, LAG_PERIOD_US };
+    int64_t        now = fl_now_us(), late = now - expected_us;
+    struct timeval tv = {0, LAG_PERIOD_US};
 
     (void)fd, (void)what, (void)arg;
     fl_window_record(&window, late > 0 ? (uint64_t)late : 0);
@@ -51,7 +51,7 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
 
 static int lag_init(fl_worker_t *w)
 {
-    struct timeval tv = { 0, LAG_PERIOD_US };
+    struct timeval tv = {0, LAG_PERIOD_US};
 
     fl_window_reset(&window);
     ev_tick = evtimer_new(w->base, on_tick, NULL);

@@ -25,8 +25,8 @@ static struct event *ev_drain;
 static void drain_begin(int fast)
 {
     fl_worker_t *w = &fl_worker;
-    int64_t timeout = fast ? w->cf->fast_shutdown_timeout_ms
-                           : w->cf->shutdown_timeout_ms;
+    int64_t      timeout =
+        fast ? w->cf->fast_shutdown_timeout_ms : w->cf->shutdown_timeout_ms;
     int64_t deadline = fl_now_ms() + timeout;
 
     if (w->draining >= (fast ? 2 : 1))
@@ -46,9 +46,9 @@ static void drain_begin(int fast)
 
 void fl_worker_drain_check(void)
 {
-    fl_worker_t *w = &fl_worker;
-    struct timeval tv = { 0, 50000 };
-    int busy = 0;
+    fl_worker_t   *w = &fl_worker;
+    struct timeval tv = {0, 50000};
+    int            busy = 0;
 
     if (!w->draining)
         return;
@@ -61,8 +61,7 @@ void fl_worker_drain_check(void)
         return;
     }
     if (fl_now_ms() >= w->drain_deadline_ms) {
-        fl_warn("drain deadline reached with %d units of work in flight",
-                busy);
+        fl_warn("drain deadline reached with %d units of work in flight", busy);
         event_base_loopbreak(w->base);
         return;
     }
@@ -82,16 +81,10 @@ static void on_signal(evutil_socket_t signo, short what, void *arg)
     (void)what, (void)arg;
 
     switch (signo) {
-    case SIGQUIT:
-        drain_begin(0);
-        break;
+    case SIGQUIT: drain_begin(0); break;
     case SIGTERM:
-    case SIGINT:
-        drain_begin(1);
-        break;
-    case SIGUSR1:
-        fl_log_reopen();
-        break;
+    case SIGINT: drain_begin(1); break;
+    case SIGUSR1: fl_log_reopen(); break;
     case SIGHUP:
         /* the master reloads; a worker has nothing to re-read */
         break;
@@ -112,11 +105,11 @@ static void on_parent_check(evutil_socket_t fd, short what, void *arg)
 int fl_worker_main(fl_config_t *cf, int slot, uint32_t generation, int entry,
                    int listen_fd)
 {
-    static const int sigs[] = { SIGQUIT, SIGTERM, SIGINT, SIGUSR1, SIGHUP };
-    fl_worker_t *w = &fl_worker;
+    static const int     sigs[] = {SIGQUIT, SIGTERM, SIGINT, SIGUSR1, SIGHUP};
+    fl_worker_t         *w = &fl_worker;
     struct event_config *ecf;
-    struct timeval second = { 1, 0 };
-    int i, inited = 0, rc = 0;
+    struct timeval       second = {1, 0};
+    int                  i, inited = 0, rc = 0;
 
     memset(w, 0, sizeof(*w));
     w->cf = cf;

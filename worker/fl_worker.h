@@ -21,11 +21,11 @@ typedef struct fl_worker_s fl_worker_t;
 typedef struct {
     const char *name;
     /* FL_OK or FL_ERROR (the worker then exits and the master backs off) */
-    int  (*init)(fl_worker_t *w);
+    int (*init)(fl_worker_t *w);
     /* stop taking new work; fast = SIGTERM or master gone */
     void (*stop)(fl_worker_t *w, int fast);
     /* units of in-flight work left; the worker exits when all are 0 */
-    int  (*busy)(fl_worker_t *w);
+    int (*busy)(fl_worker_t *w);
     void (*destroy)(fl_worker_t *w);
 } fl_module_t;
 
@@ -38,8 +38,8 @@ struct fl_worker_s {
     uint32_t           generation;
     int                listen_fd;
     pid_t              master_pid;
-    fl_shm_worker_t   *stats;       /* this worker's entry in fl_shm */
-    int                draining;    /* 0, 1 graceful, 2 fast */
+    fl_shm_worker_t   *stats;    /* this worker's entry in fl_shm */
+    int                draining; /* 0, 1 graceful, 2 fast */
     int64_t            drain_deadline_ms;
 };
 

@@ -16,20 +16,20 @@
 #include <unistd.h>
 
 #include "fl_config.h"
+#include "fl_http.h"
 #include "fl_log.h"
 #include "fl_shm.h"
 #include "fl_worker.h"
-#include "fl_http.h"
 
 extern const fl_module_t fl_http_module;
 extern const fl_module_t fl_health_module;
 
 /* the worker's module table is not linked in: provide an empty one */
-const fl_module_t *const fl_modules[] = { NULL };
+const fl_module_t *const fl_modules[] = {NULL};
 
 static int setup(void)
 {
-    char err[FL_CONF_ERRLEN];
+    char              err[FL_CONF_ERRLEN];
     static const char yaml[] = "http: {max_header_bytes: 2k, "
                                "max_body_bytes: 4k, max_output_bytes: 8k}\n";
 
@@ -38,8 +38,8 @@ static int setup(void)
     if (fl_shm_create() != FL_OK)
         abort();
     memset(&fl_worker, 0, sizeof(fl_worker));
-    fl_worker.cf = fl_config_load_string("fuzz", yaml, sizeof(yaml) - 1, err,
-                                         sizeof(err));
+    fl_worker.cf =
+        fl_config_load_string("fuzz", yaml, sizeof(yaml) - 1, err, sizeof(err));
     if (fl_worker.cf == NULL)
         abort();
     fl_worker.base = event_base_new();
@@ -55,10 +55,10 @@ static int setup(void)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static int ready;
-    int sv[2];
-    char sink[65536];
-    size_t off = 0;
-    int idle = 0;
+    int        sv[2];
+    char       sink[65536];
+    size_t     off = 0;
+    int        idle = 0;
 
     if (!ready)
         ready = setup() == 0;
@@ -81,9 +81,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         event_base_loop(fl_worker.base, EVLOOP_NONBLOCK);
         n = read(sv[1], sink, sizeof(sink));
         if (n == 0 && off == size)
-            break;                      /* the server closed */
+            break; /* the server closed */
         if (n < 0 && off == size && ++idle > 3)
-            break;                      /* nothing more will happen */
+            break; /* nothing more will happen */
     }
     close(sv[1]);
     /* close whatever is left (timers, pending) through the module */
