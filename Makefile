@@ -18,12 +18,14 @@ BUILD    ?= build
 PYTHON   ?= /usr/bin/python3
 FUZZ_SECONDS ?= 30
 
-PKGS     := libevent yaml-0.1 libcjson
+PKGS     := libevent libevent_pthreads yaml-0.1 libcjson hiredis
 OPT      ?= -O2 -g
 SAN      ?=
 override CFLAGS += $(OPT) $(SAN) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter \
-            -Icommon -Imaster -Iworker $(shell pkg-config --cflags $(PKGS))
-LDLIBS   += $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lm
+            -Icommon -Imaster -Iworker $(shell pkg-config --cflags $(PKGS)) \
+            -I$(shell pg_config --includedir)
+LDLIBS   += $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lpaho-mqtt3as \
+            -lpq -lpthread -lm
 
 COMMON_SRC := $(wildcard common/*.c)
 MASTER_SRC := $(wildcard master/*.c)
@@ -31,8 +33,11 @@ WORKER_SRC := $(wildcard worker/*.c)
 FLEETD_SRC := $(COMMON_SRC) $(MASTER_SRC) $(WORKER_SRC)
 FLEETD_OBJ := $(FLEETD_SRC:%.c=$(BUILD)/obj/%.o)
 UNIT_SRC   := $(wildcard test/unit/*.c)
+# pure-logic worker files that the unit tests exercise
+UNIT_WORKER := worker/fl_payload.c
 UNIT_OBJ   := $(UNIT_SRC:%.c=$(BUILD)/obj/%.o) \
-              $(COMMON_SRC:%.c=$(BUILD)/obj/%.o)
+              $(COMMON_SRC:%.c=$(BUILD)/obj/%.o) \
+              $(UNIT_WORKER:%.c=$(BUILD)/obj/%.o)
 HEADERS    := $(wildcard common/*.h master/*.h worker/*.h test/unit/*.h)
 
 .PHONY: all test test-unit test-integration asan fuzz run install clean \
@@ -66,10 +71,15 @@ asan:
 	  LDFLAGS="-fsanitize=address,undefined" test
 
 FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Icommon -Iworker
-fuzz: $(BUILD)/fuzz_config $(BUILD)/fuzz_http
-	@mkdir -p $(BUILD)/corpus/config $(BUILD)/corpus/http
+fuzz: $(BUILD)/fuzz_config $(BUILD)/fuzz_http $(BUILD)/fuzz_payload
+	@mkdir -p $(BUILD)/corpus/config $(BUILD)/corpus/http $(BUILD)/corpus/payload
 	$(BUILD)/fuzz_config -max_total_time=$(FUZZ_SECONDS) $(BUILD)/corpus/config test/fuzz/corpus/config
 	$(BUILD)/fuzz_http -max_total_time=$(FUZZ_SECONDS) $(BUILD)/corpus/http test/fuzz/corpus/http
+	$(BUILD)/fuzz_payload -max_total_time=$(FUZZ_SECONDS) $(BUILD)/corpus/payload test/fuzz/corpus/payload
+
+$(BUILD)/fuzz_payload: test/fuzz/fuzz_payload.c worker/fl_payload.c common/fl_core.c $(HEADERS)
+	@mkdir -p $(BUILD)
+	clang $(FUZZ_FLAGS) -o $@ test/fuzz/fuzz_payload.c worker/fl_payload.c common/fl_core.c $(shell pkg-config --libs libcjson)
 
 $(BUILD)/fuzz_config: test/fuzz/fuzz_config.c $(COMMON_SRC) $(HEADERS)
 	@mkdir -p $(BUILD)

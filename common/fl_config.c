@@ -32,6 +32,8 @@ typedef enum {
     T_LISTEN,
     T_LOGLEVEL,
     T_STRLIST,
+    T_BOOL,
+    T_INT64,
 } conf_type_t;
 
 typedef struct {
@@ -87,27 +89,83 @@ static const conf_key_t conf_keys[] = {
     {"mqtt.topics", T_STRLIST, O(mqtt.topics), 1, 1024,
      "[\"devices/+/telemetry\", \"devices/+/state\"]"},
     {"mqtt.qos", T_INT, O(mqtt.qos), 0, 1, "1"},
+    {"mqtt.client_id", T_STR, O(mqtt.client_id), 0, 128, ""},
+    {"mqtt.share_group", T_STR, O(mqtt.share_group), 0, 64, "fleetd"},
+    {"mqtt.keepalive", T_DURATION, O(mqtt.keepalive_ms), 1000, 3600000,
+     "30s"},
+    {"mqtt.session_expiry", T_DURATION, O(mqtt.session_expiry_ms), 0,
+     4294967000LL * 1000, "1d"},
+    {"mqtt.connect_timeout", T_DURATION, O(mqtt.connect_timeout_ms), 100,
+     600000, "5s"},
+    {"mqtt.reconnect_max", T_DURATION, O(mqtt.reconnect_max_ms), 100,
+     600000, "10s"},
+    {"mqtt.receive_max", T_INT, O(mqtt.receive_max), 1, 65535, "100"},
+    {"mqtt.ca_file", T_STR, O(mqtt.ca_file), 0, 4095, ""},
+    {"mqtt.cert_file", T_STR, O(mqtt.cert_file), 0, 4095, ""},
+    {"mqtt.key_file", T_STR, O(mqtt.key_file), 0, 4095, ""},
+    {"mqtt.tls_insecure", T_BOOL, O(mqtt.tls_insecure), 0, 1, "false"},
 
     S("redis"),
     {"redis.host", T_STR, O(redis.host), 1, 1024, "127.0.0.1"},
     {"redis.port", T_INT, O(redis.port), 1, 65535, "6379"},
     {"redis.password", T_STR, O(redis.password), 0, 1024, ""},
+    {"redis.prefix", T_STR, O(redis.prefix), 0, 64, "fleetd:"},
+    {"redis.stream_maxlen", T_INT64, O(redis.stream_maxlen), 1000,
+     1000000000, "10000000"},
+    {"redis.dead_letter_maxlen", T_INT64, O(redis.dead_letter_maxlen), 100,
+     1000000000, "100000"},
+    {"redis.shadow_ttl", T_DURATION, O(redis.shadow_ttl_ms), 1000,
+     31536000000LL * 10, "7d"},
+    {"redis.channel_shards", T_INT, O(redis.channel_shards), 1, 1024, "16"},
+    {"redis.connect_timeout", T_DURATION, O(redis.connect_timeout_ms), 100,
+     600000, "2s"},
+    {"redis.command_timeout", T_DURATION, O(redis.command_timeout_ms), 100,
+     600000, "5s"},
 
     S("postgres"),
     {"postgres.conninfo", T_STR, O(postgres.conninfo), 0, 4096,
      "host=127.0.0.1 port=5432 dbname=fleetd user=fleetd"},
     {"postgres.retention_days", T_INT, O(postgres.retention_days), 1, 36500,
      "30"},
+    {"postgres.connect_timeout", T_DURATION, O(postgres.connect_timeout_ms),
+     100, 600000, "5s"},
+    {"postgres.partition_interval", T_DURATION,
+     O(postgres.partition_interval_ms), 3600000, 2592000000LL, "1d"},
+    {"postgres.partitions_ahead", T_INT, O(postgres.partitions_ahead), 1, 365,
+     "3"},
+    {"postgres.synchronous_commit", T_BOOL, O(postgres.synchronous_commit), 0,
+     1, "true"},
 
     S("auth"),
     {"auth.admin_tokens", T_STRLIST, O(auth.admin_tokens), 1, 1024,
      "[\"change-me\"]"},
+
+    S("ingest"),
+    {"ingest.batch", T_INT, O(ingest.batch), 1, 100000, "5000"},
+    {"ingest.block", T_DURATION, O(ingest.block_ms), 1, 60000, "100ms"},
+    {"ingest.claim_idle", T_DURATION, O(ingest.claim_idle_ms), 1000,
+     86400000, "30s"},
+    {"ingest.max_deliveries", T_INT, O(ingest.max_deliveries), 1, 1000, "5"},
+    {"ingest.parse_threads", T_INT, O(ingest.parse_threads), 1, 64, "2"},
+    {"ingest.parse_inline_max", T_SIZE, O(ingest.parse_inline_max), 0,
+     268435456, "16k"},
+    {"ingest.online_window", T_DURATION, O(ingest.online_window_ms), 1000,
+     31536000000LL, "5m"},
 
     S("limits"),
     {"limits.max_payload_bytes", T_SIZE, O(limits.max_payload_bytes), 16,
      268435456, "64k"},
     {"limits.ws_send_buffer", T_SIZE, O(limits.ws_send_buffer), 1024,
      1073741824, "1m"},
+    {"limits.max_metrics", T_INT, O(limits.max_metrics), 1, 100000, "1000"},
+    {"limits.max_name_bytes", T_INT, O(limits.max_name_bytes), 1, 1024,
+     "128"},
+    {"limits.max_depth", T_INT, O(limits.max_depth), 1, 64, "8"},
+    {"limits.max_batch", T_INT, O(limits.max_batch), 1, 100000, "1000"},
+    {"limits.max_string_bytes", T_INT, O(limits.max_string_bytes), 1,
+     16777216, "1024"},
+    {"limits.max_future", T_DURATION, O(limits.max_future_ms), 0,
+     31536000000LL, "1d"},
 };
 
 typedef struct {
@@ -278,6 +336,8 @@ static const char *type_name(conf_type_t t)
     switch (t) {
     case T_SECTION: return "a mapping";
     case T_STRLIST: return "a list of strings";
+    case T_BOOL: return "true or false";
+    case T_INT64: return "an integer";
     case T_INT: return "an integer";
     case T_SIZE: return "a size (e.g. 16k, 1m)";
     case T_DURATION: return "a duration (e.g. 500ms, 30s, 2m)";
@@ -337,6 +397,7 @@ static void conf_set_scalar(conf_ctx_t *ctx, const conf_key_t *k,
         return;
     }
     case T_INT:
+    case T_INT64:
         errno = 0;
         v = strtoll(value, &end, 10);
         if (errno != 0 || end == value || *end != '\0' ||
@@ -346,6 +407,18 @@ static void conf_set_scalar(conf_ctx_t *ctx, const conf_key_t *k,
             return;
         }
         break;
+    case T_BOOL:
+        if (strcmp(value, "true") == 0 || strcmp(value, "yes") == 0 ||
+            strcmp(value, "on") == 0) {
+            *(int *)(base + k->off) = 1;
+        } else if (strcmp(value, "false") == 0 || strcmp(value, "no") == 0 ||
+                   strcmp(value, "off") == 0) {
+            *(int *)(base + k->off) = 0;
+        } else {
+            conf_error(ctx, line, "\"%s\" must be %s, not \"%s\"", k->path,
+                       type_name(k->type), value);
+        }
+        return;
     case T_SIZE:
         if (fl_parse_size(value, &v) != FL_OK) {
             conf_error(ctx, line, "\"%s\" must be %s, not \"%s\"", k->path,

@@ -180,3 +180,17 @@ void fl_window_merge(const fl_window_t *w, fl_hist_t *out)
     for (i = 0; i < FL_WINDOW_SLOTS; i++)
         fl_hist_merge(out, &w->slot[i]);
 }
+
+/*
+ * Number of recorded values known to be <= v: the buckets whose whole
+ * range lies at or below v (a Prometheus "le" bucket, rounded down to
+ * bucket resolution).
+ */
+uint64_t fl_hist_count_le(const fl_hist_t *h, uint64_t v)
+{
+    uint64_t n = 0;
+
+    for (int i = 0; i < FL_HIST_BUCKETS && fl_hist_upper(i) <= v; i++)
+        n += h->bucket[i];
+    return n;
+}

@@ -38,6 +38,9 @@ void fl_hist_merge(fl_hist_t *dst, const fl_hist_t *src);
  * clamped to the recorded max; 0 for an empty histogram. */
 uint64_t fl_hist_quantile(const fl_hist_t *h, double q);
 
+/* Values known to be <= v (whole buckets only): Prometheus "le" counts. */
+uint64_t fl_hist_count_le(const fl_hist_t *h, uint64_t v);
+
 #define FL_WINDOW_SLOTS 10
 
 typedef struct {

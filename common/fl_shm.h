@@ -18,6 +18,7 @@
 #define FL_SHM_H
 
 #include "fl_config.h"
+#include "fl_hist.h"
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -32,8 +33,10 @@ typedef enum {
     FL_W_FAILED,    /* keeps crashing: respawned only at the cap delay */
 } fl_wstate_t;
 
-/* HTTP status codes counted per worker: index by fl_shm_status_index(). */
+/* HTTP status codes counted per worker, indexed by the code itself. */
 #define FL_SHM_STATUS_CODES 600
+/* ingest rejections by fl_reject_reason_t (worker/fl_payload.h) */
+#define FL_SHM_REJECT_REASONS 32
 
 /* Dependency states published by the modules that own a connection. */
 typedef enum {
@@ -67,6 +70,32 @@ typedef struct {
     volatile uint64_t conns_rejected; /* over http.max_connections */
     volatile uint64_t http_requests[FL_SHM_STATUS_CODES];
     volatile uint64_t http_bad_requests; /* parse errors before a status */
+
+    /* dependencies as this worker sees them (fl_dep_state_t by FL_DEP_*) */
+    volatile int32_t  dep[4];
+
+    /* MQTT intake (fl_mqtt.c) */
+    volatile uint64_t mqtt_received;     /* messages delivered by the broker */
+    volatile uint64_t mqtt_enqueued;     /* in the stream, then acknowledged */
+    volatile uint64_t mqtt_oversize;     /* dead-lettered at intake */
+    volatile uint64_t mqtt_enqueue_failures; /* XADD failed: not acked */
+    volatile uint64_t mqtt_connects;
+
+    /* stream consumer (fl_ingest.c) */
+    volatile uint64_t ingest_read;       /* stream entries read */
+    volatile uint64_t ingest_accepted;   /* telemetry messages parsed */
+    volatile uint64_t ingest_state;      /* state messages merged */
+    volatile uint64_t ingest_rejected[FL_SHM_REJECT_REASONS];
+    volatile uint64_t ingest_stored;     /* messages committed */
+    volatile uint64_t ingest_rows;       /* rows committed */
+    volatile uint64_t ingest_batches;
+    volatile uint64_t ingest_dead_lettered;
+    volatile uint64_t ingest_claimed;    /* taken over from dead consumers */
+    volatile uint64_t ingest_pg_failures;
+    volatile uint64_t ingest_published;
+    fl_hist_t         batch_rows;        /* rows per committed batch */
+    fl_hist_t         batch_latency_us;  /* read -> committed */
+    fl_hist_t         e2e_latency_us;    /* broker arrival -> committed */
 } fl_shm_worker_t;
 
 typedef struct {
@@ -76,7 +105,11 @@ typedef struct {
     volatile int32_t  workers;    /* configured slots of it */
     volatile uint64_t reloads;
     volatile uint64_t reloads_failed;
-    volatile int32_t  dep_state[4]; /* mqtt, redis, postgres, spare */
+    volatile int32_t  dep_state[4]; /* unused: see fl_shm_worker_t.dep */
+    /* the ingest stream, sampled by the workers' consumers */
+    volatile int64_t  queue_length;
+    volatile int64_t  queue_pending;
+    volatile int64_t  queue_sampled_ms; /* 0: never sampled */
     fl_shm_worker_t   w[FL_SHM_ENTRIES];
 } fl_shm_t;
 

@@ -18,6 +18,7 @@
 #include <event2/buffer.h>
 
 #include "fl_http.h"
+#include "fl_payload.h"
 #include "fl_log.h"
 #include "fl_worker.h"
 
@@ -31,6 +32,31 @@ static const char *dep_name(int state)
     case FL_DEP_CONNECTING: return "connecting";
     default: return "unused";
     }
+}
+
+/* A dependency as the node sees it: down when any ready worker of the
+ * current generation sees it down, connecting when any is connecting,
+ * up when all are up, unused when no module uses it. */
+static int dep_node(const fl_shm_t *s, uint32_t gen, int d)
+{
+    int up = 0, down = 0, connecting = 0;
+
+    for (int i = 0; i < FL_SHM_ENTRIES; i++) {
+        const fl_shm_worker_t *e = &s->w[i];
+        if (fl_shm_load(e->state) != FL_W_READY ||
+            fl_shm_load(e->generation) != gen)
+            continue;
+        switch (fl_shm_load(e->dep[d])) {
+        case FL_DEP_UP: up++; break;
+        case FL_DEP_DOWN: down++; break;
+        case FL_DEP_CONNECTING: connecting++; break;
+        }
+    }
+    if (down)
+        return FL_DEP_DOWN;
+    if (connecting)
+        return FL_DEP_CONNECTING;
+    return up ? FL_DEP_UP : FL_DEP_UNUSED;
 }
 
 static int livez(fl_http_req_t *req, void *ud)
@@ -104,12 +130,19 @@ static int healthz(fl_http_req_t *req, void *ud)
         cJSON *c = cJSON_AddObjectToObject(o, "connections");
         cJSON_AddNumberToObject(c, "ws", fl_shm_load(e->conns_ws));
         cJSON_AddNumberToObject(c, "http", fl_shm_load(e->conns_http));
+        cJSON *dp = cJSON_AddObjectToObject(o, "deps");
+        cJSON_AddStringToObject(dp, "mqtt",
+                                dep_name(fl_shm_load(e->dep[FL_DEP_MQTT])));
+        cJSON_AddStringToObject(dp, "redis",
+                                dep_name(fl_shm_load(e->dep[FL_DEP_REDIS])));
+        cJSON_AddStringToObject(
+            dp, "postgres", dep_name(fl_shm_load(e->dep[FL_DEP_POSTGRES])));
         cJSON_AddItemToArray(ws, o);
     }
     if (kill(fl_shm_load(s->master_pid), 0) == -1)
         ok = 0; /* the master is gone: nobody respawns */
     for (int d = FL_DEP_MQTT; d <= FL_DEP_POSTGRES; d++) {
-        if (fl_shm_load(s->dep_state[d]) == FL_DEP_DOWN)
+        if (dep_node(s, gen, d) == FL_DEP_DOWN)
             ok = 0;
     }
 
@@ -124,16 +157,24 @@ static int healthz(fl_http_req_t *req, void *ud)
     cJSON_AddNumberToObject(o, "slot", fl_worker.slot);
     cJSON_AddNumberToObject(o, "pid", getpid());
     cJSON_AddItemToObject(root, "workers", ws);
-    /* the ingest queue arrives with the MQTT module: null until then */
+    /* sampled every second by the consumers; null until the first sample
+     * (Redis not reached yet), and "stale" past 5 s */
     o = cJSON_AddObjectToObject(root, "queue");
-    cJSON_AddNullToObject(o, "length");
-    cJSON_AddNullToObject(o, "pending");
+    if (fl_shm_load(s->queue_sampled_ms) == 0) {
+        cJSON_AddNullToObject(o, "length");
+        cJSON_AddNullToObject(o, "pending");
+    } else {
+        cJSON_AddNumberToObject(o, "length", fl_shm_load(s->queue_length));
+        cJSON_AddNumberToObject(o, "pending", fl_shm_load(s->queue_pending));
+        cJSON_AddNumberToObject(o, "age_ms",
+                                now - fl_shm_load(s->queue_sampled_ms));
+    }
     cJSON_AddStringToObject(root, "mqtt",
-                            dep_name(fl_shm_load(s->dep_state[FL_DEP_MQTT])));
+                            dep_name(dep_node(s, gen, FL_DEP_MQTT)));
     cJSON_AddStringToObject(root, "redis",
-                            dep_name(fl_shm_load(s->dep_state[FL_DEP_REDIS])));
-    cJSON_AddStringToObject(
-        root, "postgres", dep_name(fl_shm_load(s->dep_state[FL_DEP_POSTGRES])));
+                            dep_name(dep_node(s, gen, FL_DEP_REDIS)));
+    cJSON_AddStringToObject(root, "postgres",
+                            dep_name(dep_node(s, gen, FL_DEP_POSTGRES)));
 
     text = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
@@ -157,6 +198,137 @@ static void per_worker_u64(struct evbuffer              *b,
             (const volatile uint64_t *)((const char *)cur[i] + off);
         evbuffer_add_printf(b, "%s{worker=\"%d\"} %llu\n", name, cur[i]->slot,
                             (unsigned long long)fl_shm_load(*v));
+    }
+}
+
+/* A histogram of microsecond values as a Prometheus histogram in
+ * seconds (or in plain units when scale is 1), summed over workers. */
+static void hist_prom(struct evbuffer *b, const fl_shm_worker_t *const *cur,
+                      int n, const char *name, const char *help,
+                      size_t off, const double *bounds, int nb, double scale)
+{
+    fl_hist_t h;
+
+    fl_hist_reset(&h);
+    for (int i = 0; i < n; i++)
+        fl_hist_merge(&h, (const fl_hist_t *)((const char *)cur[i] + off));
+    evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help,
+                        name);
+    for (int i = 0; i < nb; i++)
+        evbuffer_add_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, bounds[i],
+                            (unsigned long long)fl_hist_count_le(
+                                &h, (uint64_t)(bounds[i] * scale)));
+    evbuffer_add_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %g\n"
+                        "%s_count %llu\n", name,
+                        (unsigned long long)h.count, name,
+                        (double)h.sum / scale, name,
+                        (unsigned long long)h.count);
+}
+
+static void node_counter(struct evbuffer *b, const fl_shm_worker_t *const *cur,
+                         int n, const char *name, const char *help,
+                         size_t off)
+{
+    uint64_t sum = 0;
+
+    for (int i = 0; i < n; i++)
+        sum += fl_shm_load(*(const volatile uint64_t *)((const char *)cur[i] +
+                                                        off));
+    evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name,
+                        help, name, name, (unsigned long long)sum);
+}
+
+/* MQTT intake and stream consumer series, node-wide. */
+static void ingest_metrics(struct evbuffer *b,
+                           const fl_shm_worker_t *const *cur, int n)
+{
+    static const double lat[] = {0.001, 0.002, 0.005, 0.01, 0.025, 0.05,
+                                 0.1,   0.25,  0.5,   1,    2.5,   5, 10};
+    static const double rows[] = {1,   10,   50,   100,  500,
+                                  1000, 2000, 5000, 10000, 50000};
+    static const struct {
+        const char *name, *help;
+        size_t      off;
+    } counters[] = {
+#define C(n, h, f) {"fleetd_" n, h, offsetof(fl_shm_worker_t, f)}
+        C("mqtt_received_total", "MQTT messages delivered by the broker.",
+          mqtt_received),
+        C("mqtt_enqueued_total",
+          "MQTT messages appended to the stream, then acknowledged.",
+          mqtt_enqueued),
+        C("mqtt_oversize_total",
+          "MQTT messages over limits.max_payload_bytes, dead-lettered.",
+          mqtt_oversize),
+        C("mqtt_enqueue_failures_total",
+          "Stream appends that failed (message not acknowledged).",
+          mqtt_enqueue_failures),
+        C("mqtt_connects_total", "Connections to the broker.", mqtt_connects),
+        C("ingest_read_total", "Stream entries read.", ingest_read),
+        C("ingest_accepted_total", "Telemetry messages parsed.",
+          ingest_accepted),
+        C("ingest_state_total", "Reported-state messages merged.",
+          ingest_state),
+        C("ingest_stored_total", "Telemetry messages committed.",
+          ingest_stored),
+        C("ingest_rows_total", "Telemetry rows committed.", ingest_rows),
+        C("ingest_batches_total", "Batches committed.", ingest_batches),
+        C("ingest_dead_lettered_total", "Entries moved to the dead-letter "
+          "stream.", ingest_dead_lettered),
+        C("ingest_claimed_total", "Pending entries taken over.",
+          ingest_claimed),
+        C("ingest_storage_failures_total",
+          "Batch writes that failed (retried).", ingest_pg_failures),
+        C("ingest_published_total", "Points published for fan-out.",
+          ingest_published),
+#undef C
+    };
+    const fl_shm_t *s = fl_shm;
+
+    for (size_t i = 0; i < fl_nelem(counters); i++)
+        node_counter(b, cur, n, counters[i].name, counters[i].help,
+                     counters[i].off);
+
+    evbuffer_add_printf(b, "# HELP fleetd_ingest_rejected_total Messages "
+                        "refused, by reason (dead-lettered).\n"
+                        "# TYPE fleetd_ingest_rejected_total counter\n");
+    for (int r = 1; r < FL_REJECT_COUNT; r++) {
+        uint64_t sum = 0;
+        for (int i = 0; i < n; i++)
+            sum += fl_shm_load(cur[i]->ingest_rejected[r]);
+        evbuffer_add_printf(b, "fleetd_ingest_rejected_total{reason=\"%s\"} "
+                            "%llu\n", fl_reject_name((fl_reject_reason_t)r),
+                            (unsigned long long)sum);
+    }
+
+    hist_prom(b, cur, n, "fleetd_ingest_e2e_latency_seconds",
+              "Broker arrival to committed, per message.",
+              offsetof(fl_shm_worker_t, e2e_latency_us), lat,
+              (int)fl_nelem(lat), 1e6);
+    hist_prom(b, cur, n, "fleetd_ingest_batch_latency_seconds",
+              "Stream read to committed, per batch.",
+              offsetof(fl_shm_worker_t, batch_latency_us), lat,
+              (int)fl_nelem(lat), 1e6);
+    hist_prom(b, cur, n, "fleetd_ingest_batch_rows", "Rows per batch.",
+              offsetof(fl_shm_worker_t, batch_rows), rows,
+              (int)fl_nelem(rows), 1);
+
+    evbuffer_add_printf(b, "# HELP fleetd_queue_length Entries in the ingest "
+                        "stream.\n# TYPE fleetd_queue_length gauge\n"
+                        "fleetd_queue_length %lld\n"
+                        "# HELP fleetd_queue_pending Entries read and not yet "
+                        "acknowledged.\n# TYPE fleetd_queue_pending gauge\n"
+                        "fleetd_queue_pending %lld\n",
+                        (long long)fl_shm_load(s->queue_length),
+                        (long long)fl_shm_load(s->queue_pending));
+    evbuffer_add_printf(b, "# HELP fleetd_dependency_up 1 when every worker "
+                        "reaches the dependency.\n# TYPE fleetd_dependency_up "
+                        "gauge\n");
+    for (int d = FL_DEP_MQTT; d <= FL_DEP_POSTGRES; d++) {
+        static const char *names[] = {"mqtt", "redis", "postgres"};
+        evbuffer_add_printf(b, "fleetd_dependency_up{dependency=\"%s\"} %d\n",
+                            names[d],
+                            dep_node(s, fl_shm_load(s->generation), d) ==
+                                FL_DEP_UP);
     }
 }
 
@@ -248,6 +420,7 @@ static int metrics(fl_http_req_t *req, void *ud)
                                     cur[i]->slot, code, (unsigned long long)v);
         }
     }
+    ingest_metrics(b, cur, n);
 #undef HELP
 
     fl_http_respond_buffer(req, 200, "text/plain; version=0.0.4", b);

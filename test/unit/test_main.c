@@ -52,6 +52,30 @@ void test_config_load_file(void);
 void test_parse_duration(void);
 void test_parse_size(void);
 void test_parse_listen(void);
+void test_payload_topic(void);
+void test_payload_flat(void);
+void test_payload_values_form(void);
+void test_payload_ts_epoch_ms(void);
+void test_payload_ts_rfc3339(void);
+void test_payload_ts_rejects(void);
+void test_payload_batch(void);
+void test_payload_senml_basic(void);
+void test_payload_senml_base_fields(void);
+void test_payload_senml_time(void);
+void test_payload_senml_rejects(void);
+void test_payload_senml_or_batch(void);
+void test_payload_rej_empty(void);
+void test_payload_rej_too_large(void);
+void test_payload_rej_invalid_json(void);
+void test_payload_rej_binary(void);
+void test_payload_rej_utf8(void);
+void test_payload_rej_deep(void);
+void test_payload_rej_numbers(void);
+void test_payload_rej_names(void);
+void test_payload_rej_metrics(void);
+void test_payload_rej_values(void);
+void test_payload_rej_duplicates(void);
+void test_payload_reject_names(void);
 
 static const fl_test_t tests[] = {
     {"hist_empty", test_hist_empty},
@@ -91,6 +115,30 @@ static const fl_test_t tests[] = {
     {"parse_duration", test_parse_duration},
     {"parse_size", test_parse_size},
     {"parse_listen", test_parse_listen},
+    {"payload_topic", test_payload_topic},
+    {"payload_flat", test_payload_flat},
+    {"payload_values_form", test_payload_values_form},
+    {"payload_ts_epoch_ms", test_payload_ts_epoch_ms},
+    {"payload_ts_rfc3339", test_payload_ts_rfc3339},
+    {"payload_ts_rejects", test_payload_ts_rejects},
+    {"payload_batch", test_payload_batch},
+    {"payload_senml_basic", test_payload_senml_basic},
+    {"payload_senml_base_fields", test_payload_senml_base_fields},
+    {"payload_senml_time", test_payload_senml_time},
+    {"payload_senml_rejects", test_payload_senml_rejects},
+    {"payload_senml_or_batch", test_payload_senml_or_batch},
+    {"payload_rej_empty", test_payload_rej_empty},
+    {"payload_rej_too_large", test_payload_rej_too_large},
+    {"payload_rej_invalid_json", test_payload_rej_invalid_json},
+    {"payload_rej_binary", test_payload_rej_binary},
+    {"payload_rej_utf8", test_payload_rej_utf8},
+    {"payload_rej_deep", test_payload_rej_deep},
+    {"payload_rej_numbers", test_payload_rej_numbers},
+    {"payload_rej_names", test_payload_rej_names},
+    {"payload_rej_metrics", test_payload_rej_metrics},
+    {"payload_rej_values", test_payload_rej_values},
+    {"payload_rej_duplicates", test_payload_rej_duplicates},
+    {"payload_reject_names", test_payload_reject_names},
 };
 
 static int current_failures;

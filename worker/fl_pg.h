@@ -1,0 +1,71 @@
+/*
+ * fl_pg.h - the worker's asynchronous PostgreSQL connection: schema
+ * migrations, partition upkeep and batched telemetry writes.
+ *
+ * libpq in non-blocking mode on the worker's loop (PQconnectStart /
+ * PQconnectPoll, PQsendQuery, PQputCopyData, PQconsumeInput), so nothing
+ * waits on the database. The connection reconnects with backoff; after
+ * each connect it applies the versioned migrations (under an advisory
+ * lock, so workers and nodes do not race) and makes sure partitions exist
+ * for now .. now + partitions_ahead intervals; every partition_interval it
+ * creates the next ones and drops those older than retention_days.
+ *
+ * A batch is a set of telemetry rows written in one transaction through
+ * COPY into a temporary staging table and one INSERT .. ON CONFLICT DO
+ * NOTHING into the telemetry table, so a batch that is written twice
+ * (redelivery after a crash) adds no duplicate row.
+ */
+#ifndef FL_PG_H
+#define FL_PG_H
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "fl_config.h"
+#include "fl_payload.h"
+
+typedef struct fl_pg_s fl_pg_t;
+
+/* Rows of one write, accumulated in COPY text format. */
+typedef struct {
+    struct evbuffer *copy;
+    size_t           rows;
+} fl_pg_batch_t;
+
+void fl_pg_batch_init(fl_pg_batch_t *b);
+void fl_pg_batch_reset(fl_pg_batch_t *b);
+void fl_pg_batch_free(fl_pg_batch_t *b);
+/* Append one row per metric of every point of t for device. */
+void fl_pg_batch_add(fl_pg_batch_t *b, const char *device,
+                     const fl_telemetry_t *t);
+
+typedef enum {
+    FL_PG_OK = 0,
+    FL_PG_DOWN,     /* connection lost or not connected: retry later */
+    FL_PG_REJECTED, /* the server refused the data (SQLSTATE class 22/23):
+                       retrying the same rows will fail again */
+} fl_pg_result_t;
+
+/* up: 1 connected and migrated, 0 lost */
+typedef void (*fl_pg_state_cb)(fl_pg_t *pg, int up, void *ud);
+/* err: the server's message for FL_PG_REJECTED / FL_PG_DOWN, else NULL */
+typedef void (*fl_pg_write_cb)(fl_pg_t *pg, fl_pg_result_t res,
+                               const char *err, void *ud);
+
+/* Start connecting to cf->postgres.conninfo. Never NULL. */
+fl_pg_t *fl_pg_new(struct event_base *base, const fl_config_t *cf,
+                   fl_pg_state_cb on_state, void *ud);
+int fl_pg_ready(const fl_pg_t *pg);   /* connected, migrated, idle or busy */
+int fl_pg_busy(const fl_pg_t *pg);    /* a write is in flight */
+
+/*
+ * Write b in one transaction. Only one write at a time: FL_AGAIN when
+ * busy, FL_ERROR when not ready (cb not called in either case). FL_OK:
+ * cb is called exactly once. b must stay untouched until then.
+ */
+int fl_pg_write(fl_pg_t *pg, fl_pg_batch_t *b, fl_pg_write_cb cb, void *ud);
+
+/* Close and free; a write in flight gets FL_PG_DOWN first. */
+void fl_pg_free(fl_pg_t *pg);
+
+#endif
