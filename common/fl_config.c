@@ -148,7 +148,7 @@ static const conf_key_t conf_keys[] = {
     {"ingest.max_deliveries", T_INT, O(ingest.max_deliveries), 1, 1000, "5"},
     {"ingest.parse_threads", T_INT, O(ingest.parse_threads), 1, 64, "2"},
     {"ingest.parse_inline_max", T_SIZE, O(ingest.parse_inline_max), 0,
-     268435456, "16k"},
+     268435456, "8k"},
     {"ingest.online_window", T_DURATION, O(ingest.online_window_ms), 1000,
      31536000000LL, "5m"},
 

@@ -293,8 +293,12 @@ static void ingest_metrics(struct evbuffer *b,
                         "# TYPE fleetd_ingest_rejected_total counter\n");
     for (int r = 1; r < FL_REJECT_COUNT; r++) {
         uint64_t sum = 0;
-        for (int i = 0; i < n; i++)
+        for (int i = 0; i < n; i++) {
             sum += fl_shm_load(cur[i]->ingest_rejected[r]);
+            /* oversize payloads are refused at intake, before the stream */
+            if (r == FL_REJECT_TOO_LARGE)
+                sum += fl_shm_load(cur[i]->mqtt_oversize);
+        }
         evbuffer_add_printf(b, "fleetd_ingest_rejected_total{reason=\"%s\"} "
                             "%llu\n", fl_reject_name((fl_reject_reason_t)r),
                             (unsigned long long)sum);

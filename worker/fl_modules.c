@@ -7,10 +7,14 @@
 extern const fl_module_t fl_lag_module;
 extern const fl_module_t fl_http_module;
 extern const fl_module_t fl_health_module;
+extern const fl_module_t fl_ingest_module;
+extern const fl_module_t fl_mqtt_module;
 
 const fl_module_t *const fl_modules[] = {
     &fl_lag_module,
     &fl_http_module,
     &fl_health_module,
+    &fl_ingest_module,
+    &fl_mqtt_module,
     NULL,
 };

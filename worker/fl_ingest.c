@@ -1,0 +1,1092 @@
+/*
+ * fl_ingest.c - the stream consumer: Redis Stream -> PostgreSQL, shadow,
+ * fan-out.
+ *
+ * The MQTT thread (fl_mqtt.c) only appends raw messages to the stream
+ * {prefix}ingest and acknowledges them once they are there. This module
+ * consumes that stream in the consumer group "fleetd" as consumer
+ * {node_id}-w{slot}, one batch at a time:
+ *
+ *   read      XREADGROUP COUNT ingest.batch BLOCK ingest.block ">"
+ *   parse     fl_payload_parse; payloads over ingest.parse_inline_max on
+ *             the thread pool, never on the loop
+ *   store     one transaction: COPY -> staging -> INSERT .. ON CONFLICT DO
+ *             NOTHING (fl_pg.c), so a batch written twice adds no row
+ *   publish   dead letters (XADD {prefix}dead), shadow updates (a Lua
+ *             script that keeps the newest value per metric), PUBLISH of
+ *             each point on {prefix}tele:{shard}
+ *   ack       XACK, only after all of the above succeeded
+ *
+ * Nothing is acknowledged before it is committed: a crash anywhere leaves
+ * the entries pending, and they are processed again (idempotently).
+ *
+ * Pending entries: at start the worker takes back the entries its previous
+ * life left pending (same consumer name); every claim_idle / 2 it claims
+ * entries idle for claim_idle on any consumer (a dead worker or node).
+ * Both go through XPENDING + XCLAIM rather than XAUTOCLAIM, because only
+ * XPENDING tells how many times an entry was delivered: an entry delivered
+ * more than ingest.max_deliveries times (it keeps killing workers, or
+ * keeps failing) is dead-lettered instead of blocking the queue.
+ *
+ * When PostgreSQL is down the batch is retried with backoff and no new
+ * entry is read: the stream grows, entries stay pending, nothing is lost.
+ * When Redis is down nothing can be read or acknowledged; the batch in
+ * hand is dropped from memory (it is still pending in Redis) and read
+ * again through the recovery path once Redis is back.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "fl_log.h"
+#include "fl_payload.h"
+#include "fl_pg.h"
+#include "fl_pool.h"
+#include "fl_redis.h"
+#include "fl_worker.h"
+
+#define GROUP         "fleetd"
+#define RETRY_MIN_MS  100
+#define RETRY_MAX_MS  2000
+#define SAMPLE_MS     1000
+#define DEAD_PAYLOAD  1024 /* bytes of a payload kept in a dead letter */
+
+_Static_assert(FL_REJECT_COUNT <= FL_SHM_REJECT_REASONS,
+               "fl_shm_worker_t.ingest_rejected is too small");
+
+/* extra dead-letter reasons, after the parser's */
+#define REASON_STORAGE        "storage_rejected"
+#define REASON_DELIVERIES     "max_deliveries"
+#define REASON_TRIMMED        "trimmed"
+
+typedef enum { E_TELEMETRY, E_STATE, E_DEAD, E_SKIP } entry_kind_t;
+
+typedef struct {
+    char             id[48];
+    char            *topic;
+    char            *payload;
+    size_t           plen;
+    int64_t          rx_ms;
+    int64_t          deliveries; /* from XPENDING; 0 = first delivery */
+    entry_kind_t     kind;
+    char             device[FL_DEVICE_ID_MAX + 1];
+    fl_telemetry_t   tele;
+    cJSON           *state;      /* E_STATE: the reported object */
+    const char      *dead_reason;
+    char             dead_msg[FL_REJECT_MSGLEN];
+    int              big;        /* parsed on the pool */
+} entry_t;
+
+typedef enum {
+    P_IDLE,      /* nothing in hand */
+    P_READING,   /* XREADGROUP / XPENDING / XCLAIM in flight */
+    P_PARSING,   /* pool jobs outstanding */
+    P_STORING,   /* fl_pg_write in flight or waiting to retry */
+    P_PUBLISHING,/* dead letters, shadow, PUBLISH in flight */
+    P_ACKING,    /* XACK in flight */
+} phase_t;
+
+typedef struct {
+    entry_t      *e;
+    int           n;
+    int           jobs;       /* pool jobs outstanding */
+    int           replies;    /* publish replies outstanding */
+    int           failed;     /* a publish command failed */
+    int           isolate;    /* storing one entry at a time */
+    int           next;       /* isolate: the entry being stored */
+    size_t        rows;       /* committed rows of this batch */
+    int64_t       read_us;
+    fl_pg_batch_t pgb;
+} batch_t;
+
+static struct {
+    fl_redis_t         *rd;         /* blocking reads */
+    fl_redis_t         *wr;         /* everything else */
+    fl_pg_t            *pg;
+    fl_pool_t          *pool;
+    fl_payload_limits_t lim;
+    char                stream[128];
+    char                dead[128];
+    char                consumer[128];
+    char                shadow_prefix[128];
+    char                channel_prefix[128];
+    phase_t             phase;
+    batch_t             b;
+    int                 group_ready;
+    int                 recover_own;  /* take back our own pending first */
+    int                 stopping;
+    int64_t             retry_ms;
+    int64_t             next_claim_ms;
+    struct event       *ev_kick;      /* run the next step (timer) */
+    struct event       *ev_sample;
+} ing;
+
+static void step(void);
+static void kick(int64_t ms);
+static void store_batch(void);
+
+static const char shadow_lua[] =
+    /* KEYS[1] shadow hash; ARGV: ttl_ms, last_seen_ms, mode ("t"|"s"),
+     * then mode t: (metric, ts_ms, json)..., mode s: (key, json or "")...
+     * Telemetry keeps the newest value per metric (out-of-order batches on
+     * several workers cannot roll a value back); state is merged key by
+     * key, "" (JSON null) deletes the key. */
+    "local k = KEYS[1]\n"
+    "local seen = tonumber(ARGV[2])\n"
+    "local cur = tonumber(redis.call('HGET', k, 'last_seen') or '0')\n"
+    "if seen > cur then redis.call('HSET', k, 'last_seen', ARGV[2]) end\n"
+    "if ARGV[3] == 't' then\n"
+    "  for i = 4, #ARGV, 3 do\n"
+    "    local old = redis.call('HGET', k, 't:' .. ARGV[i])\n"
+    "    if (not old) or tonumber(old) <= tonumber(ARGV[i + 1]) then\n"
+    "      redis.call('HSET', k, 'v:' .. ARGV[i], ARGV[i + 2],\n"
+    "                 't:' .. ARGV[i], ARGV[i + 1])\n"
+    "    end\n"
+    "  end\n"
+    "else\n"
+    "  for i = 4, #ARGV, 2 do\n"
+    "    if ARGV[i + 1] == '' then redis.call('HDEL', k, 'r:' .. ARGV[i])\n"
+    "    else redis.call('HSET', k, 'r:' .. ARGV[i], ARGV[i + 1]) end\n"
+    "  end\n"
+    "end\n"
+    "redis.call('PEXPIRE', k, ARGV[1])\n"
+    "return 1\n";
+
+/* ---- batches ---- */
+
+static void entry_clear(entry_t *e)
+{
+    free(e->topic);
+    free(e->payload);
+    fl_telemetry_free(&e->tele);
+    if (e->state)
+        cJSON_Delete(e->state);
+    memset(e, 0, sizeof(*e));
+}
+
+static void batch_clear(void)
+{
+    for (int i = 0; i < ing.b.n; i++)
+        entry_clear(&ing.b.e[i]);
+    free(ing.b.e);
+    fl_pg_batch_free(&ing.b.pgb);
+    memset(&ing.b, 0, sizeof(ing.b));
+    fl_pg_batch_init(&ing.b.pgb);
+}
+
+static void dead(entry_t *e, const char *reason, const char *msg)
+{
+    e->kind = E_DEAD;
+    e->dead_reason = reason;
+    snprintf(e->dead_msg, sizeof(e->dead_msg), "%s", msg);
+}
+
+static const redisReply *field(const redisReply *fields, const char *name)
+{
+    for (size_t i = 0; i + 1 < fields->elements; i += 2) {
+        const redisReply *f = fields->element[i];
+        if (f->type == REDIS_REPLY_STRING && strcmp(f->str, name) == 0)
+            return fields->element[i + 1];
+    }
+    return NULL;
+}
+
+/*
+ * Copy stream entries ([id, [field, value, ...]] each) from a reply into
+ * the batch. Entries whose fields are gone (trimmed by MAXLEN before they
+ * were processed) become dead letters so that the loss is visible.
+ */
+static void batch_add_entries(const redisReply *list)
+{
+    size_t n0 = (size_t)ing.b.n;
+
+    ing.b.e = fl_realloc(ing.b.e, (n0 + list->elements) * sizeof(entry_t));
+    for (size_t i = 0; i < list->elements; i++) {
+        const redisReply *it = list->element[i], *f, *t, *p, *r;
+        entry_t          *e = &ing.b.e[ing.b.n];
+
+        if (it->type != REDIS_REPLY_ARRAY || it->elements < 2 ||
+            it->element[0]->type != REDIS_REPLY_STRING)
+            continue;
+        memset(e, 0, sizeof(*e));
+        snprintf(e->id, sizeof(e->id), "%s", it->element[0]->str);
+        ing.b.n++;
+        f = it->element[1];
+        if (f->type != REDIS_REPLY_ARRAY) {
+            dead(e, REASON_TRIMMED,
+                 "entry trimmed from the stream before it was stored "
+                 "(redis.stream_maxlen too small for the backlog)");
+            continue;
+        }
+        t = field(f, "t");
+        p = field(f, "p");
+        r = field(f, "r");
+        e->topic = fl_strdup(t && t->type == REDIS_REPLY_STRING ? t->str : "");
+        e->plen = p && p->type == REDIS_REPLY_STRING ? p->len : 0;
+        e->payload = fl_alloc(e->plen + 1);
+        if (e->plen)
+            memcpy(e->payload, p->str, e->plen);
+        e->payload[e->plen] = '\0';
+        e->rx_ms = r && r->type == REDIS_REPLY_STRING ? atoll(r->str) : 0;
+        if (e->rx_ms <= 0)
+            e->rx_ms = fl_wall_ms();
+    }
+}
+
+/* ---- parsing ---- */
+
+static void count_reject(const entry_t *e, fl_reject_reason_t reason)
+{
+    (void)e;
+    if ((int)reason >= 0 && reason < FL_REJECT_COUNT)
+        fl_shm_add(fl_worker.stats->ingest_rejected[reason], 1);
+}
+
+/* Reported state: a JSON object, shallow-merged into the shadow. */
+static void parse_state(entry_t *e)
+{
+    cJSON *o;
+
+    if (e->plen == 0 || !fl_utf8_valid(e->payload, e->plen)) {
+        dead(e, fl_reject_name(e->plen ? FL_REJECT_NOT_UTF8 : FL_REJECT_EMPTY),
+             "state payload must be a UTF-8 JSON object");
+        count_reject(e, e->plen ? FL_REJECT_NOT_UTF8 : FL_REJECT_EMPTY);
+        return;
+    }
+    o = cJSON_ParseWithLength(e->payload, e->plen);
+    if (o == NULL || !cJSON_IsObject(o)) {
+        dead(e, fl_reject_name(o ? FL_REJECT_NOT_AN_OBJECT
+                                 : FL_REJECT_INVALID_JSON),
+             "state payload must be a JSON object");
+        count_reject(e, o ? FL_REJECT_NOT_AN_OBJECT : FL_REJECT_INVALID_JSON);
+        cJSON_Delete(o);
+        return;
+    }
+    e->state = o;
+}
+
+/* Classify and parse one entry. Runs on the loop or on a pool thread
+ * (it touches nothing but the entry and atomic counters). */
+static void parse_entry(entry_t *e)
+{
+    fl_topic_kind_t kind;
+    fl_reject_t     why;
+
+    if (fl_topic_parse(e->topic, strlen(e->topic), e->device, &kind, &why) !=
+        FL_OK) {
+        dead(e, fl_reject_name(why.reason), why.msg);
+        count_reject(e, why.reason);
+        return;
+    }
+    if (kind == FL_TOPIC_STATE) {
+        e->kind = E_STATE;
+        parse_state(e);
+        return;
+    }
+    e->kind = E_TELEMETRY;
+    if (fl_payload_parse(e->payload, e->plen, e->rx_ms, &ing.lim, &e->tele,
+                         &why) != FL_OK) {
+        dead(e, fl_reject_name(why.reason), why.msg);
+        count_reject(e, why.reason);
+        return;
+    }
+    fl_shm_add(fl_worker.stats->ingest_accepted, 1);
+}
+
+static void job_work(void *arg)
+{
+    parse_entry(arg);
+}
+
+static void job_done(void *arg)
+{
+    (void)arg;
+    if (--ing.b.jobs == 0 && ing.phase == P_PARSING)
+        store_batch();
+}
+
+/* Parse every entry of the batch (big ones on the pool), then store. */
+static void parse_batch(void)
+{
+    ing.phase = P_PARSING;
+    for (int i = 0; i < ing.b.n; i++) {
+        entry_t *e = &ing.b.e[i];
+
+        if (e->kind == E_DEAD)
+            continue;
+        if (e->deliveries > fl_worker.cf->ingest.max_deliveries) {
+            char msg[96];
+            snprintf(msg, sizeof(msg), "delivered %lld times without being "
+                     "stored", (long long)e->deliveries);
+            dead(e, REASON_DELIVERIES, msg);
+            continue;
+        }
+        if ((int64_t)e->plen > fl_worker.cf->ingest.parse_inline_max) {
+            e->big = 1;
+            ing.b.jobs++;
+            fl_pool_submit(ing.pool, job_work, job_done, e);
+        } else {
+            parse_entry(e);
+        }
+    }
+    if (ing.b.jobs == 0)
+        store_batch();
+}
+
+/* ---- storing ---- */
+
+static void on_stored(fl_pg_t *pg, fl_pg_result_t res, const char *err,
+                      void *ud);
+static void publish_batch(void);
+
+/* Fill the COPY buffer with the telemetry entries of the batch, or with
+ * the single entry ing.b.next when storing one at a time. */
+static void fill_rows(void)
+{
+    fl_pg_batch_reset(&ing.b.pgb);
+    for (int i = 0; i < ing.b.n; i++) {
+        entry_t *e = &ing.b.e[i];
+        if (e->kind != E_TELEMETRY)
+            continue;
+        if (ing.b.isolate && i != ing.b.next)
+            continue;
+        fl_pg_batch_add(&ing.b.pgb, e->device, &e->tele);
+    }
+}
+
+static void store_batch(void)
+{
+    int rc;
+
+    ing.phase = P_STORING;
+    if (ing.b.isolate) {
+        while (ing.b.next < ing.b.n &&
+               ing.b.e[ing.b.next].kind != E_TELEMETRY)
+            ing.b.next++;
+        if (ing.b.next >= ing.b.n) {
+            publish_batch();
+            return;
+        }
+    }
+    fill_rows();
+    if (ing.b.pgb.rows == 0) {
+        publish_batch();
+        return;
+    }
+    rc = fl_pg_write(ing.pg, &ing.b.pgb, on_stored, NULL);
+    if (rc != FL_OK) {
+        /* not connected (or busy with upkeep): the entries stay pending
+         * in Redis, the stream grows; try again shortly */
+        kick(ing.retry_ms);
+        ing.retry_ms = fl_min(ing.retry_ms * 2, RETRY_MAX_MS);
+    }
+}
+
+static void on_stored(fl_pg_t *pg, fl_pg_result_t res, const char *err,
+                      void *ud)
+{
+    (void)pg, (void)ud;
+
+    if (ing.phase != P_STORING)
+        return;
+    if (res == FL_PG_OK) {
+        ing.b.rows += ing.b.pgb.rows;
+        ing.retry_ms = RETRY_MIN_MS;
+        fl_shm_add(fl_worker.stats->ingest_rows, ing.b.pgb.rows);
+        if (ing.b.isolate) {
+            ing.b.next++;
+            store_batch();
+        } else {
+            publish_batch();
+        }
+        return;
+    }
+    fl_shm_add(fl_worker.stats->ingest_pg_failures, 1);
+    if (res == FL_PG_REJECTED) {
+        if (!ing.b.isolate) {
+            /* one bad row fails a COPY: find it by storing one entry at
+             * a time; the others are written normally */
+            fl_warn("postgres refused a batch of %d entries (%s), "
+                    "storing them one by one", ing.b.n, err ? err : "");
+            ing.b.isolate = 1;
+            ing.b.next = 0;
+        } else {
+            dead(&ing.b.e[ing.b.next], REASON_STORAGE,
+                 err ? err : "refused by postgres");
+            ing.b.next++;
+        }
+        store_batch();
+        return;
+    }
+    /* FL_PG_DOWN: keep the batch, retry */
+    kick(ing.retry_ms);
+    ing.retry_ms = fl_min(ing.retry_ms * 2, RETRY_MAX_MS);
+}
+
+/* ---- publishing: dead letters, shadow, fan-out ---- */
+
+static void on_published(fl_redis_t *r, redisReply *reply, void *ud);
+static void ack_batch(void);
+
+static uint32_t shard_of(const char *device)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+
+    for (const unsigned char *p = (const unsigned char *)device; *p; p++)
+        h = (h ^ *p) * 16777619u;
+    return h % (uint32_t)fl_worker.cf->redis.channel_shards;
+}
+
+static cJSON *metric_json(const fl_metric_t *m)
+{
+    switch (m->type) {
+    case FL_METRIC_BOOL: return cJSON_CreateBool(m->b);
+    case FL_METRIC_STR: return cJSON_CreateString(m->str);
+    default: return cJSON_CreateNumber(m->num);
+    }
+}
+
+static int send_cmd(int argc, const char **argv, const size_t *len)
+{
+    if (fl_redis_cmdargv(ing.wr, 0, on_published, NULL, argc, argv, len) !=
+        FL_OK)
+        return FL_ERROR;
+    ing.b.replies++;
+    return FL_OK;
+}
+
+static int publish_dead(const entry_t *e)
+{
+    char        rx[24], maxlen[24];
+    size_t      plen = fl_min(e->plen, (size_t)DEAD_PAYLOAD);
+    const char *argv[] = {"XADD",  ing.dead,     "MAXLEN", "~",
+                          maxlen,  "*",          "topic",  e->topic ? e->topic : "",
+                          "reason", e->dead_reason, "error", e->dead_msg,
+                          "payload", e->payload ? e->payload : "", "rx", rx,
+                          "id", e->id};
+    size_t      len[fl_nelem(argv)];
+
+    snprintf(rx, sizeof(rx), "%lld", (long long)e->rx_ms);
+    snprintf(maxlen, sizeof(maxlen), "%lld",
+             (long long)fl_worker.cf->redis.dead_letter_maxlen);
+    for (size_t i = 0; i < fl_nelem(argv); i++)
+        len[i] = strlen(argv[i]);
+    len[13] = plen; /* payload: binary-safe, truncated */
+    return send_cmd((int)fl_nelem(argv), argv, len);
+}
+
+/* EVAL the shadow script for one telemetry entry (every metric of every
+ * point: the script keeps the newest per metric). */
+static int publish_shadow_telemetry(const entry_t *e, char *key)
+{
+    size_t       n = 0, argc = 0, cap = 7 + 3 * e->tele.nmetrics;
+    const char **argv = fl_alloc(cap * sizeof(char *));
+    size_t      *len = fl_alloc(cap * sizeof(size_t));
+    char       **own = fl_alloc(cap * sizeof(char *));
+    char         ttl[24], seen[24];
+    int          rc;
+
+    snprintf(ttl, sizeof(ttl), "%lld",
+             (long long)fl_worker.cf->redis.shadow_ttl_ms);
+    snprintf(seen, sizeof(seen), "%lld", (long long)e->rx_ms);
+    argv[argc++] = "EVAL";
+    argv[argc++] = shadow_lua;
+    argv[argc++] = "1";
+    argv[argc++] = key;
+    argv[argc++] = ttl;
+    argv[argc++] = seen;
+    argv[argc++] = "t";
+    for (size_t p = 0; p < e->tele.npoints; p++) {
+        const fl_point_t *pt = &e->tele.points[p];
+        for (size_t m = 0; m < pt->nmetrics; m++) {
+            cJSON *v = metric_json(&pt->metrics[m]);
+            char   ts[24];
+
+            snprintf(ts, sizeof(ts), "%lld", (long long)pt->ts_ms);
+            argv[argc++] = pt->metrics[m].name;
+            own[n++] = fl_strdup(ts);
+            argv[argc++] = own[n - 1];
+            own[n++] = cJSON_PrintUnformatted(v);
+            argv[argc++] = own[n - 1];
+            cJSON_Delete(v);
+        }
+    }
+    for (size_t i = 0; i < argc; i++)
+        len[i] = strlen(argv[i]);
+    rc = send_cmd((int)argc, argv, len);
+    for (size_t i = 0; i < n; i++)
+        free(own[i]);
+    free(own);
+    free(argv);
+    free(len);
+    return rc;
+}
+
+static int publish_shadow_state(const entry_t *e, char *key)
+{
+    int          nkeys = cJSON_GetArraySize(e->state), argc = 0, n = 0;
+    const char **argv = fl_alloc((7 + 2 * nkeys) * sizeof(char *));
+    size_t      *len = fl_alloc((7 + 2 * nkeys) * sizeof(size_t));
+    char       **own = fl_alloc((nkeys + 1) * sizeof(char *));
+    char         ttl[24], seen[24];
+    cJSON       *it;
+    int          rc;
+
+    snprintf(ttl, sizeof(ttl), "%lld",
+             (long long)fl_worker.cf->redis.shadow_ttl_ms);
+    snprintf(seen, sizeof(seen), "%lld", (long long)e->rx_ms);
+    argv[argc++] = "EVAL";
+    argv[argc++] = shadow_lua;
+    argv[argc++] = "1";
+    argv[argc++] = key;
+    argv[argc++] = ttl;
+    argv[argc++] = seen;
+    argv[argc++] = "s";
+    cJSON_ArrayForEach(it, e->state)
+    {
+        argv[argc++] = it->string;
+        if (cJSON_IsNull(it)) {
+            argv[argc++] = "";
+        } else {
+            own[n++] = cJSON_PrintUnformatted(it);
+            argv[argc++] = own[n - 1];
+        }
+    }
+    for (int i = 0; i < argc; i++)
+        len[i] = strlen(argv[i]);
+    rc = send_cmd(argc, argv, len);
+    for (int i = 0; i < n; i++)
+        free(own[i]);
+    free(own);
+    free(argv);
+    free(len);
+    return rc;
+}
+
+/* PUBLISH each point in the WebSocket form of the contract. */
+static int publish_points(const entry_t *e)
+{
+    char channel[160];
+
+    snprintf(channel, sizeof(channel), "%s%u", ing.channel_prefix,
+             shard_of(e->device));
+    for (size_t p = 0; p < e->tele.npoints; p++) {
+        const fl_point_t *pt = &e->tele.points[p];
+        cJSON            *o = cJSON_CreateObject(), *v;
+        char              id[80], *text;
+        const char       *argv[3];
+        size_t            len[3];
+        int               rc;
+
+        if (p == 0)
+            snprintf(id, sizeof(id), "%s", e->id);
+        else
+            snprintf(id, sizeof(id), "%s:%zu", e->id, p);
+        cJSON_AddStringToObject(o, "type", "telemetry");
+        cJSON_AddStringToObject(o, "id", id);
+        cJSON_AddStringToObject(o, "device", e->device);
+        cJSON_AddNumberToObject(o, "ts", (double)pt->ts_ms);
+        v = cJSON_AddObjectToObject(o, "values");
+        for (size_t m = 0; m < pt->nmetrics; m++)
+            cJSON_AddItemToObject(v, pt->metrics[m].name,
+                                  metric_json(&pt->metrics[m]));
+        text = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+        argv[0] = "PUBLISH";
+        argv[1] = channel;
+        argv[2] = text;
+        for (int i = 0; i < 3; i++)
+            len[i] = strlen(argv[i]);
+        rc = send_cmd(3, argv, len);
+        cJSON_free(text);
+        if (rc != FL_OK)
+            return rc;
+        fl_shm_add(fl_worker.stats->ingest_published, 1);
+    }
+    return FL_OK;
+}
+
+static void publish_batch(void)
+{
+    int ok = 1;
+
+    ing.phase = P_PUBLISHING;
+    ing.b.replies = 0;
+    ing.b.failed = 0;
+    for (int i = 0; i < ing.b.n && ok; i++) {
+        entry_t *e = &ing.b.e[i];
+        char     key[200];
+
+        snprintf(key, sizeof(key), "%s%s", ing.shadow_prefix, e->device);
+        switch (e->kind) {
+        case E_DEAD:
+            ok = publish_dead(e) == FL_OK;
+            break;
+        case E_STATE:
+            ok = publish_shadow_state(e, key) == FL_OK;
+            break;
+        case E_TELEMETRY:
+            ok = publish_shadow_telemetry(e, key) == FL_OK &&
+                 publish_points(e) == FL_OK;
+            break;
+        default:
+            break;
+        }
+    }
+    if (!ok)
+        ing.b.failed = 1;
+    if (ing.b.replies == 0)
+        on_published(ing.wr, NULL, (void *)1);
+}
+
+/* One reply of the publish step; ud == (void *)1 means "nothing sent". */
+static void on_published(fl_redis_t *r, redisReply *reply, void *ud)
+{
+    (void)r;
+    if (ud == NULL) {
+        if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+            if (reply)
+                fl_error("redis refused a publish step command: %s",
+                         reply->str);
+            ing.b.failed = 1;
+        }
+        if (--ing.b.replies > 0)
+            return;
+    }
+    if (ing.phase != P_PUBLISHING)
+        return;
+    if (ing.b.failed) {
+        /* Redis went away or refused: nothing is acknowledged; the
+         * entries are taken back through the recovery path */
+        fl_warn("publish step of a batch of %d entries failed, the entries "
+                "stay pending", ing.b.n);
+        batch_clear();
+        ing.phase = P_IDLE;
+        ing.recover_own = 1;
+        kick(RETRY_MIN_MS);
+        return;
+    }
+    ack_batch();
+}
+
+/* ---- acknowledging ---- */
+
+static void on_acked(fl_redis_t *r, redisReply *reply, void *ud)
+{
+    int64_t          now_ms = fl_wall_ms(), now_us = fl_now_us();
+    fl_shm_worker_t *s = fl_worker.stats;
+    uint64_t         stored = 0, dead_n = 0, state_n = 0;
+
+    (void)r, (void)ud;
+    if (ing.phase != P_ACKING)
+        return;
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        fl_warn("XACK of %d entries failed, they stay pending", ing.b.n);
+        ing.recover_own = 1;
+    } else {
+        for (int i = 0; i < ing.b.n; i++) {
+            entry_t *e = &ing.b.e[i];
+            if (e->kind == E_TELEMETRY) {
+                stored++;
+                fl_hist_record(&s->e2e_latency_us,
+                               (uint64_t)fl_max(0, now_ms - e->rx_ms) * 1000);
+            } else if (e->kind == E_DEAD) {
+                dead_n++;
+            } else if (e->kind == E_STATE) {
+                state_n++;
+            }
+        }
+        fl_shm_add(s->ingest_stored, stored);
+        fl_shm_add(s->ingest_state, state_n);
+        fl_shm_add(s->ingest_dead_lettered, dead_n);
+        fl_shm_add(s->ingest_batches, 1);
+        fl_hist_record(&s->batch_rows, ing.b.rows);
+        fl_hist_record(&s->batch_latency_us,
+                       (uint64_t)(now_us - ing.b.read_us));
+    }
+    batch_clear();
+    ing.phase = P_IDLE;
+    step();
+}
+
+static void ack_batch(void)
+{
+    const char **argv = fl_alloc((3 + ing.b.n) * sizeof(char *));
+    size_t      *len = fl_alloc((3 + ing.b.n) * sizeof(size_t));
+    int          argc = 0;
+
+    ing.phase = P_ACKING;
+    argv[argc++] = "XACK";
+    argv[argc++] = ing.stream;
+    argv[argc++] = GROUP;
+    for (int i = 0; i < ing.b.n; i++)
+        argv[argc++] = ing.b.e[i].id;
+    for (int i = 0; i < argc; i++)
+        len[i] = strlen(argv[i]);
+    if (ing.b.n == 0 ||
+        fl_redis_cmdargv(ing.wr, 0, on_acked, NULL, argc, argv, len) != FL_OK)
+        on_acked(ing.wr, NULL, NULL);
+    free(argv);
+    free(len);
+}
+
+/* ---- reading ---- */
+
+static void on_read(fl_redis_t *r, redisReply *reply, void *ud)
+{
+    (void)r, (void)ud;
+
+    if (ing.phase != P_READING)
+        return;
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        if (reply && strstr(reply->str, "NOGROUP"))
+            ing.group_ready = 0; /* the stream was deleted: recreate */
+        else if (reply)
+            fl_error("XREADGROUP on %s failed: %s", ing.stream, reply->str);
+        ing.phase = P_IDLE;
+        kick(RETRY_MIN_MS);
+        return;
+    }
+    /* nil: BLOCK timed out with nothing new */
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0) {
+        const redisReply *s = reply->element[0];
+        if (s->type == REDIS_REPLY_ARRAY && s->elements == 2)
+            batch_add_entries(s->element[1]);
+    }
+    if (ing.b.n == 0) {
+        ing.phase = P_IDLE;
+        step();
+        return;
+    }
+    fl_shm_add(fl_worker.stats->ingest_read, ing.b.n);
+    ing.b.read_us = fl_now_us(); /* not the time spent blocked waiting */
+    parse_batch();
+}
+
+static void on_claimed(fl_redis_t *r, redisReply *reply, void *ud)
+{
+    (void)r, (void)ud;
+
+    if (ing.phase != P_READING)
+        return;
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
+        ing.phase = P_IDLE;
+        batch_clear();
+        kick(RETRY_MIN_MS);
+        return;
+    }
+    {
+        /* keep the delivery counts found by XPENDING, by id */
+        int      n_pend = ing.b.n;
+        entry_t *pend = ing.b.e;
+
+        ing.b.e = NULL; /* the ids only: nothing else to free */
+        ing.b.n = 0;
+        batch_add_entries(reply);
+        for (int i = 0; i < ing.b.n; i++) {
+            for (int j = 0; j < n_pend; j++) {
+                if (strcmp(ing.b.e[i].id, pend[j].id) == 0)
+                    ing.b.e[i].deliveries = pend[j].deliveries;
+            }
+        }
+        free(pend);
+    }
+    if (ing.b.n == 0) {
+        ing.phase = P_IDLE;
+        step();
+        return;
+    }
+    fl_shm_add(fl_worker.stats->ingest_claimed, ing.b.n);
+    fl_shm_add(fl_worker.stats->ingest_read, ing.b.n);
+    fl_info("took over %d pending entries", ing.b.n);
+    parse_batch();
+}
+
+/*
+ * XPENDING reply: [[id, consumer, idle, deliveries], ...]. Remember ids
+ * and delivery counts (XCLAIM adds one), then XCLAIM them.
+ */
+static void on_pending(fl_redis_t *r, redisReply *reply, void *ud)
+{
+    const char **argv;
+    size_t      *len;
+    int          argc = 0;
+    char         idle[24];
+
+    (void)r, (void)ud;
+    if (ing.phase != P_READING)
+        return;
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
+        ing.phase = P_IDLE;
+        kick(RETRY_MIN_MS);
+        return;
+    }
+    if (reply->elements == 0) {
+        ing.recover_own = 0;
+        ing.phase = P_IDLE;
+        step();
+        return;
+    }
+    int64_t read_us = ing.b.read_us;
+
+    batch_clear();
+    ing.b.read_us = read_us;
+    ing.b.e = fl_calloc(reply->elements, sizeof(entry_t));
+    for (size_t i = 0; i < reply->elements; i++) {
+        const redisReply *it = reply->element[i];
+        if (it->type != REDIS_REPLY_ARRAY || it->elements < 4)
+            continue;
+        snprintf(ing.b.e[ing.b.n].id, sizeof(ing.b.e[0].id), "%s",
+                 it->element[0]->str);
+        ing.b.e[ing.b.n].deliveries = it->element[3]->integer + 1;
+        ing.b.n++;
+    }
+    argv = fl_alloc((6 + ing.b.n) * sizeof(char *));
+    len = fl_alloc((6 + ing.b.n) * sizeof(size_t));
+    snprintf(idle, sizeof(idle), "%lld",
+             ing.recover_own ? 0LL
+                             : (long long)fl_worker.cf->ingest.claim_idle_ms);
+    argv[argc++] = "XCLAIM";
+    argv[argc++] = ing.stream;
+    argv[argc++] = GROUP;
+    argv[argc++] = ing.consumer;
+    argv[argc++] = idle;
+    for (int i = 0; i < ing.b.n; i++)
+        argv[argc++] = ing.b.e[i].id;
+    for (int i = 0; i < argc; i++)
+        len[i] = strlen(argv[i]);
+    if (fl_redis_cmdargv(ing.wr, 0, on_claimed, NULL, argc, argv, len) !=
+        FL_OK) {
+        batch_clear();
+        ing.phase = P_IDLE;
+        kick(RETRY_MIN_MS);
+    }
+    free(argv);
+    free(len);
+}
+
+static void on_group(fl_redis_t *r, redisReply *reply, void *ud)
+{
+    (void)r, (void)ud;
+    if (reply && (reply->type != REDIS_REPLY_ERROR ||
+                  strstr(reply->str, "BUSYGROUP"))) {
+        ing.group_ready = 1;
+        ing.recover_own = 1;
+    } else if (reply) {
+        fl_error("XGROUP CREATE on %s failed: %s", ing.stream, reply->str);
+    }
+    ing.phase = P_IDLE;
+    if (ing.group_ready)
+        step();
+    else
+        kick(RETRY_MAX_MS);
+}
+
+/*
+ * Decide what to do next when nothing is in hand: create the group,
+ * recover pending entries (ours at start, anyone's idle ones
+ * periodically), or read new entries. Does nothing while a dependency is
+ * down: the kick timer or a state change calls it again.
+ */
+static void step(void)
+{
+    char block[24], count[24], cnt_pending[24];
+    int  rc;
+
+    if (ing.phase != P_IDLE)
+        return;
+    if (ing.stopping) {
+        fl_worker_drain_check();
+        return;
+    }
+    if (!fl_redis_connected(ing.rd) || !fl_redis_connected(ing.wr) ||
+        !fl_pg_ready(ing.pg))
+        return;
+
+    ing.phase = P_READING;
+    ing.b.read_us = fl_now_us();
+    snprintf(count, sizeof(count), "%d", fl_worker.cf->ingest.batch);
+    if (!ing.group_ready) {
+        rc = fl_redis_cmd(ing.wr, 0, on_group, NULL,
+                          "XGROUP CREATE %s %s 0 MKSTREAM", ing.stream,
+                          GROUP);
+    } else if (ing.recover_own) {
+        rc = fl_redis_cmd(ing.wr, 0, on_pending, NULL,
+                          "XPENDING %s %s - + %s %s", ing.stream, GROUP,
+                          count, ing.consumer);
+    } else if (fl_now_ms() >= ing.next_claim_ms) {
+        ing.next_claim_ms =
+            fl_now_ms() + fl_worker.cf->ingest.claim_idle_ms / 2;
+        snprintf(cnt_pending, sizeof(cnt_pending), "%lld",
+                 (long long)fl_worker.cf->ingest.claim_idle_ms);
+        rc = fl_redis_cmd(ing.wr, 0, on_pending, NULL,
+                          "XPENDING %s %s IDLE %s - + %s", ing.stream, GROUP,
+                          cnt_pending, count);
+    } else {
+        snprintf(block, sizeof(block), "%lld",
+                 (long long)fl_worker.cf->ingest.block_ms);
+        rc = fl_redis_cmd(ing.rd, fl_worker.cf->ingest.block_ms +
+                                      fl_worker.cf->redis.command_timeout_ms,
+                          on_read, NULL,
+                          "XREADGROUP GROUP %s %s COUNT %s BLOCK %s "
+                          "STREAMS %s >",
+                          GROUP, ing.consumer, count, block, ing.stream);
+    }
+    if (rc != FL_OK) {
+        ing.phase = P_IDLE;
+        kick(RETRY_MIN_MS);
+    }
+}
+
+static void on_kick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what, (void)arg;
+
+    if (ing.phase == P_STORING)
+        store_batch();
+    else
+        step();
+}
+
+static void kick(int64_t ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+
+    evtimer_add(ing.ev_kick, &tv);
+}
+
+/* ---- queue sampling (for /healthz and /metrics) ---- */
+
+static void on_xlen(fl_redis_t *r, redisReply *reply, void *ud)
+{
+    (void)r, (void)ud;
+    if (reply && reply->type == REDIS_REPLY_INTEGER) {
+        fl_shm_store(fl_shm->queue_length, reply->integer);
+        fl_shm_store(fl_shm->queue_sampled_ms, fl_wall_ms());
+    }
+}
+
+static void on_xpending_summary(fl_redis_t *r, redisReply *reply, void *ud)
+{
+    (void)r, (void)ud;
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements >= 1 &&
+        reply->element[0]->type == REDIS_REPLY_INTEGER)
+        fl_shm_store(fl_shm->queue_pending, reply->element[0]->integer);
+}
+
+static void on_sample(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what, (void)arg;
+    if (!fl_redis_connected(ing.wr))
+        return;
+    fl_redis_cmd(ing.wr, 0, on_xlen, NULL, "XLEN %s", ing.stream);
+    fl_redis_cmd(ing.wr, 0, on_xpending_summary, NULL, "XPENDING %s %s",
+                 ing.stream, GROUP);
+}
+
+/* ---- dependencies ---- */
+
+static void on_redis_state(fl_redis_t *r, int up, void *ud)
+{
+    (void)ud, (void)r;
+    fl_shm_store(fl_worker.stats->dep[FL_DEP_REDIS],
+                 fl_redis_connected(ing.rd) && fl_redis_connected(ing.wr)
+                     ? FL_DEP_UP
+                     : FL_DEP_DOWN);
+    if (up) {
+        /* whatever was in hand when it went away is pending in Redis */
+        ing.recover_own = 1;
+        step();
+    }
+}
+
+static void on_pg_state(fl_pg_t *pg, int up, void *ud)
+{
+    (void)pg, (void)ud;
+    fl_shm_store(fl_worker.stats->dep[FL_DEP_POSTGRES],
+                 up ? FL_DEP_UP : FL_DEP_DOWN);
+    if (up) {
+        if (ing.phase == P_STORING)
+            kick(0);
+        else
+            step();
+    }
+}
+
+/* ---- module ---- */
+
+static int ingest_init(fl_worker_t *w)
+{
+    const fl_config_t *cf = w->cf;
+    struct timeval     sample = {SAMPLE_MS / 1000, 0};
+
+    memset(&ing, 0, sizeof(ing));
+    fl_payload_limits_default(&ing.lim);
+    ing.lim.max_payload_bytes = (size_t)cf->limits.max_payload_bytes;
+    ing.lim.max_metrics = (size_t)cf->limits.max_metrics;
+    ing.lim.max_name_len = (size_t)cf->limits.max_name_bytes;
+    ing.lim.max_depth = cf->limits.max_depth;
+    ing.lim.max_batch = (size_t)cf->limits.max_batch;
+    ing.lim.max_string_bytes = (size_t)cf->limits.max_string_bytes;
+    ing.lim.max_future_ms = cf->limits.max_future_ms;
+
+    snprintf(ing.stream, sizeof(ing.stream), "%singest", cf->redis.prefix);
+    snprintf(ing.dead, sizeof(ing.dead), "%sdead", cf->redis.prefix);
+    snprintf(ing.consumer, sizeof(ing.consumer), "%s-w%d", cf->node_id,
+             w->slot);
+    snprintf(ing.shadow_prefix, sizeof(ing.shadow_prefix), "%sshadow:",
+             cf->redis.prefix);
+    snprintf(ing.channel_prefix, sizeof(ing.channel_prefix), "%stele:",
+             cf->redis.prefix);
+    ing.retry_ms = RETRY_MIN_MS;
+    fl_pg_batch_init(&ing.b.pgb);
+
+    fl_shm_store(w->stats->dep[FL_DEP_REDIS], FL_DEP_CONNECTING);
+    fl_shm_store(w->stats->dep[FL_DEP_POSTGRES], FL_DEP_CONNECTING);
+    ing.ev_kick = evtimer_new(w->base, on_kick, NULL);
+    ing.ev_sample = event_new(w->base, -1, EV_PERSIST, on_sample, NULL);
+    evtimer_add(ing.ev_sample, &sample);
+    ing.pool = fl_pool_new(w->base, cf->ingest.parse_threads);
+    ing.rd = fl_redis_new(w->base, cf, "ingest-read", on_redis_state, NULL);
+    ing.wr = fl_redis_new(w->base, cf, "ingest", on_redis_state, NULL);
+    ing.pg = fl_pg_new(w->base, cf, on_pg_state, NULL);
+    return FL_OK;
+}
+
+static void ingest_stop(fl_worker_t *w, int fast)
+{
+    (void)w, (void)fast;
+    ing.stopping = 1;
+}
+
+/* In-flight work: the batch in hand (a read in flight may still bring
+ * entries that are then pending on us and must be stored). A batch that
+ * cannot finish before the deadline stays pending in Redis. */
+static int ingest_busy(fl_worker_t *w)
+{
+    (void)w;
+    return ing.phase != P_IDLE;
+}
+
+static void ingest_destroy(fl_worker_t *w)
+{
+    (void)w;
+    ing.stopping = 1;
+    ing.phase = P_IDLE;      /* callbacks below must not start work */
+    fl_pool_free(ing.pool);  /* runs job_done of finished jobs */
+    fl_redis_free(ing.rd);
+    fl_redis_free(ing.wr);
+    fl_pg_free(ing.pg);
+    ing.phase = P_IDLE;
+    batch_clear();
+    fl_pg_batch_free(&ing.b.pgb);
+    event_free(ing.ev_kick);
+    event_free(ing.ev_sample);
+}
+
+const fl_module_t fl_ingest_module = {
+    "ingest", ingest_init, ingest_stop, ingest_busy, ingest_destroy,
+};

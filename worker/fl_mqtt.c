@@ -1,0 +1,1308 @@
+/*
+ * fl_mqtt.c - MQTT intake (see fl_mqtt.h): every message is in the Redis
+ * stream before its PUBACK leaves.
+ *
+ * What paho-mqtt-c 1.3.12 does, read in its source (eclipse/paho.mqtt.c,
+ * tag v1.3.12 = commit f7799da; Debian's 1.3.12-1 patches none of this):
+ *
+ * - PUBACK timing. src/MQTTProtocolClient.c, MQTTProtocol_handlePublishes():
+ *   for a QoS 1 PUBLISH it first calls Protocol_processPublication()
+ *   (src/MQTTAsyncUtils.c), which calls messageArrived directly, on the
+ *   receive thread, when paho's in-memory queue client->messageQueue is
+ *   empty; only after that returns is the PUBACK written (or, when the
+ *   socket has pending writes, queued by MQTTProtocol_queueAck() and sent
+ *   by MQTTProtocol_writeAvailable()). Upstream commit 31c44e7 ("Change
+ *   ordering of acks to after processing incoming message", 1.3.10) made it
+ *   so; 1.3.9 acknowledged first.
+ * - Returning 0 does not hold the PUBACK back. handlePublishes ignores
+ *   the callback's result: Protocol_processPublication() appends the
+ *   message to client->messageQueue (memory only; disk only with paho
+ *   persistence, unused here) and the PUBACK is sent right after. While
+ *   that queue is not empty, every new PUBLISH skips the direct call: it
+ *   is queued and acknowledged before the application has seen it.
+ *   MQTTAsync_receiveThread() offers the head of the queue again once per
+ *   pass of its loop, i.e. after each MQTTAsync_cycle(), which waits up to
+ *   1 s for the socket (and sleeps 100 ms when nothing came): no CPU busy
+ *   loop, a retry per received packet under traffic, ~1.1 s apart when
+ *   idle. So returning 0 means "acknowledged, held in this process's
+ *   memory", without a bound - exactly the loss the ingest issue forbids.
+ * - Locks. MQTTAsync_cycle() calls handlePublishes with paho's global
+ *   mqttasync_mutex held, so messageArrived runs under it. Every call that
+ *   takes that mutex waits for the callback: MQTTAsync_connect(),
+ *   MQTTAsync_isConnected(), MQTTAsync_destroy(), MQTTAsync_send() at
+ *   QoS > 0 (MQTTAsync_assignMsgId() locks it on foreign threads).
+ *   MQTTAsync_disconnect() takes only mqttcommand_mutex. Keepalive
+ *   (MQTTAsync_retry() -> MQTTProtocol_keepalive()) runs inside
+ *   MQTTAsync_cycle() on the receive thread: no PINGREQ while a callback
+ *   runs.
+ * - A DISCONNECT from the broker (MQTT 5: session taken over, server
+ *   shutting down) reaches only the disconnected callback: the receive
+ *   thread clears m->c->connected before nextOrClose(), which therefore
+ *   does not call connectionLost. A dropped socket calls connectionLost.
+ * - Automatic reconnect (MQTTAsync_checkTimeouts(), evaluated every 3 s)
+ *   reports reconnects only through the connected callback, which has no
+ *   sessionPresent: the connect onSuccess5 is cleared after its first
+ *   call. Hence our own reconnect, one MQTTAsync_connect() per attempt.
+ *
+ * The design built on it:
+ * - messageArrived never returns 0. It retries the XADD (reconnecting to
+ *   Redis, 50 ms backoff doubling to 1 s) until it succeeds, then returns
+ *   1 and paho sends the PUBACK. While Redis is down the receive thread
+ *   stays in the callback: paho reads nothing more, the broker keeps at
+ *   most mqtt.receive_max messages in flight to us and queues the rest in
+ *   the session. With no PINGREQ the broker closes the connection after
+ *   1.5 x keepalive; the message held in the callback is then redelivered
+ *   on the next connection and may land in the stream twice: at least
+ *   once, never lost; duplicates are for the consumer to absorb.
+ * - The loop calls paho only in init: any later call could wait for a
+ *   callback stuck on Redis. A control thread owns connect, subscribe,
+ *   publish and disconnect. The loop, the control thread and the paho
+ *   callbacks share state only under mq.lock, which nobody holds while
+ *   calling paho or Redis (callbacks take it with paho's mutex held, so
+ *   the reverse order would deadlock). Counters are shm atomics.
+ * - Stop: DISCONNECT (reason 0) without unsubscribing, so the session,
+ *   with its queued and unacknowledged messages, waits on the broker for
+ *   mqtt.session_expiry for the next worker with this client id. busy()
+ *   counts a callback in progress and a disconnect not yet complete; a
+ *   callback still stuck on Redis at the drain deadline is cut off by the
+ *   exit, with its PUBACK unsent (the broker redelivers the message).
+ * - Reload: the new generation's worker of a slot has the same client id.
+ *   Two clients with one id make the broker close the older connection at
+ *   each CONNECT of the other (mosquitto 2.0.11, src/handle_connect.c
+ *   connect__on_authorised(), closes it with do_disconnect() and sends no
+ *   DISCONNECT 0x8E; paho reports a lost connection), so an old worker
+ *   that reconnects takes the session back: seen in testing. Instead the
+ *   slot is handed over through the shared stats segment (slot_holder()):
+ *   a worker does not connect while an older worker of its slot is
+ *   connected or connecting, nor while a newer one of its slot is alive.
+ *   The master drains the old generation once the new one is ready (which
+ *   does not wait for MQTT), the old worker sends DISCONNECT, the new one
+ *   connects within HANDOFF_POLL_MS and resumes the session with what the
+ *   old one had not acknowledged. Measured: ~50 ms without a connection
+ *   per slot, no duplicate, no loss. If the old worker is stuck on Redis,
+ *   the new one waits for it (up to shutdown_timeout).
+ * - A broker DISCONNECT 0x8E (session taken over) anyway - two nodes with
+ *   one node_id - is logged as an error, and we wait mqtt.reconnect_max
+ *   before taking the session back.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <MQTTAsync.h>
+#include <hiredis/hiredis.h>
+
+#include "fl_log.h"
+#include "fl_mqtt.h"
+#include "fl_worker.h"
+
+#define RECONNECT_MIN_MS      100
+#define STABLE_CONNECTION_MS  5000 /* up this long: backoff starts over */
+#define REDIS_BACKOFF_MIN_MS  50
+#define REDIS_BACKOFF_MAX_MS  1000
+#define REDIS_LOG_EVERY_MS    10000
+#define DEAD_PAYLOAD_BYTES    1024
+#define OVERSIZE_LOG_EVERY_MS 1000
+#define PUB_MAX_QUEUE         1000
+#define PUB_MAX_BYTES         (16 * 1024 * 1024)
+#define DISCONNECT_TIMEOUT_MS 1000
+#define FAST_DISCONNECT_MS    100
+#define CTL_JOIN_MS           2000
+#define HANDOFF_POLL_MS       50
+/* Maximum Packet Size we announce: the broker never sends us more, so a
+ * device cannot make a worker allocate 256 MB. Between max_payload_bytes
+ * and this the message is dead-lettered; beyond it the broker drops it. */
+#define MAX_PACKET_FACTOR 16
+#define MAX_PACKET_FLOOR  (1024 * 1024)
+#define MQTT_MAX_PACKET   268435455
+
+typedef enum {
+    M_IDLE,          /* not connected; next attempt at reconnect_at */
+    M_CONNECTING,    /* MQTTAsync_connect() issued */
+    M_UP,            /* connected */
+    M_DISCONNECTING, /* stopping: DISCONNECT issued */
+    M_CLOSED,        /* stopped: no connection and none will be made */
+} mstate_t;
+
+typedef enum {
+    A_NONE,
+    A_CONNECT,
+    A_SUBSCRIBE,
+    A_PUBLISH,
+    A_DISCONNECT,
+    A_QUIT,
+} action_t;
+
+typedef struct pub_s pub_t;
+struct pub_s {
+    pub_t *next;
+    char  *topic;
+    void  *payload;
+    size_t len;
+    int    qos;
+};
+
+static struct {
+    /* Set by init, read-only afterwards. Copies, not pointers into the
+     * config: paho's threads may outlive it (see mqtt_destroy). */
+    char                  *uri;
+    char                  *client_id;
+    char                  *username;
+    char                  *password;
+    char                  *ca_file;
+    char                  *cert_file;
+    char                  *key_file;
+    int                    tls;
+    int                    tls_insecure;
+    char                 **topics; /* as subscribed: $share/{group}/... */
+    int                   *qoss;
+    MQTTSubscribe_options *subopts;
+    int                    ntopics;
+    int                    keepalive_s;
+    int                    connect_timeout_s;
+    int                    receive_max;
+    unsigned               session_expiry_s;
+    unsigned               max_packet;
+    int64_t                reconnect_max_ms;
+    int64_t                max_payload;
+    char                  *redis_host;
+    int                    redis_port;
+    char                  *redis_password;
+    struct timeval         redis_connect_tv;
+    struct timeval         redis_command_tv;
+    char                  *ingest_key;
+    char                  *dead_key;
+    char                   ingest_maxlen[24];
+    char                   dead_maxlen[24];
+    fl_shm_worker_t       *stats;
+    int                    slot;
+    uint32_t               generation;
+
+    MQTTAsync client;
+    pthread_t ctl;
+    int       ctl_running;
+
+    /* guarded by lock */
+    pthread_mutex_t lock;
+    pthread_cond_t  cond;
+    mstate_t        state;
+    unsigned        conn_gen; /* connect attempts: tells stale callbacks */
+    int             stopping;
+    int             fast;
+    int             quit;
+    int64_t         reconnect_at;
+    int64_t         backoff_ms;
+    int64_t         up_since;
+    int             sub_pending;
+    int64_t         sub_at;
+    int64_t         sub_backoff_ms;
+    pid_t           waiting_for; /* the other worker holding our client id */
+    unsigned        rand_state;
+    pub_t          *pub_head;
+    pub_t          *pub_tail;
+    int             pub_count;
+    size_t          pub_bytes;
+
+    /* atomic: messageArrived calls in progress */
+    int in_cb;
+
+    /* owned by the paho receive thread (messageArrived) */
+    redisContext *redis;
+    int64_t       redis_backoff_ms;
+    int64_t       fail_since; /* monotonic ms, 0 = Redis fine */
+    int64_t       fail_logged_at;
+    uint64_t      fail_attempts;
+    int64_t       oversize_logged_at;
+    uint64_t      oversize_quiet;
+    char          err[512];
+} mq = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* ---- small helpers ---- */
+
+static void sleep_ms(int64_t ms)
+{
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+
+    while (nanosleep(&ts, &ts) == -1 && errno == EINTR)
+        ;
+}
+
+/* A delay in [ms/2, ms], so that the workers of a node (and the nodes of a
+ * fleet) do not reconnect in step. Called with mq.lock held. */
+static int64_t jitter(int64_t ms)
+{
+    mq.rand_state = mq.rand_state * 1103515245u + 12345u;
+    return ms / 2 + (int64_t)((mq.rand_state >> 8) % (uint64_t)(ms / 2 + 1));
+}
+
+static const char *reason_text(int code)
+{
+    const char *s = MQTTReasonCode_toString((enum MQTTReasonCodes)code);
+    return s ? s : "unknown reason";
+}
+
+/* A paho failure as text: positive codes are MQTT 5 reason codes (a
+ * CONNACK refusal), the others paho's own MQTTASYNC_* codes. */
+static void describe_failure(char *buf, size_t len, int code, const char *msg)
+{
+    if (code > 0)
+        snprintf(buf, len, "reason 0x%02x %s%s%s", code, reason_text(code),
+                 msg ? ", " : "", msg ? msg : "");
+    else
+        snprintf(buf, len, "%s%s%s", MQTTAsync_strerror(code), msg ? ", " : "",
+                 msg ? msg : "");
+}
+
+static void pub_free(pub_t *p)
+{
+    free(p->topic);
+    free(p->payload);
+    free(p);
+}
+
+/* Called with mq.lock held. */
+static void pub_drop_all(const char *why)
+{
+    int n = mq.pub_count;
+
+    while (mq.pub_head) {
+        pub_t *p = mq.pub_head;
+        mq.pub_head = p->next;
+        pub_free(p);
+    }
+    mq.pub_tail = NULL;
+    mq.pub_count = 0;
+    mq.pub_bytes = 0;
+    if (n)
+        fl_warn("%d queued MQTT publishes dropped: %s", n, why);
+}
+
+/*
+ * A connection (or an attempt) is over: go back to IDLE with the next
+ * attempt scheduled, or to CLOSED when stopping. takeover: the broker gave
+ * our session to another client with our id; wait the longest delay.
+ * Called with mq.lock held; returns the delay before the next attempt.
+ */
+static int64_t conn_ended(int takeover)
+{
+    int64_t now = fl_now_ms(), delay;
+
+    if (mq.stopping) {
+        mq.state = M_CLOSED;
+        pthread_cond_signal(&mq.cond);
+        return 0;
+    }
+    if (mq.up_since && now - mq.up_since >= STABLE_CONNECTION_MS)
+        mq.backoff_ms = RECONNECT_MIN_MS;
+    delay = takeover ? mq.reconnect_max_ms : jitter(mq.backoff_ms);
+    mq.backoff_ms = fl_min(mq.backoff_ms * 2, mq.reconnect_max_ms);
+    mq.state = M_IDLE;
+    mq.up_since = 0;
+    mq.sub_pending = 0;
+    mq.reconnect_at = now + delay;
+    pthread_cond_signal(&mq.cond);
+    return delay;
+}
+
+/* ---- paho callbacks (paho's threads, paho's mutex held) ---- */
+
+static void on_connect_ok(void *ctx, MQTTAsync_successData5 *d)
+{
+    unsigned gen = (unsigned)(uintptr_t)ctx;
+    int      present = d ? d->alt.connect.sessionPresent : 0;
+
+    pthread_mutex_lock(&mq.lock);
+    if (gen != mq.conn_gen || mq.state != M_CONNECTING) {
+        pthread_mutex_unlock(&mq.lock);
+        return;
+    }
+    mq.state = M_UP;
+    mq.up_since = fl_now_ms();
+    /* subscribe on every connect, not only without a session: a reload
+     * may have changed mqtt.topics, and subscribing again to an existing
+     * subscription only replaces it (retain handling 1: no replay) */
+    mq.sub_pending = mq.ntopics > 0;
+    mq.sub_at = 0;
+    mq.sub_backoff_ms = RECONNECT_MIN_MS;
+    pthread_cond_signal(&mq.cond);
+    pthread_mutex_unlock(&mq.lock);
+
+    fl_shm_add(mq.stats->mqtt_connects, 1);
+    fl_shm_store(mq.stats->dep[FL_DEP_MQTT], FL_DEP_UP);
+    fl_info("connected to mqtt broker %s as \"%s\", session %s", mq.uri,
+            mq.client_id, present ? "resumed" : "new");
+}
+
+static void on_connect_fail(void *ctx, MQTTAsync_failureData5 *d)
+{
+    unsigned gen = (unsigned)(uintptr_t)ctx;
+    int64_t  delay;
+    char     why[256];
+
+    pthread_mutex_lock(&mq.lock);
+    if (gen != mq.conn_gen || mq.state != M_CONNECTING) {
+        pthread_mutex_unlock(&mq.lock);
+        return;
+    }
+    delay = conn_ended(0);
+    pthread_mutex_unlock(&mq.lock);
+
+    fl_shm_store(mq.stats->dep[FL_DEP_MQTT], FL_DEP_DOWN);
+    describe_failure(why, sizeof(why), d ? d->code : MQTTASYNC_FAILURE,
+                     d ? d->message : NULL);
+    fl_warn("connect() to mqtt broker %s as \"%s\" failed: %s; retrying in "
+            "%" PRId64 " ms",
+            mq.uri, mq.client_id, why, delay);
+}
+
+/* The connection ended without our asking: cause is paho's (a socket
+ * error) or the reason code of the broker's DISCONNECT (reason >= 0). */
+static void connection_lost(int reason)
+{
+    int     stopping, takeover = reason == MQTTREASONCODE_SESSION_TAKEN_OVER;
+    int64_t delay;
+
+    pthread_mutex_lock(&mq.lock);
+    if (mq.state != M_UP && mq.state != M_DISCONNECTING) {
+        pthread_mutex_unlock(&mq.lock);
+        return;
+    }
+    delay = conn_ended(takeover);
+    stopping = mq.stopping;
+    pthread_mutex_unlock(&mq.lock);
+
+    fl_shm_store(mq.stats->dep[FL_DEP_MQTT], FL_DEP_DOWN);
+    if (stopping)
+        fl_info("connection to mqtt broker %s closed while stopping (%s)",
+                mq.uri, reason >= 0 ? reason_text(reason) : "socket closed");
+    else if (takeover)
+        fl_error("mqtt broker %s gave session \"%s\" to another client with "
+                 "the same id (a reload's new worker, or two nodes with one "
+                 "node_id); reconnecting in %" PRId64 " ms",
+                 mq.uri, mq.client_id, delay);
+    else if (reason >= 0)
+        fl_warn("mqtt broker %s disconnected us: reason 0x%02x %s; "
+                "reconnecting in %" PRId64 " ms",
+                mq.uri, reason, reason_text(reason), delay);
+    else
+        fl_warn("connection to mqtt broker %s lost; reconnecting in "
+                "%" PRId64 " ms",
+                mq.uri, delay);
+}
+
+static void on_disconnected(void *ctx, MQTTProperties *props,
+                            enum MQTTReasonCodes reason)
+{
+    (void)ctx, (void)props;
+    connection_lost((int)reason);
+}
+
+static void on_connection_lost(void *ctx, char *cause)
+{
+    (void)ctx, (void)cause;
+    connection_lost(-1);
+}
+
+static void on_disconnect_done(void *ctx, MQTTAsync_successData5 *d)
+{
+    (void)ctx, (void)d;
+    pthread_mutex_lock(&mq.lock);
+    mq.state = M_CLOSED;
+    pthread_mutex_unlock(&mq.lock);
+    fl_shm_store(mq.stats->dep[FL_DEP_MQTT], FL_DEP_DOWN);
+    fl_info("disconnected from mqtt broker %s; session \"%s\" kept for %u s",
+            mq.uri, mq.client_id, mq.session_expiry_s);
+}
+
+static void on_disconnect_fail(void *ctx, MQTTAsync_failureData5 *d)
+{
+    char why[256];
+
+    (void)ctx;
+    pthread_mutex_lock(&mq.lock);
+    mq.state = M_CLOSED;
+    pthread_mutex_unlock(&mq.lock);
+    fl_shm_store(mq.stats->dep[FL_DEP_MQTT], FL_DEP_DOWN);
+    describe_failure(why, sizeof(why), d ? d->code : MQTTASYNC_FAILURE,
+                     d ? d->message : NULL);
+    fl_warn("disconnect from mqtt broker %s failed: %s", mq.uri, why);
+}
+
+/* Called with mq.lock held. */
+static int64_t sub_retry(void)
+{
+    int64_t delay = mq.sub_backoff_ms;
+
+    mq.sub_pending = 1;
+    mq.sub_at = fl_now_ms() + delay;
+    mq.sub_backoff_ms = fl_min(mq.sub_backoff_ms * 2, mq.reconnect_max_ms);
+    pthread_cond_signal(&mq.cond);
+    return delay;
+}
+
+static void on_subscribe_ok(void *ctx, MQTTAsync_successData5 *d)
+{
+    unsigned                    gen = (unsigned)(uintptr_t)ctx;
+    const enum MQTTReasonCodes *codes;
+    int                         n, failed = 0, current;
+    int64_t                     delay = 0;
+
+    n = d->alt.sub.reasonCodeCount;
+    codes = n > 1 ? d->alt.sub.reasonCodes : &d->reasonCode;
+    for (int i = 0; i < n && i < mq.ntopics; i++) {
+        if (codes[i] >= MQTTREASONCODE_UNSPECIFIED_ERROR) {
+            fl_error("SUBSCRIBE to %s on mqtt broker %s refused: reason "
+                     "0x%02x %s",
+                     mq.topics[i], mq.uri, codes[i], reason_text(codes[i]));
+            failed++;
+        } else if ((int)codes[i] < mq.qoss[i]) {
+            fl_warn("SUBSCRIBE to %s on mqtt broker %s granted QoS %d, not "
+                    "%d",
+                    mq.topics[i], mq.uri, codes[i], mq.qoss[i]);
+        }
+    }
+
+    pthread_mutex_lock(&mq.lock);
+    current = gen == mq.conn_gen && mq.state == M_UP;
+    if (current && failed)
+        delay = sub_retry();
+    pthread_mutex_unlock(&mq.lock);
+
+    if (!current)
+        return; /* that connection is gone; the next one subscribes */
+    if (failed) {
+        fl_shm_store(mq.stats->dep[FL_DEP_MQTT], FL_DEP_DOWN);
+        fl_warn("subscribing again in %" PRId64 " ms", delay);
+        return;
+    }
+    fl_shm_store(mq.stats->dep[FL_DEP_MQTT], FL_DEP_UP);
+    fl_info("subscribed to %d topic%s on mqtt broker %s (%s%s) at QoS %d",
+            mq.ntopics, mq.ntopics > 1 ? "s" : "", mq.uri, mq.topics[0],
+            mq.ntopics > 1 ? ", ..." : "", mq.qoss[0]);
+}
+
+static void on_subscribe_fail(void *ctx, MQTTAsync_failureData5 *d)
+{
+    unsigned gen = (unsigned)(uintptr_t)ctx;
+    int64_t  delay = -1;
+    char     why[256];
+
+    pthread_mutex_lock(&mq.lock);
+    if (gen == mq.conn_gen && mq.state == M_UP)
+        delay = sub_retry();
+    pthread_mutex_unlock(&mq.lock);
+    if (delay < 0)
+        return; /* that connection is gone; the next one subscribes */
+
+    fl_shm_store(mq.stats->dep[FL_DEP_MQTT], FL_DEP_DOWN);
+    describe_failure(why, sizeof(why), d ? d->code : MQTTASYNC_FAILURE,
+                     d ? d->message : NULL);
+    if (d && d->reasonCode >= MQTTREASONCODE_UNSPECIFIED_ERROR)
+        snprintf(why + strlen(why), sizeof(why) - strlen(why),
+                 " (reason 0x%02x %s)", d->reasonCode,
+                 reason_text(d->reasonCode));
+    fl_error("SUBSCRIBE to %s on mqtt broker %s failed: %s; retrying in "
+             "%" PRId64 " ms",
+             mq.topics[0], mq.uri, why, delay);
+}
+
+static int on_ssl_error(const char *str, size_t len, void *u)
+{
+    (void)u;
+    while (len > 0 && (str[len - 1] == '\n' || str[len - 1] == '\r'))
+        len--;
+    fl_warn("TLS to mqtt broker %s: %.*s", mq.uri, (int)fl_min(len, 512), str);
+    return 0;
+}
+
+/* ---- Redis, on the paho receive thread ---- */
+
+static void redis_drop(void)
+{
+    if (mq.redis) {
+        redisFree(mq.redis);
+        mq.redis = NULL;
+    }
+}
+
+/* Connect (and AUTH) the receive thread's synchronous connection.
+ * FL_OK, or FL_ERROR with mq.err set. */
+static int redis_connect(void)
+{
+    redisContext *c;
+    redisReply   *r;
+    const char   *argv[2] = {"AUTH", mq.redis_password};
+    size_t        lens[2] = {4, strlen(mq.redis_password)};
+
+    c = redisConnectWithTimeout(mq.redis_host, mq.redis_port,
+                                mq.redis_connect_tv);
+    if (c == NULL || c->err) {
+        snprintf(mq.err, sizeof(mq.err), "connect() to redis %s:%d failed: %s",
+                 mq.redis_host, mq.redis_port,
+                 c ? c->errstr : "cannot allocate a context");
+        if (c)
+            redisFree(c);
+        return FL_ERROR;
+    }
+    if (redisSetTimeout(c, mq.redis_command_tv) != REDIS_OK)
+        fl_warn("setting the command timeout on redis %s:%d failed: %s",
+                mq.redis_host, mq.redis_port, c->errstr);
+    redisEnableKeepAlive(c);
+    mq.redis = c;
+
+    if (mq.redis_password[0] == '\0')
+        return FL_OK;
+    r = redisCommandArgv(c, 2, argv, lens);
+    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        snprintf(mq.err, sizeof(mq.err), "AUTH to redis %s:%d failed: %s",
+                 mq.redis_host, mq.redis_port, r ? r->str : c->errstr);
+        if (r)
+            freeReplyObject(r);
+        redis_drop();
+        return FL_ERROR;
+    }
+    freeReplyObject(r);
+    return FL_OK;
+}
+
+/* One XADD (argv[1] is the key). FL_OK when the entry is in the stream;
+ * FL_ERROR with mq.err set, the connection dropped (the next call makes
+ * a new one). */
+static int redis_xadd(int argc, const char **argv, const size_t *lens)
+{
+    redisReply *r;
+
+    if (mq.redis == NULL && redis_connect() != FL_OK)
+        return FL_ERROR;
+    r = redisCommandArgv(mq.redis, argc, argv, lens);
+    if (r == NULL) {
+        snprintf(mq.err, sizeof(mq.err), "XADD %s to redis %s:%d failed: %s",
+                 argv[1], mq.redis_host, mq.redis_port, mq.redis->errstr);
+        redis_drop();
+        return FL_ERROR;
+    }
+    if (r->type != REDIS_REPLY_STRING) {
+        snprintf(mq.err, sizeof(mq.err), "XADD %s to redis %s:%d failed: %s",
+                 argv[1], mq.redis_host, mq.redis_port,
+                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+        freeReplyObject(r);
+        redis_drop();
+        return FL_ERROR;
+    }
+    freeReplyObject(r);
+    return FL_OK;
+}
+
+/* An XADD failed: count it, say so (first failure of an outage, then every
+ * REDIS_LOG_EVERY_MS), and back off. Sleeps on the paho receive thread -
+ * the message stays unacknowledged meanwhile, which is the point. */
+static void enqueue_failed(void)
+{
+    int64_t now = fl_now_ms();
+
+    fl_shm_add(mq.stats->mqtt_enqueue_failures, 1);
+    fl_shm_store(mq.stats->dep[FL_DEP_REDIS], FL_DEP_DOWN);
+    mq.fail_attempts++;
+    if (mq.fail_since == 0) {
+        mq.fail_since = now;
+        mq.fail_logged_at = now;
+        mq.redis_backoff_ms = REDIS_BACKOFF_MIN_MS;
+        fl_error("%s; MQTT intake paused, the message is not acknowledged",
+                 mq.err);
+    } else if (now - mq.fail_logged_at >= REDIS_LOG_EVERY_MS) {
+        mq.fail_logged_at = now;
+        fl_warn("%s; MQTT intake paused for %" PRId64 " ms, %" PRIu64
+                " attempts",
+                mq.err, now - mq.fail_since, mq.fail_attempts);
+    }
+    sleep_ms(mq.redis_backoff_ms);
+    mq.redis_backoff_ms = fl_min(mq.redis_backoff_ms * 2, REDIS_BACKOFF_MAX_MS);
+}
+
+static void enqueue_recovered(void)
+{
+    fl_shm_store(mq.stats->dep[FL_DEP_REDIS], FL_DEP_UP);
+    fl_info("redis %s:%d is back: MQTT intake resumed after %" PRId64
+            " ms, %" PRIu64 " failed attempts",
+            mq.redis_host, mq.redis_port, fl_now_ms() - mq.fail_since,
+            mq.fail_attempts);
+    mq.fail_since = 0;
+    mq.fail_attempts = 0;
+}
+
+static void oversize_log(const char *topic, size_t tlen, int plen)
+{
+    int64_t now = fl_now_ms();
+
+    if (now - mq.oversize_logged_at < OVERSIZE_LOG_EVERY_MS) {
+        mq.oversize_quiet++;
+        return;
+    }
+    fl_warn("message on %.*s dead-lettered: payload of %d bytes exceeds "
+            "limits.max_payload_bytes (%" PRId64 ")%s",
+            (int)fl_min(tlen, 256), topic, plen, mq.max_payload,
+            mq.oversize_quiet ? " (and earlier ones not logged)" : "");
+    mq.oversize_logged_at = now;
+    mq.oversize_quiet = 0;
+}
+
+/*
+ * messageArrived, on paho's receive thread. Appends the message to the
+ * ingest stream (or, when too large, to the dead-letter stream) and returns
+ * 1 only then, so paho's PUBACK follows the XADD. Never returns 0 (see the
+ * top of the file): while Redis fails it retries here. Frees the message
+ * and the topic (paho hands them over when we return 1).
+ */
+static int on_message(void *ctx, char *topic, int topic_len,
+                      MQTTAsync_message *msg)
+{
+    size_t      tlen = topic_len > 0 ? (size_t)topic_len : strlen(topic);
+    size_t      plen = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
+    int         oversize = (int64_t)plen > mq.max_payload;
+    char        rx[24], error[160];
+    const char *argv[16];
+    size_t      lens[16];
+    int         argc = 0;
+
+    (void)ctx;
+    __atomic_add_fetch(&mq.in_cb, 1, __ATOMIC_SEQ_CST);
+    fl_shm_add(mq.stats->mqtt_received, 1);
+    snprintf(rx, sizeof(rx), "%" PRId64, fl_wall_ms());
+
+#define ARG(s, n) (argv[argc] = (s), lens[argc] = (n), argc++)
+    ARG("XADD", 4);
+    if (!oversize) {
+        ARG(mq.ingest_key, strlen(mq.ingest_key));
+        ARG("MAXLEN", 6);
+        ARG("~", 1);
+        ARG(mq.ingest_maxlen, strlen(mq.ingest_maxlen));
+        ARG("*", 1);
+        ARG("t", 1);
+        ARG(topic, tlen);
+        ARG("p", 1);
+        ARG(plen ? (const char *)msg->payload : "", plen);
+        ARG("r", 1);
+        ARG(rx, strlen(rx));
+    } else {
+        snprintf(error, sizeof(error),
+                 "payload of %zu bytes exceeds limits.max_payload_bytes "
+                 "(%" PRId64 ")",
+                 plen, mq.max_payload);
+        ARG(mq.dead_key, strlen(mq.dead_key));
+        ARG("MAXLEN", 6);
+        ARG("~", 1);
+        ARG(mq.dead_maxlen, strlen(mq.dead_maxlen));
+        ARG("*", 1);
+        ARG("topic", 5);
+        ARG(topic, tlen);
+        ARG("reason", 6);
+        ARG("too_large", 9);
+        ARG("error", 5);
+        ARG(error, strlen(error));
+        ARG("payload", 7);
+        ARG((const char *)msg->payload, fl_min(plen, DEAD_PAYLOAD_BYTES));
+        ARG("rx", 2);
+        ARG(rx, strlen(rx));
+    }
+#undef ARG
+
+    while (redis_xadd(argc, argv, lens) != FL_OK)
+        enqueue_failed();
+    if (mq.fail_since)
+        enqueue_recovered();
+
+    if (oversize) {
+        fl_shm_add(mq.stats->mqtt_oversize, 1);
+        oversize_log(topic, tlen, msg->payloadlen);
+    } else {
+        fl_shm_add(mq.stats->mqtt_enqueued, 1);
+    }
+    MQTTAsync_freeMessage(&msg);
+    MQTTAsync_free(topic);
+    __atomic_sub_fetch(&mq.in_cb, 1, __ATOMIC_SEQ_CST);
+    return 1;
+}
+
+/* ---- the control thread: every paho call after init ---- */
+
+static void ctl_connect(unsigned gen)
+{
+    MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer5;
+    MQTTAsync_SSLOptions     ssl = MQTTAsync_SSLOptions_initializer;
+    MQTTProperties           props = MQTTProperties_initializer;
+    MQTTProperty             p;
+    int                      rc;
+    int64_t                  delay = 0;
+
+    memset(&p, 0, sizeof(p));
+    p.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL;
+    p.value.integer4 = mq.session_expiry_s;
+    MQTTProperties_add(&props, &p);
+    p.identifier = MQTTPROPERTY_CODE_RECEIVE_MAXIMUM;
+    p.value.integer2 = (unsigned short)mq.receive_max;
+    MQTTProperties_add(&props, &p);
+    p.identifier = MQTTPROPERTY_CODE_MAXIMUM_PACKET_SIZE;
+    p.value.integer4 = mq.max_packet;
+    MQTTProperties_add(&props, &p);
+
+    co.keepAliveInterval = mq.keepalive_s;
+    co.cleanstart = 0;
+    co.connectTimeout = mq.connect_timeout_s;
+    co.automaticReconnect = 0;
+    co.MQTTVersion = MQTTVERSION_5;
+    co.connectProperties = &props;
+    co.onSuccess5 = on_connect_ok;
+    co.onFailure5 = on_connect_fail;
+    co.context = (void *)(uintptr_t)gen;
+    if (mq.username[0])
+        co.username = mq.username;
+    if (mq.password[0])
+        co.password = mq.password;
+    if (mq.tls) {
+        ssl.trustStore = mq.ca_file[0] ? mq.ca_file : NULL;
+        ssl.keyStore = mq.cert_file[0] ? mq.cert_file : NULL;
+        ssl.privateKey = mq.key_file[0] ? mq.key_file : NULL;
+        ssl.enableServerCertAuth = !mq.tls_insecure;
+        ssl.verify = !mq.tls_insecure;
+        ssl.ssl_error_cb = on_ssl_error;
+        co.ssl = &ssl;
+    }
+
+    fl_debug("connecting to mqtt broker %s as \"%s\"", mq.uri, mq.client_id);
+    rc = MQTTAsync_connect(mq.client, &co);
+    MQTTProperties_free(&props);
+    if (rc == MQTTASYNC_SUCCESS)
+        return;
+
+    pthread_mutex_lock(&mq.lock);
+    if (gen == mq.conn_gen && mq.state == M_CONNECTING)
+        delay = conn_ended(0);
+    pthread_mutex_unlock(&mq.lock);
+    fl_shm_store(mq.stats->dep[FL_DEP_MQTT], FL_DEP_DOWN);
+    fl_warn("MQTTAsync_connect() to mqtt broker %s failed: %s; retrying in "
+            "%" PRId64 " ms",
+            mq.uri, MQTTAsync_strerror(rc), delay);
+}
+
+static void ctl_subscribe(unsigned gen)
+{
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    int                       rc;
+    int64_t                   delay = -1;
+
+    ro.onSuccess5 = on_subscribe_ok;
+    ro.onFailure5 = on_subscribe_fail;
+    ro.context = (void *)(uintptr_t)gen;
+    ro.subscribeOptionsCount = mq.ntopics;
+    ro.subscribeOptionsList = mq.subopts;
+    rc =
+        MQTTAsync_subscribeMany(mq.client, mq.ntopics, mq.topics, mq.qoss, &ro);
+    if (rc == MQTTASYNC_SUCCESS)
+        return;
+
+    pthread_mutex_lock(&mq.lock);
+    if (gen == mq.conn_gen && mq.state == M_UP)
+        delay = sub_retry();
+    pthread_mutex_unlock(&mq.lock);
+    if (delay >= 0)
+        fl_warn("MQTTAsync_subscribeMany() on mqtt broker %s failed: %s; "
+                "retrying in %" PRId64 " ms",
+                mq.uri, MQTTAsync_strerror(rc), delay);
+}
+
+static void ctl_publish(pub_t *p)
+{
+    MQTTAsync_message m = MQTTAsync_message_initializer;
+    int               rc;
+
+    m.payload = p->payload;
+    m.payloadlen = (int)p->len;
+    m.qos = p->qos;
+    rc = MQTTAsync_sendMessage(mq.client, p->topic, &m, NULL);
+    if (rc != MQTTASYNC_SUCCESS)
+        fl_warn("publish to %s via mqtt broker %s failed: %s", p->topic, mq.uri,
+                MQTTAsync_strerror(rc));
+    pub_free(p);
+}
+
+static void ctl_disconnect(void)
+{
+    MQTTAsync_disconnectOptions o = MQTTAsync_disconnectOptions_initializer5;
+    int                         rc;
+
+    pthread_mutex_lock(&mq.lock);
+    o.timeout = mq.fast ? FAST_DISCONNECT_MS : DISCONNECT_TIMEOUT_MS;
+    pthread_mutex_unlock(&mq.lock);
+    o.reasonCode = MQTTREASONCODE_NORMAL_DISCONNECTION;
+    o.onSuccess5 = on_disconnect_done;
+    o.onFailure5 = on_disconnect_fail;
+    rc = MQTTAsync_disconnect(mq.client, &o);
+    if (rc == MQTTASYNC_SUCCESS)
+        return;
+
+    /* not connected any more: nothing to wait for */
+    pthread_mutex_lock(&mq.lock);
+    mq.state = M_CLOSED;
+    pthread_mutex_unlock(&mq.lock);
+    fl_shm_store(mq.stats->dep[FL_DEP_MQTT], FL_DEP_DOWN);
+    fl_debug("MQTTAsync_disconnect() on %s: %s", mq.uri,
+             MQTTAsync_strerror(rc));
+}
+
+/*
+ * The worker of another generation that owns this slot's client id for
+ * now: a newer one (we are being replaced: it takes the id) or an older
+ * one still connected or connecting (we replace it: we wait until it has
+ * disconnected). Two clients with one id make the broker close the older
+ * connection on every CONNECT of the other, so without this a reload's
+ * old and new worker could take the session from each other until the
+ * old one stops. Returns the holder's pid (*newer set), or 0. Reads the
+ * shared stats segment only.
+ */
+static pid_t slot_holder(int *newer)
+{
+    for (int i = 0; i < FL_SHM_ENTRIES; i++) {
+        const fl_shm_worker_t *e = &fl_shm->w[i];
+        uint32_t               gen;
+        int                    st, dep;
+        pid_t                  pid;
+
+        if (e == mq.stats || fl_shm_load(e->slot) != mq.slot)
+            continue;
+        gen = fl_shm_load(e->generation);
+        st = fl_shm_load(e->state);
+        pid = fl_shm_load(e->pid);
+        if (gen == mq.generation ||
+            (st != FL_W_STARTING && st != FL_W_READY && st != FL_W_DRAINING) ||
+            pid <= 0 || (kill(pid, 0) == -1 && errno == ESRCH))
+            continue;
+        dep = fl_shm_load(e->dep[FL_DEP_MQTT]);
+        *newer = gen > mq.generation;
+        if (*newer || dep == FL_DEP_UP || dep == FL_DEP_CONNECTING)
+            return pid;
+    }
+    return 0;
+}
+
+/* Whether the next connect must wait for another worker of our slot (see
+ * slot_holder); if so, the attempt moves HANDOFF_POLL_MS on. A worker that
+ * yields to a newer one reports itself down, so that the newer one does
+ * not wait for it in turn. Called with mq.lock held. */
+static int handoff_wait(int64_t now)
+{
+    int   newer = 0;
+    pid_t pid = slot_holder(&newer);
+
+    if (pid == 0) {
+        if (mq.waiting_for)
+            fl_info("worker pid %d released mqtt client id \"%s\"",
+                    (int)mq.waiting_for, mq.client_id);
+        mq.waiting_for = 0;
+        return 0;
+    }
+    if (mq.waiting_for != pid)
+        fl_info("%s worker pid %d holds mqtt client id \"%s\": %s",
+                newer ? "newer" : "older", (int)pid, mq.client_id,
+                newer ? "leaving it the session"
+                      : "connecting once it has disconnected");
+    mq.waiting_for = pid;
+    mq.reconnect_at = now + HANDOFF_POLL_MS;
+    fl_shm_store(mq.stats->dep[FL_DEP_MQTT],
+                 newer ? FL_DEP_DOWN : FL_DEP_CONNECTING);
+    return 1;
+}
+
+/* What the control thread does next. Called with mq.lock held; sets *wake
+ * (monotonic ms) when the answer is A_NONE. */
+static action_t ctl_next(pub_t **pub, unsigned *gen, int64_t *wake)
+{
+    int64_t now = fl_now_ms();
+
+    *wake = now + 1000;
+    if (mq.quit)
+        return A_QUIT;
+    if (mq.state == M_UP && mq.pub_head) {
+        *pub = mq.pub_head;
+        mq.pub_head = (*pub)->next;
+        if (mq.pub_head == NULL)
+            mq.pub_tail = NULL;
+        mq.pub_count--;
+        mq.pub_bytes -= (*pub)->len;
+        return A_PUBLISH;
+    }
+    if (mq.stopping) {
+        if (mq.state == M_UP) {
+            mq.state = M_DISCONNECTING;
+            return A_DISCONNECT;
+        }
+        if (mq.state == M_IDLE) {
+            mq.state = M_CLOSED;
+            fl_shm_store(mq.stats->dep[FL_DEP_MQTT], FL_DEP_DOWN);
+        }
+        if (mq.state == M_CLOSED)
+            pub_drop_all("the MQTT connection is closed");
+        return A_NONE;
+    }
+    if (mq.state == M_IDLE) {
+        if (now >= mq.reconnect_at && handoff_wait(now))
+            *wake = mq.reconnect_at;
+        else if (now >= mq.reconnect_at) {
+            mq.state = M_CONNECTING;
+            *gen = ++mq.conn_gen;
+            return A_CONNECT;
+        }
+        *wake = mq.reconnect_at;
+    }
+    if (mq.state == M_UP && mq.sub_pending) {
+        if (now >= mq.sub_at) {
+            mq.sub_pending = 0;
+            *gen = mq.conn_gen;
+            return A_SUBSCRIBE;
+        }
+        *wake = fl_min(*wake, mq.sub_at);
+    }
+    return A_NONE;
+}
+
+static void ctl_wait(int64_t wake_ms)
+{
+    struct timespec ts;
+    int64_t         now = fl_now_ms(), ms = wake_ms > now ? wake_ms - now : 0;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += ms / 1000;
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&mq.cond, &mq.lock, &ts);
+}
+
+static void *ctl_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&mq.lock);
+    for (;;) {
+        pub_t   *pub = NULL;
+        unsigned gen = 0;
+        int64_t  wake;
+        action_t a = ctl_next(&pub, &gen, &wake);
+
+        if (a == A_QUIT)
+            break;
+        if (a == A_NONE) {
+            ctl_wait(wake);
+            continue;
+        }
+        pthread_mutex_unlock(&mq.lock);
+        switch (a) {
+        case A_CONNECT: ctl_connect(gen); break;
+        case A_SUBSCRIBE: ctl_subscribe(gen); break;
+        case A_PUBLISH: ctl_publish(pub); break;
+        case A_DISCONNECT: ctl_disconnect(); break;
+        default: break;
+        }
+        pthread_mutex_lock(&mq.lock);
+    }
+    pthread_mutex_unlock(&mq.lock);
+    return NULL;
+}
+
+/* ---- publish (any thread) ---- */
+
+int fl_mqtt_publish(const char *topic, const void *payload, size_t len, int qos)
+{
+    pub_t *p;
+    size_t tlen;
+    int    rc = FL_OK;
+
+    if (topic == NULL || (tlen = strlen(topic)) == 0 || tlen > 65535 ||
+        strpbrk(topic, "+#") != NULL || qos < 0 || qos > 2 || len > INT_MAX ||
+        (len > 0 && payload == NULL))
+        return FL_ERROR;
+
+    p = fl_calloc(1, sizeof(*p));
+    p->topic = fl_strdup(topic);
+    p->payload = fl_alloc(len ? len : 1);
+    if (len)
+        memcpy(p->payload, payload, len);
+    p->len = len;
+    p->qos = qos;
+
+    pthread_mutex_lock(&mq.lock);
+    if (!mq.ctl_running || mq.state != M_UP || mq.stopping)
+        rc = FL_ERROR;
+    else if (mq.pub_count >= PUB_MAX_QUEUE ||
+             mq.pub_bytes + len > PUB_MAX_BYTES)
+        rc = FL_AGAIN;
+    if (rc == FL_OK) {
+        if (mq.pub_tail)
+            mq.pub_tail->next = p;
+        else
+            mq.pub_head = p;
+        mq.pub_tail = p;
+        mq.pub_count++;
+        mq.pub_bytes += len;
+        pthread_cond_signal(&mq.cond);
+    }
+    pthread_mutex_unlock(&mq.lock);
+    if (rc != FL_OK)
+        pub_free(p);
+    return rc;
+}
+
+/* ---- the module ---- */
+
+static void conf_free(void)
+{
+    free(mq.uri);
+    free(mq.client_id);
+    free(mq.username);
+    free(mq.password);
+    free(mq.ca_file);
+    free(mq.cert_file);
+    free(mq.key_file);
+    for (int i = 0; i < mq.ntopics; i++)
+        free(mq.topics[i]);
+    free(mq.topics);
+    free(mq.qoss);
+    free(mq.subopts);
+    free(mq.redis_host);
+    free(mq.redis_password);
+    free(mq.ingest_key);
+    free(mq.dead_key);
+    mq.topics = NULL;
+    mq.ntopics = 0;
+}
+
+static char *concat(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    char  *s = fl_alloc(la + lb + 1);
+
+    memcpy(s, a, la);
+    memcpy(s + la, b, lb + 1);
+    return s;
+}
+
+static struct timeval ms_tv(int64_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    return tv;
+}
+
+static void conf_copy(const fl_worker_t *w)
+{
+    const fl_config_t *cf = w->cf;
+    char               buf[256];
+    int64_t            pk;
+
+    mq.uri = fl_strdup(cf->mqtt.uri);
+    if (cf->mqtt.client_id[0])
+        snprintf(buf, sizeof(buf), "%s-w%d", cf->mqtt.client_id, w->slot);
+    else
+        snprintf(buf, sizeof(buf), "fleetd-%s-w%d", cf->node_id, w->slot);
+    mq.client_id = fl_strdup(buf);
+    mq.username = fl_strdup(cf->mqtt.username);
+    mq.password = fl_strdup(cf->mqtt.password);
+    mq.ca_file = fl_strdup(cf->mqtt.ca_file);
+    mq.cert_file = fl_strdup(cf->mqtt.cert_file);
+    mq.key_file = fl_strdup(cf->mqtt.key_file);
+    mq.tls = strncmp(cf->mqtt.uri, "ssl://", 6) == 0 ||
+             strncmp(cf->mqtt.uri, "mqtts://", 8) == 0 ||
+             strncmp(cf->mqtt.uri, "wss://", 6) == 0;
+    mq.tls_insecure = cf->mqtt.tls_insecure;
+
+    mq.ntopics = cf->mqtt.topics.n;
+    mq.topics = fl_calloc(mq.ntopics + 1, sizeof(char *));
+    mq.qoss = fl_calloc(mq.ntopics + 1, sizeof(int));
+    mq.subopts = fl_calloc(mq.ntopics + 1, sizeof(MQTTSubscribe_options));
+    for (int i = 0; i < mq.ntopics; i++) {
+        MQTTSubscribe_options so = MQTTSubscribe_options_initializer;
+
+        if (cf->mqtt.share_group[0]) {
+            snprintf(buf, sizeof(buf), "$share/%s/", cf->mqtt.share_group);
+            mq.topics[i] = concat(buf, cf->mqtt.topics.items[i]);
+        } else {
+            mq.topics[i] = fl_strdup(cf->mqtt.topics.items[i]);
+        }
+        mq.qoss[i] = cf->mqtt.qos;
+        so.noLocal = 0; /* must be 0 on a shared subscription */
+        so.retainAsPublished = 0;
+        so.retainHandling = 1; /* retained messages only when new */
+        mq.subopts[i] = so;
+    }
+
+    mq.keepalive_s = (int)fl_max(1, cf->mqtt.keepalive_ms / 1000);
+    mq.connect_timeout_s =
+        (int)fl_max(1, (cf->mqtt.connect_timeout_ms + 999) / 1000);
+    mq.receive_max = cf->mqtt.receive_max;
+    mq.session_expiry_s =
+        (unsigned)fl_min(cf->mqtt.session_expiry_ms / 1000, 0xfffffffeLL);
+    mq.reconnect_max_ms = fl_max(cf->mqtt.reconnect_max_ms, RECONNECT_MIN_MS);
+    mq.max_payload = cf->limits.max_payload_bytes;
+    pk = fl_max(mq.max_payload * MAX_PACKET_FACTOR, MAX_PACKET_FLOOR);
+    mq.max_packet = (unsigned)fl_min(pk, MQTT_MAX_PACKET);
+
+    mq.redis_host = fl_strdup(cf->redis.host);
+    mq.redis_port = cf->redis.port;
+    mq.redis_password = fl_strdup(cf->redis.password);
+    mq.redis_connect_tv = ms_tv(cf->redis.connect_timeout_ms);
+    mq.redis_command_tv = ms_tv(cf->redis.command_timeout_ms);
+    mq.ingest_key = concat(cf->redis.prefix, "ingest");
+    mq.dead_key = concat(cf->redis.prefix, "dead");
+    snprintf(mq.ingest_maxlen, sizeof(mq.ingest_maxlen), "%" PRId64,
+             cf->redis.stream_maxlen);
+    snprintf(mq.dead_maxlen, sizeof(mq.dead_maxlen), "%" PRId64,
+             cf->redis.dead_letter_maxlen);
+    mq.stats = w->stats;
+    mq.slot = w->slot;
+    mq.generation = w->generation;
+}
+
+static int mqtt_init(fl_worker_t *w)
+{
+    MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
+    pthread_condattr_t      ca;
+    sigset_t                all, old;
+    int                     rc;
+
+    conf_copy(w);
+    mq.state = M_IDLE;
+    mq.stopping = mq.fast = mq.quit = 0;
+    mq.reconnect_at = 0;
+    mq.backoff_ms = RECONNECT_MIN_MS;
+    mq.rand_state = (unsigned)getpid() ^ (unsigned)fl_now_us();
+    mq.redis_backoff_ms = REDIS_BACKOFF_MIN_MS;
+
+    co.sendWhileDisconnected = 0;
+    co.maxBufferedMessages = PUB_MAX_QUEUE;
+    co.restoreMessages = 0;
+    co.persistQoS0 = 0;
+    rc = MQTTAsync_createWithOptions(&mq.client, mq.uri, mq.client_id,
+                                     MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
+    if (rc != MQTTASYNC_SUCCESS) {
+        fl_error("MQTTAsync_createWithOptions() for mqtt broker %s failed: %s",
+                 mq.uri, MQTTAsync_strerror(rc));
+        conf_free();
+        return FL_ERROR;
+    }
+    MQTTAsync_setCallbacks(mq.client, NULL, on_connection_lost, on_message,
+                           NULL);
+    MQTTAsync_setDisconnected(mq.client, NULL, on_disconnected);
+
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&mq.cond, &ca);
+    pthread_condattr_destroy(&ca);
+
+    fl_shm_store(w->stats->dep[FL_DEP_MQTT], FL_DEP_CONNECTING);
+
+    /* The control thread, and the paho threads its first connect starts,
+     * inherit a mask with every signal blocked: signals stay with the
+     * loop's evsignal handling. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    rc = pthread_create(&mq.ctl, NULL, ctl_main, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        fl_log_errno(FL_LOG_ERROR, rc, "pthread_create() for mqtt failed");
+        MQTTAsync_destroy(&mq.client);
+        pthread_cond_destroy(&mq.cond);
+        conf_free();
+        return FL_ERROR;
+    }
+    pthread_mutex_lock(&mq.lock);
+    mq.ctl_running = 1;
+    pthread_mutex_unlock(&mq.lock);
+    fl_debug("mqtt intake: %s as \"%s\", %d topic%s, stream %s", mq.uri,
+             mq.client_id, mq.ntopics, mq.ntopics == 1 ? "" : "s",
+             mq.ingest_key);
+    return FL_OK;
+}
+
+static void mqtt_stop(fl_worker_t *w, int fast)
+{
+    int was;
+
+    (void)w;
+    pthread_mutex_lock(&mq.lock);
+    was = mq.stopping;
+    mq.stopping = 1;
+    if (fast)
+        mq.fast = 1;
+    pthread_cond_signal(&mq.cond);
+    pthread_mutex_unlock(&mq.lock);
+    if (!was)
+        fl_info("disconnecting from mqtt broker %s, keeping session \"%s\"",
+                mq.uri, mq.client_id);
+}
+
+static int mqtt_busy(fl_worker_t *w)
+{
+    int n = __atomic_load_n(&mq.in_cb, __ATOMIC_SEQ_CST);
+
+    (void)w;
+    pthread_mutex_lock(&mq.lock);
+    if (mq.stopping && mq.state != M_CLOSED)
+        n++;
+    pthread_mutex_unlock(&mq.lock);
+    return n;
+}
+
+/*
+ * Free the paho client, but only when that cannot hang: the control thread
+ * has ended, no connection exists or can appear, and no callback runs
+ * (MQTTAsync_destroy() takes paho's mutex, which a callback stuck on Redis
+ * holds). Otherwise the client, its threads and our config copies are
+ * left to the process exit, which is moments away: a message whose XADD
+ * was still being retried is then never acknowledged, and the broker
+ * redelivers it.
+ */
+static void mqtt_destroy(fl_worker_t *w)
+{
+    struct timespec ts;
+    int             joined = 0, idle;
+
+    (void)w;
+    pthread_mutex_lock(&mq.lock);
+    mq.quit = 1;
+    mq.stopping = 1;
+    pthread_cond_signal(&mq.cond);
+    pthread_mutex_unlock(&mq.lock);
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += CTL_JOIN_MS / 1000;
+    if (pthread_timedjoin_np(mq.ctl, NULL, &ts) == 0)
+        joined = 1;
+
+    pthread_mutex_lock(&mq.lock);
+    mq.ctl_running = 0;
+    idle = mq.state == M_CLOSED || mq.state == M_IDLE;
+    pub_drop_all("the worker is exiting");
+    pthread_mutex_unlock(&mq.lock);
+
+    if (!joined || !idle || __atomic_load_n(&mq.in_cb, __ATOMIC_SEQ_CST)) {
+        fl_warn("mqtt client for %s left to the process exit (%s)", mq.uri,
+                !joined ? "control thread busy"
+                : !idle ? "connection not closed"
+                        : "a message is still being enqueued");
+        return;
+    }
+    MQTTAsync_destroy(&mq.client);
+    redis_drop();
+    pthread_cond_destroy(&mq.cond);
+    conf_free();
+}
+
+const fl_module_t fl_mqtt_module = {
+    "mqtt", mqtt_init, mqtt_stop, mqtt_busy, mqtt_destroy,
+};

@@ -1,0 +1,1396 @@
+/*
+ * fl_pg.c - the worker's asynchronous PostgreSQL connection (see fl_pg.h).
+ *
+ * libpq in non-blocking mode, driven by libevent events on PQsocket():
+ * PQconnectStartParams + PQconnectPoll to connect, PQsendQuery for every
+ * query, PQputCopyData for COPY, PQflush on write readiness and
+ * PQconsumeInput / PQisBusy / PQgetResult on read readiness. Nothing here
+ * waits on the server (no PQexec, no PQconnectdb, no PQgetResult while
+ * PQisBusy). One caveat that libpq does not let us avoid: a host name in
+ * the conninfo is resolved with a blocking getaddrinfo() inside
+ * PQconnectPoll; use an address (host=127.0.0.1 or hostaddr=) or a socket
+ * directory when that matters.
+ *
+ * A connection moves through these states:
+ *   DOWN        no connection; ev_retry reconnects after the backoff
+ *               (100 ms doubling to 5 s)
+ *   CONNECTING  PQconnectPoll() steps on read / write readiness of a
+ *               socket that may change between steps; ev_deadline ends
+ *               it after postgres.connect_timeout
+ *   SETUP       SET synchronous_commit, the migrations (fl_schema.sql.h)
+ *               in one transaction under an advisory lock, partition
+ *               upkeep; nothing is reported up before it ends
+ *   READY       on_state(1) was called; writes are accepted
+ * In SETUP and READY exactly one query string (an op) is in flight at a
+ * time; ev_deadline bounds it (QUERY_TIMEOUT_MS), after which the
+ * connection is dropped. Partition upkeep (ev_upkeep, every
+ * min(partition_interval / 4, 1 h)) runs between writes, never during
+ * one: when it falls due during a write it runs right after it, before
+ * the next write starts.
+ *
+ * A write is one query string and one round trip:
+ *
+ *   BEGIN; [CREATE TEMP TABLE IF NOT EXISTS fleetd_staging ...;]
+ *   COPY fleetd_staging FROM STDIN;        <- the batch, in 64 KiB chunks
+ *   SAVEPOINT fl_w;
+ *   INSERT INTO telemetry SELECT .. FROM fleetd_staging
+ *     ORDER BY device_id, metric, ts_ms ON CONFLICT DO NOTHING;
+ *   COMMIT
+ *
+ * The staging table (ON COMMIT DELETE ROWS) is created once per
+ * connection. ORDER BY the key makes concurrent writers of overlapping
+ * rows (a redelivered batch on two workers) take their index locks in the
+ * same order, so they wait for each other instead of deadlocking. The
+ * batch's callback runs after the COMMIT's answer: the caller acknowledges
+ * the stream entries only then (see synchronous_commit in the README).
+ *
+ * Missing partition. There is no DEFAULT partition: a row outside the
+ * partitions that upkeep made (late data from a device that was offline,
+ * a clock ahead) fails the INSERT with 23514 "no partition of relation
+ * found for row". The write then rolls back to the savepoint, creates the
+ * partitions that the staged rows need (fleetd_partition_ensure: only
+ * buckets not wholly older than retention_days; rows of older buckets are
+ * counted, logged and not stored - retention would drop them at the next
+ * upkeep anyway), and runs the INSERT again, in the same transaction. A
+ * second 23514 is FL_PG_REJECTED. Why not a DEFAULT partition: rows that
+ * land in it are never dropped by retention, and once it holds rows every
+ * new partition must scan it under an ACCESS EXCLUSIVE lock (and cannot be
+ * created at all if the default holds rows of its range).
+ *
+ * Errors: SQLSTATE classes 22 (data exception), 23 (integrity) and 54
+ * (program limit) are FL_PG_REJECTED, the rows themselves are refused;
+ * anything else is FL_PG_DOWN (retry later). A lost connection, a query
+ * timeout, class 08 (connection), 57P (operator intervention) and XX
+ * (internal) also drop the connection and reconnect.
+ *
+ * on_state(pg, 0) runs when a connection that was up is lost, and also
+ * when the very first attempt fails (so the owner can tell "down" from
+ * "not connected yet"); never twice in a row. No callback runs inside
+ * fl_pg_new() or fl_pg_write(); fl_pg_free() calls the write callback of
+ * a write in flight (FL_PG_DOWN) before it returns. Callbacks may call any
+ * fl_pg function, fl_pg_free() included: the free is then finished from
+ * ev_later once this file's frames are off the stack (nest).
+ */
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "fl_log.h"
+#include "fl_pg.h"
+#include "fl_schema.sql.h"
+
+#define BACKOFF_MIN_MS   100
+#define BACKOFF_MAX_MS   5000
+#define QUERY_TIMEOUT_MS 60000
+#ifndef UPKEEP_MAX_MS
+#define UPKEEP_MAX_MS 3600000 /* upkeep at least hourly (tests lower it) */
+#endif
+#define UPKEEP_RETRY_MS 60000 /* after a failed upkeep */
+#define COPY_CHUNK      65536
+#define ERRLEN          512
+#define MAX_TUPLES      4 /* tuple results kept per op */
+
+typedef enum { S_DOWN, S_CONNECTING, S_SETUP, S_READY } pg_state_t;
+
+typedef enum {
+    OP_NONE,
+    OP_MIGRATE_BEGIN,  /* SET; BEGIN; lock; migrations table; versions */
+    OP_MIGRATE_APPLY,  /* one migration + its fleetd_migrations row */
+    OP_MIGRATE_COMMIT, /* COMMIT */
+    OP_UPKEEP,         /* fleetd_partition_upkeep() */
+    OP_WRITE,          /* BEGIN; COPY; SAVEPOINT; INSERT; COMMIT */
+    OP_WRITE_RETRY,    /* ROLLBACK TO SAVEPOINT; ensure; INSERT; COMMIT */
+    OP_ROLLBACK,       /* after a failed write */
+} pg_op_t;
+
+struct fl_pg_s {
+    struct event_base *base;
+    fl_pg_state_cb     on_state;
+    void              *ud;
+
+    char   *conninfo;
+    char    fallback_name[80]; /* application_name unless conninfo sets one */
+    int64_t connect_timeout_ms;
+    int64_t iv_ms; /* postgres.partition_interval */
+    int     sync_commit;
+    int     retention_days;
+    int64_t upkeep_every_ms;
+    char    addr[160]; /* "host:port/db" for the log */
+
+    /* SQL built once from the config */
+    char *sql_setup;
+    char *sql_upkeep;
+    char *sql_write;        /* staging table exists */
+    char *sql_write_create; /* creates it first */
+    char *sql_retry;
+
+    PGconn       *conn;
+    int           fd;    /* the socket ev_rd / ev_wr watch, -1 none */
+    struct event *ev_rd; /* EV_READ | EV_PERSIST */
+    struct event *ev_wr; /* EV_WRITE, added while output is pending */
+    pg_state_t    state;
+    int           reported; /* last on_state value, -1 none yet */
+    int64_t       backoff_ms;
+    unsigned      gen; /* connection generation: changes on every drop */
+    int           staging_ready;
+    int           mode_logged;
+    int           schema_version; /* highest applied, for the log */
+
+    struct event *ev_retry;
+    struct event *ev_deadline;
+    struct event *ev_upkeep;
+    struct event *ev_later;
+    int           upkeep_due;
+    int64_t       upkeep_start_us;
+
+    /* the op in flight */
+    pg_op_t   op;
+    int       mig_next; /* OP_MIGRATE_APPLY: index into fl_migrations */
+    PGresult *err;      /* first error result of the op */
+    PGresult *tuples[MAX_TUPLES];
+    int       ntuples;
+    int       savepoint; /* the SAVEPOINT ran: the INSERT was reached */
+    long long inserted;  /* INSERT's row count */
+    int       copying;   /* COPY IN started */
+    int       copy_done; /* all data and the end sent and flushed */
+    int       copy_end;  /* PQputCopyEnd accepted */
+    size_t    copy_off;
+
+    /* the write (wb != NULL from fl_pg_write until its callback) */
+    fl_pg_batch_t *wb;
+    fl_pg_write_cb wcb;
+    void          *wud;
+    int            wstarted;
+    int64_t        wstart_us;
+    fl_pg_result_t wres; /* decided result while ROLLBACK runs */
+    char           werr[ERRLEN];
+
+    int nest;           /* frames of this file on the stack */
+    int free_requested; /* fl_pg_free() called */
+};
+
+static void conn_start(fl_pg_t *pg);
+static void conn_drop(fl_pg_t *pg, const char *why);
+static void pg_next(fl_pg_t *pg);
+static void results_read(fl_pg_t *pg);
+static void pg_destroy(fl_pg_t *pg);
+
+/* ---- helpers ---- */
+
+static struct event *event_or_die(struct event *ev)
+{
+    if (ev == NULL) {
+        fl_log(FL_LOG_CRIT, "event_new() for postgres failed");
+        abort();
+    }
+    return ev;
+}
+
+static void timer_add(struct event *ev, int64_t ms)
+{
+    struct timeval tv;
+
+    if (ms < 0)
+        ms = 0;
+    tv.tv_sec = ms / 1000;
+    tv.tv_usec = (ms % 1000) * 1000;
+    evtimer_add(ev, &tv);
+}
+
+/* printf into a fresh allocation the caller frees. */
+static char *str_printf(const char *fmt, ...) fl_printf(1, 2);
+
+static char *str_printf(const char *fmt, ...)
+{
+    va_list ap;
+    char   *s;
+    int     n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    s = fl_alloc((size_t)n + 1);
+    va_start(ap, fmt);
+    vsnprintf(s, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+/* Copy msg into buf on one line: newlines become "; ", trailing
+ * whitespace goes. libpq messages end with "\n". */
+static void one_line(char *buf, size_t len, const char *msg)
+{
+    size_t i = 0;
+
+    if (msg == NULL || *msg == '\0')
+        msg = "unknown error";
+    for (; *msg && i + 3 < len; msg++) {
+        if (*msg == '\n') {
+            if (msg[1] == '\0')
+                break;
+            buf[i++] = ';';
+            buf[i++] = ' ';
+        } else if (*msg == '\t') {
+            if (i > 0 && buf[i - 1] != ' ')
+                buf[i++] = ' ';
+        } else if (*msg != '\r') {
+            buf[i++] = *msg;
+        }
+    }
+    while (i > 0 && (buf[i - 1] == ' ' || buf[i - 1] == ';'))
+        i--;
+    buf[i] = '\0';
+}
+
+/* "primary message (DETAIL) [SQLSTATE]" of an error result. */
+static void result_error(char *buf, size_t len, const PGresult *res)
+{
+    const char *prim = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+    const char *det = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+    const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    char        tmp[ERRLEN];
+
+    if (prim == NULL) {
+        one_line(buf, len, PQresultErrorMessage(res));
+        return;
+    }
+    snprintf(tmp, sizeof(tmp), "%s%s%s%s [%s]", prim, det ? " (" : "",
+             det ? det : "", det ? ")" : "", st ? st : "?");
+    one_line(buf, len, tmp);
+}
+
+static int sqlstate_is(const PGresult *res, const char *prefix)
+{
+    const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+    return st != NULL && strncmp(st, prefix, strlen(prefix)) == 0;
+}
+
+/* 23514 without a constraint name, on telemetry: no partition for a row
+ * (a CHECK violation names its constraint). */
+static int missing_partition(const PGresult *res)
+{
+    const char *table = PQresultErrorField(res, PG_DIAG_TABLE_NAME);
+
+    return sqlstate_is(res, "23514") &&
+           PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME) == NULL &&
+           table != NULL && strcmp(table, "telemetry") == 0;
+}
+
+/* FL_PG_REJECTED when the rows themselves are refused; *reconnect set
+ * when the error says the session is no good. */
+static fl_pg_result_t classify(const PGresult *res, int *reconnect)
+{
+    *reconnect = 0;
+    if (sqlstate_is(res, "22") || sqlstate_is(res, "23") ||
+        sqlstate_is(res, "54"))
+        return FL_PG_REJECTED;
+    if (PQresultErrorField(res, PG_DIAG_SQLSTATE) == NULL ||
+        sqlstate_is(res, "08") || sqlstate_is(res, "57P") ||
+        sqlstate_is(res, "XX"))
+        *reconnect = 1;
+    return FL_PG_DOWN;
+}
+
+static void results_clear(fl_pg_t *pg)
+{
+    if (pg->err) {
+        PQclear(pg->err);
+        pg->err = NULL;
+    }
+    for (int i = 0; i < pg->ntuples; i++)
+        PQclear(pg->tuples[i]);
+    pg->ntuples = 0;
+}
+
+/* ---- events ---- */
+
+static void want_write(fl_pg_t *pg)
+{
+    if (pg->ev_wr)
+        event_add(pg->ev_wr, NULL);
+}
+
+/* Flush libpq's output; FL_OK all sent, FL_AGAIN waiting for write
+ * readiness, FL_ERROR the connection failed (already dropped). */
+static int out_flush(fl_pg_t *pg)
+{
+    int rc = PQflush(pg->conn);
+
+    if (rc < 0) {
+        conn_drop(pg, PQerrorMessage(pg->conn));
+        return FL_ERROR;
+    }
+    if (rc > 0) {
+        want_write(pg);
+        return FL_AGAIN;
+    }
+    event_del(pg->ev_wr);
+    return FL_OK;
+}
+
+/* ---- COPY ---- */
+
+/* Send the batch from copy_off on, then the end of the COPY, as far as
+ * the socket takes it; on write readiness again. When all is sent, read
+ * the results that follow. The batch's evbuffer is only peeked at. */
+static void copy_pump(fl_pg_t *pg)
+{
+    struct evbuffer      *buf = pg->wb->copy;
+    size_t                total = evbuffer_get_length(buf);
+    struct evbuffer_ptr   pos;
+    struct evbuffer_iovec v;
+    size_t                n;
+    int                   rc;
+
+    for (;;) {
+        rc = out_flush(pg);
+        if (rc != FL_OK)
+            return;
+        if (pg->copy_off < total) {
+            if (evbuffer_ptr_set(buf, &pos, pg->copy_off, EVBUFFER_PTR_SET) !=
+                    0 ||
+                evbuffer_peek(buf, -1, &pos, &v, 1) < 1) {
+                conn_drop(pg, "evbuffer_peek() of the batch failed");
+                return;
+            }
+            n = fl_min(v.iov_len, (size_t)COPY_CHUNK);
+            n = fl_min(n, total - pg->copy_off);
+            rc = PQputCopyData(pg->conn, v.iov_base, (int)n);
+            if (rc == 0) {
+                want_write(pg);
+                return;
+            }
+            if (rc < 0)
+                break; /* the COPY ended early: the results say why */
+            pg->copy_off += n;
+            continue;
+        }
+        if (!pg->copy_end) {
+            rc = PQputCopyEnd(pg->conn, NULL);
+            if (rc == 0) {
+                want_write(pg);
+                return;
+            }
+            if (rc < 0)
+                break;
+            pg->copy_end = 1;
+            continue;
+        }
+        break;
+    }
+    if (PQstatus(pg->conn) != CONNECTION_OK) {
+        conn_drop(pg, PQerrorMessage(pg->conn));
+        return;
+    }
+    pg->copy_done = 1;
+    results_read(pg);
+}
+
+/* ---- queries ---- */
+
+static void deadline_arm(fl_pg_t *pg, int64_t ms)
+{
+    timer_add(pg->ev_deadline, ms);
+}
+
+/* Send sql as the op in flight. FL_ERROR: the connection was dropped. */
+static int op_send(fl_pg_t *pg, pg_op_t op, const char *sql)
+{
+    results_clear(pg);
+    pg->savepoint = 0;
+    pg->inserted = -1;
+    pg->copying = pg->copy_done = pg->copy_end = 0;
+    pg->copy_off = 0;
+    if (!PQsendQuery(pg->conn, sql)) {
+        conn_drop(pg, PQerrorMessage(pg->conn));
+        return FL_ERROR;
+    }
+    pg->op = op;
+    deadline_arm(pg, QUERY_TIMEOUT_MS);
+    if (out_flush(pg) == FL_ERROR)
+        return FL_ERROR;
+    return FL_OK;
+}
+
+/* ---- setup: migrations, upkeep ---- */
+
+static void setup_failed(fl_pg_t *pg, const char *what)
+{
+    char msg[ERRLEN];
+
+    if (pg->err)
+        result_error(msg, sizeof(msg), pg->err);
+    else
+        one_line(msg, sizeof(msg), PQerrorMessage(pg->conn));
+    fl_error("%s on postgres %s failed: %s", what, pg->addr, msg);
+    conn_drop(pg, NULL);
+}
+
+/* Send the next migration that the database lacks, or the COMMIT. */
+static void migrate_next(fl_pg_t *pg)
+{
+    const fl_migration_t *m;
+    char                 *sql;
+
+    while (pg->mig_next < (int)fl_nelem(fl_migrations)) {
+        m = &fl_migrations[pg->mig_next];
+        if (m->version <= pg->schema_version) {
+            pg->mig_next++;
+            continue;
+        }
+        fl_info("postgres %s: applying migration %d (%s)", pg->addr, m->version,
+                m->name);
+        sql = str_printf("%s;\nINSERT INTO fleetd_migrations (version, name) "
+                         "VALUES (%d, '%s')",
+                         m->sql, m->version, m->name);
+        op_send(pg, OP_MIGRATE_APPLY, sql);
+        free(sql);
+        return;
+    }
+    op_send(pg, OP_MIGRATE_COMMIT, "COMMIT");
+}
+
+/* The versions already applied: the last tuple result of the setup. */
+static void migrate_begin_done(fl_pg_t *pg)
+{
+    const PGresult *res;
+    int             known = fl_migrations[fl_nelem(fl_migrations) - 1].version;
+    int             v;
+
+    if (pg->err || pg->ntuples == 0) {
+        setup_failed(pg, "reading fleetd_migrations");
+        return;
+    }
+    res = pg->tuples[pg->ntuples - 1];
+    pg->schema_version = 0;
+    for (int i = 0; i < PQntuples(res); i++) {
+        v = atoi(PQgetvalue(res, i, 0));
+        if (v > pg->schema_version)
+            pg->schema_version = v;
+    }
+    if (pg->schema_version > known)
+        fl_warn("postgres %s: schema version %d is newer than this fleetd "
+                "(%d); carrying on",
+                pg->addr, pg->schema_version, known);
+    pg->mig_next = 0;
+    migrate_next(pg);
+}
+
+static void upkeep_start(fl_pg_t *pg)
+{
+    pg->upkeep_due = 0;
+    pg->upkeep_start_us = fl_now_us();
+    evtimer_del(pg->ev_upkeep);
+    op_send(pg, OP_UPKEEP, pg->sql_upkeep);
+}
+
+/* Log what upkeep did; arm the next run. */
+static void upkeep_done(fl_pg_t *pg)
+{
+    const PGresult *res;
+    const char     *action, *item;
+    char            msg[ERRLEN];
+    int64_t         retry = fl_min(pg->upkeep_every_ms, UPKEEP_RETRY_MS);
+
+    if (pg->err) {
+        result_error(msg, sizeof(msg), pg->err);
+        fl_error("partition upkeep on postgres %s failed: %s; retrying in "
+                 "%" PRId64 " s",
+                 pg->addr, msg, retry / 1000);
+        timer_add(pg->ev_upkeep, retry);
+        return;
+    }
+    timer_add(pg->ev_upkeep, pg->upkeep_every_ms);
+    fl_debug("postgres %s: partition upkeep done in %" PRId64 " us", pg->addr,
+             fl_now_us() - pg->upkeep_start_us);
+    if (pg->ntuples == 0)
+        return;
+    res = pg->tuples[pg->ntuples - 1];
+    for (int i = 0; i < PQntuples(res); i++) {
+        action = PQgetvalue(res, i, 0);
+        item = PQgetvalue(res, i, 1);
+        if (strcmp(action, "mode") == 0) {
+            if (!pg->mode_logged)
+                fl_info("postgres %s: telemetry is %s", pg->addr,
+                        strcmp(item, "native") == 0
+                            ? "partitioned natively by time"
+                            : "a TimescaleDB hypertable");
+            pg->mode_logged = 1;
+        } else if (strcmp(action, "created") == 0) {
+            fl_info("postgres %s: created partition %s", pg->addr, item);
+        } else {
+            fl_info("postgres %s: dropped %s (older than retention_days %d)",
+                    pg->addr, item, pg->retention_days);
+        }
+    }
+}
+
+/* ---- writes ---- */
+
+static void write_start(fl_pg_t *pg)
+{
+    pg->wstarted = 1;
+    pg->wstart_us = fl_now_us();
+    op_send(pg, OP_WRITE,
+            pg->staging_ready ? pg->sql_write : pg->sql_write_create);
+}
+
+/* Hand the result to the write's owner. The connection is idle (or gone)
+ * when this runs; pending upkeep starts before the callback, so that a
+ * callback that writes again queues behind it. */
+static void write_finish(fl_pg_t *pg, fl_pg_result_t res, const char *err)
+{
+    fl_pg_write_cb cb = pg->wcb;
+    void          *ud = pg->wud;
+    char           msg[ERRLEN];
+
+    msg[0] = '\0';
+    if (err)
+        snprintf(msg, sizeof(msg), "%s", err);
+    pg->wb = NULL;
+    pg->wcb = NULL;
+    pg->wud = NULL;
+    pg->wstarted = 0;
+    if (pg->op == OP_NONE && pg->state == S_READY && !pg->free_requested)
+        pg_next(pg);
+    if (cb) {
+        pg->nest++;
+        cb(pg, res, err ? msg : NULL, ud);
+        pg->nest--;
+    }
+}
+
+/* A write failed with pg->err; roll back if a transaction is open, then
+ * report (from rollback_done). */
+static void write_failed(fl_pg_t *pg, fl_pg_result_t res)
+{
+    int reconnect = 0;
+    int tx;
+
+    result_error(pg->werr, sizeof(pg->werr), pg->err);
+    if (res != FL_PG_REJECTED)
+        res = classify(pg->err, &reconnect);
+    pg->wres = res;
+    pg->staging_ready = 0; /* its CREATE may have been rolled back */
+    fl_error("write of %zu rows to postgres %s %s: %s", pg->wb->rows, pg->addr,
+             res == FL_PG_REJECTED ? "refused" : "failed", pg->werr);
+    if (reconnect) {
+        conn_drop(pg, pg->werr);
+        return;
+    }
+    tx = PQtransactionStatus(pg->conn);
+    if (tx == PQTRANS_INERROR || tx == PQTRANS_INTRANS) {
+        op_send(pg, OP_ROLLBACK, "ROLLBACK");
+        return;
+    }
+    pg->op = OP_NONE;
+    write_finish(pg, res, pg->werr);
+}
+
+static void write_done(fl_pg_t *pg)
+{
+    int64_t us = fl_now_us() - pg->wstart_us;
+
+    if (pg->err) {
+        if (pg->op == OP_WRITE && pg->savepoint && missing_partition(pg->err)) {
+            op_send(pg, OP_WRITE_RETRY, pg->sql_retry);
+            return;
+        }
+        write_failed(pg, pg->op == OP_WRITE_RETRY && missing_partition(pg->err)
+                             ? FL_PG_REJECTED
+                             : FL_PG_DOWN);
+        return;
+    }
+    pg->staging_ready = 1;
+    if (pg->op == OP_WRITE_RETRY && pg->ntuples >= 2) {
+        const char *created = PQgetvalue(pg->tuples[0], 0, 0);
+        long long   skipped = atoll(PQgetvalue(pg->tuples[1], 0, 0));
+
+        if (created && *created)
+            fl_info("postgres %s: created partition(s) %s for rows outside "
+                    "the prepared range",
+                    pg->addr, created);
+        if (skipped > 0)
+            fl_warn("postgres %s: %lld of %zu rows not stored: older than "
+                    "postgres.retention_days (%d)",
+                    pg->addr, skipped, pg->wb->rows, pg->retention_days);
+    }
+    fl_debug("postgres %s: batch of %zu rows committed (%lld new) in "
+             "%" PRId64 " us",
+             pg->addr, pg->wb->rows, pg->inserted, us);
+    pg->op = OP_NONE;
+    write_finish(pg, FL_PG_OK, NULL);
+}
+
+/* A failed ROLLBACK leaves the session in an unknown state: the write
+ * becomes FL_PG_DOWN and the connection starts afresh. */
+static void rollback_done(fl_pg_t *pg)
+{
+    char msg[ERRLEN];
+
+    if (pg->err) {
+        result_error(msg, sizeof(msg), pg->err);
+        conn_drop(pg, msg);
+        return;
+    }
+    pg->op = OP_NONE;
+    write_finish(pg, pg->wres, pg->werr);
+}
+
+/* ---- results ---- */
+
+/* PQgetResult returned NULL: the op's query string is done. */
+static void op_complete(fl_pg_t *pg)
+{
+    pg_op_t op = pg->op;
+
+    evtimer_del(pg->ev_deadline);
+    switch (op) {
+    case OP_NONE: break;
+    case OP_MIGRATE_BEGIN: migrate_begin_done(pg); break;
+    case OP_MIGRATE_APPLY:
+        if (pg->err) {
+            char what[128];
+
+            snprintf(what, sizeof(what), "migration %d (%s)",
+                     fl_migrations[pg->mig_next].version,
+                     fl_migrations[pg->mig_next].name);
+            setup_failed(pg, what);
+            return;
+        }
+        pg->schema_version = fl_migrations[pg->mig_next].version;
+        pg->mig_next++;
+        migrate_next(pg);
+        break;
+    case OP_MIGRATE_COMMIT:
+        if (pg->err) {
+            setup_failed(pg, "COMMIT of the migrations");
+            return;
+        }
+        upkeep_start(pg);
+        break;
+    case OP_UPKEEP:
+        pg->op = OP_NONE;
+        upkeep_done(pg);
+        if (pg->state == S_SETUP) {
+            pg->state = S_READY;
+            pg->backoff_ms = BACKOFF_MIN_MS;
+            fl_info("postgres %s ready (schema version %d, "
+                    "synchronous_commit %s)",
+                    pg->addr, pg->schema_version,
+                    pg->sync_commit ? "on" : "off");
+            if (pg->reported != 1) {
+                pg->reported = 1;
+                if (pg->on_state) {
+                    unsigned gen = pg->gen;
+
+                    pg->nest++;
+                    pg->on_state(pg, 1, pg->ud);
+                    pg->nest--;
+                    if (pg->free_requested || gen != pg->gen)
+                        return;
+                }
+            }
+        }
+        if (pg->op == OP_NONE)
+            pg_next(pg);
+        break;
+    case OP_WRITE:
+    case OP_WRITE_RETRY: write_done(pg); break;
+    case OP_ROLLBACK: rollback_done(pg); break;
+    }
+}
+
+/* Read what the server sent and hand complete results to the op. */
+static void results_read(fl_pg_t *pg)
+{
+    PGresult *res;
+    PGnotify *n;
+
+    if (!PQconsumeInput(pg->conn)) {
+        conn_drop(pg, PQerrorMessage(pg->conn));
+        return;
+    }
+    while ((n = PQnotifies(pg->conn)) != NULL)
+        PQfreemem(n);
+    if (pg->copying && !pg->copy_done)
+        return; /* results follow the end of the COPY */
+    while (pg->op != OP_NONE && !PQisBusy(pg->conn)) {
+        res = PQgetResult(pg->conn);
+        if (res == NULL) {
+            op_complete(pg);
+            return;
+        }
+        switch (PQresultStatus(res)) {
+        case PGRES_COPY_IN:
+            PQclear(res);
+            if (pg->wb == NULL || pg->copying) {
+                /* not ours: end it, the results say what happened */
+                PQputCopyEnd(pg->conn, "unexpected COPY");
+                continue;
+            }
+            pg->copying = 1;
+            copy_pump(pg);
+            return;
+        case PGRES_TUPLES_OK:
+            if (pg->ntuples < MAX_TUPLES)
+                pg->tuples[pg->ntuples++] = res;
+            else
+                PQclear(res);
+            break;
+        case PGRES_COMMAND_OK:
+            if (strcmp(PQcmdStatus(res), "SAVEPOINT") == 0)
+                pg->savepoint = 1;
+            else if (strncmp(PQcmdStatus(res), "INSERT ", 7) == 0)
+                pg->inserted = atoll(PQcmdTuples(res));
+            PQclear(res);
+            break;
+        case PGRES_EMPTY_QUERY: PQclear(res); break;
+        default:
+            /* errors, and anything this file never asks for */
+            if (pg->err == NULL)
+                pg->err = res;
+            else
+                PQclear(res);
+            break;
+        }
+    }
+    if (pg->op == OP_NONE) {
+        /* idle: drain anything unexpected without waiting */
+        while (!PQisBusy(pg->conn) && (res = PQgetResult(pg->conn)) != NULL)
+            PQclear(res);
+    }
+}
+
+/* ---- connection ---- */
+
+static void on_io(evutil_socket_t fd, short what, void *arg);
+
+static void io_close(fl_pg_t *pg)
+{
+    if (pg->ev_rd) {
+        event_free(pg->ev_rd);
+        pg->ev_rd = NULL;
+    }
+    if (pg->ev_wr) {
+        event_free(pg->ev_wr);
+        pg->ev_wr = NULL;
+    }
+    pg->fd = -1;
+}
+
+/* Watch fd (PQsocket may change while connecting): re-create the events
+ * when it differs from the one they watch. Freeing an event inside its
+ * own callback is fine with libevent 2.1 (it keeps no reference to it
+ * once the callback runs). */
+static void io_watch(fl_pg_t *pg, int fd)
+{
+    if (fd == pg->fd && pg->ev_rd)
+        return;
+    io_close(pg);
+    if (fd < 0)
+        return;
+    pg->fd = fd;
+    pg->ev_rd =
+        event_or_die(event_new(pg->base, fd, EV_READ | EV_PERSIST, on_io, pg));
+    pg->ev_wr = event_or_die(event_new(pg->base, fd, EV_WRITE, on_io, pg));
+}
+
+static void retry_later(fl_pg_t *pg)
+{
+    if (pg->free_requested)
+        return;
+    timer_add(pg->ev_retry, pg->backoff_ms);
+    pg->backoff_ms = fl_min(pg->backoff_ms * 2, BACKOFF_MAX_MS);
+}
+
+/*
+ * Close the connection (if any) and reconnect after the backoff. why (if
+ * not NULL) is logged. A write in flight gets FL_PG_DOWN, then on_state(0)
+ * runs unless 0 was the last state reported. Either callback may free pg.
+ */
+static void conn_drop(fl_pg_t *pg, const char *why)
+{
+    pg_state_t was = pg->state;
+    char       msg[ERRLEN];
+    unsigned   gen;
+
+    one_line(msg, sizeof(msg), why ? why : "closed");
+    if (why) {
+        if (was == S_CONNECTING)
+            fl_error("connect() to postgres %s failed: %s, retrying in "
+                     "%" PRId64 " ms",
+                     pg->addr, msg, pg->backoff_ms);
+        else
+            fl_error("postgres %s connection lost: %s, reconnecting in "
+                     "%" PRId64 " ms",
+                     pg->addr, msg, pg->backoff_ms);
+    } else if (was != S_DOWN) {
+        fl_info("postgres %s: closing the connection, reconnecting in "
+                "%" PRId64 " ms",
+                pg->addr, pg->backoff_ms);
+    }
+    io_close(pg);
+    if (pg->conn) {
+        PQfinish(pg->conn);
+        pg->conn = NULL;
+    }
+    results_clear(pg);
+    evtimer_del(pg->ev_deadline);
+    pg->op = OP_NONE;
+    pg->state = S_DOWN;
+    pg->staging_ready = 0;
+    pg->gen++;
+    gen = pg->gen;
+    retry_later(pg);
+
+    if (pg->wb) {
+        write_finish(pg, FL_PG_DOWN, msg);
+        if (pg->free_requested || gen != pg->gen)
+            return;
+    }
+    if (pg->reported != 0 && !pg->free_requested) {
+        pg->reported = 0;
+        if (pg->on_state) {
+            pg->nest++;
+            pg->on_state(pg, 0, pg->ud);
+            pg->nest--;
+        }
+    }
+}
+
+/* Notices (NOTICE "relation already exists, skipping", WARNING from a
+ * migration) go to the log instead of stderr. */
+static void on_notice(void *arg, const PGresult *res)
+{
+    fl_pg_t    *pg = arg;
+    const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
+    char        msg[ERRLEN];
+
+    one_line(msg, sizeof(msg), PQresultErrorMessage(res));
+    if (sev && strcmp(sev, "WARNING") == 0)
+        fl_warn("postgres %s: %s", pg->addr, msg);
+    else
+        fl_debug("postgres %s: %s", pg->addr, msg);
+}
+
+static void connected(fl_pg_t *pg)
+{
+    evtimer_del(pg->ev_deadline);
+    if (PQsetnonblocking(pg->conn, 1) != 0) {
+        conn_drop(pg, PQerrorMessage(pg->conn));
+        return;
+    }
+    PQsetNoticeReceiver(pg->conn, on_notice, pg);
+    io_watch(pg, PQsocket(pg->conn));
+    event_del(pg->ev_wr);
+    event_add(pg->ev_rd, NULL);
+    pg->state = S_SETUP;
+    fl_info("postgres %s connected (server %d, backend pid %d)", pg->addr,
+            PQserverVersion(pg->conn), PQbackendPID(pg->conn));
+    op_send(pg, OP_MIGRATE_BEGIN, pg->sql_setup);
+}
+
+/* One PQconnectPoll() step; wait for what it asks for. */
+static void connect_poll(fl_pg_t *pg)
+{
+    switch (PQconnectPoll(pg->conn)) {
+    case PGRES_POLLING_READING:
+        io_watch(pg, PQsocket(pg->conn));
+        event_del(pg->ev_wr);
+        event_add(pg->ev_rd, NULL);
+        return;
+    case PGRES_POLLING_WRITING:
+        io_watch(pg, PQsocket(pg->conn));
+        event_del(pg->ev_rd);
+        event_add(pg->ev_wr, NULL);
+        return;
+    case PGRES_POLLING_OK: connected(pg); return;
+    default: conn_drop(pg, PQerrorMessage(pg->conn)); return;
+    }
+}
+
+static void conn_start(fl_pg_t *pg)
+{
+    const char *kw[] = {"dbname", "fallback_application_name",
+                        "client_encoding", NULL};
+    const char *val[] = {pg->conninfo, pg->fallback_name, "UTF8", NULL};
+    const char *host, *port, *db;
+
+    pg->conn = PQconnectStartParams(kw, val, 1);
+    if (pg->conn == NULL) {
+        fl_log(FL_LOG_CRIT, "PQconnectStartParams() failed: out of memory");
+        abort();
+    }
+    host = PQhost(pg->conn);
+    port = PQport(pg->conn);
+    db = PQdb(pg->conn);
+    snprintf(pg->addr, sizeof(pg->addr), "%s:%s/%s",
+             host && *host ? host : "localhost", port && *port ? port : "5432",
+             db ? db : "?");
+    pg->state = S_CONNECTING;
+    if (PQstatus(pg->conn) == CONNECTION_BAD) {
+        conn_drop(pg, PQerrorMessage(pg->conn));
+        return;
+    }
+    timer_add(pg->ev_deadline, pg->connect_timeout_ms);
+    /* libpq: start as if PQconnectPoll had said PGRES_POLLING_WRITING */
+    io_watch(pg, PQsocket(pg->conn));
+    event_add(pg->ev_wr, NULL);
+    fl_debug("connecting to postgres %s", pg->addr);
+}
+
+/* ---- event callbacks ---- */
+
+static void on_io(evutil_socket_t fd, short what, void *arg)
+{
+    fl_pg_t *pg = arg;
+    unsigned gen = pg->gen;
+
+    pg->nest++;
+    if (pg->state == S_CONNECTING) {
+        connect_poll(pg);
+    } else if (pg->conn) {
+        if (what & EV_WRITE) {
+            if (pg->copying && !pg->copy_done)
+                copy_pump(pg);
+            else
+                out_flush(pg);
+        }
+        if ((what & EV_READ) && gen == pg->gen && !pg->free_requested)
+            results_read(pg);
+    }
+    pg->nest--;
+    if (pg->free_requested && pg->nest == 0)
+        pg_destroy(pg);
+}
+
+static void on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    fl_pg_t *pg = arg;
+    char     msg[128];
+
+    if (pg->conn == NULL)
+        return;
+    pg->nest++;
+    if (pg->state == S_CONNECTING)
+        snprintf(msg, sizeof(msg), "timed out after %" PRId64 " ms",
+                 pg->connect_timeout_ms);
+    else
+        snprintf(msg, sizeof(msg), "no answer to a query within %d s",
+                 QUERY_TIMEOUT_MS / 1000);
+    conn_drop(pg, msg);
+    pg->nest--;
+    if (pg->free_requested && pg->nest == 0)
+        pg_destroy(pg);
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg)
+{
+    fl_pg_t *pg = arg;
+
+    if (pg->conn || pg->free_requested)
+        return;
+    pg->nest++;
+    conn_start(pg);
+    pg->nest--;
+    if (pg->free_requested && pg->nest == 0)
+        pg_destroy(pg);
+}
+
+static void on_upkeep(evutil_socket_t fd, short what, void *arg)
+{
+    fl_pg_t *pg = arg;
+
+    pg->upkeep_due = 1;
+    if (pg->state != S_READY || pg->op != OP_NONE)
+        return; /* after the op in flight, or at the next connect */
+    pg->nest++;
+    pg_next(pg);
+    pg->nest--;
+    if (pg->free_requested && pg->nest == 0)
+        pg_destroy(pg);
+}
+
+/* ev_later: the deferred free, and the start of a write that
+ * fl_pg_write() accepted (never started inside it, so that its callback
+ * cannot run before fl_pg_write returns). */
+static void on_later(evutil_socket_t fd, short what, void *arg)
+{
+    fl_pg_t *pg = arg;
+
+    if (pg->free_requested) {
+        if (pg->nest == 0)
+            pg_destroy(pg);
+        return;
+    }
+    if (pg->state == S_READY && pg->op == OP_NONE) {
+        pg->nest++;
+        pg_next(pg);
+        pg->nest--;
+        if (pg->free_requested && pg->nest == 0)
+            pg_destroy(pg);
+    }
+}
+
+/* The connection is READY and idle: upkeep if due, else the queued
+ * write. */
+static void pg_next(fl_pg_t *pg)
+{
+    if (pg->upkeep_due)
+        upkeep_start(pg);
+    else if (pg->wb && !pg->wstarted)
+        write_start(pg);
+}
+
+/* ---- batches ---- */
+
+void fl_pg_batch_init(fl_pg_batch_t *b)
+{
+    b->copy = evbuffer_new();
+    if (b->copy == NULL) {
+        fl_log(FL_LOG_CRIT, "evbuffer_new() failed");
+        abort();
+    }
+    b->rows = 0;
+}
+
+void fl_pg_batch_reset(fl_pg_batch_t *b)
+{
+    evbuffer_drain(b->copy, evbuffer_get_length(b->copy));
+    b->rows = 0;
+}
+
+void fl_pg_batch_free(fl_pg_batch_t *b)
+{
+    if (b->copy)
+        evbuffer_free(b->copy);
+    b->copy = NULL;
+    b->rows = 0;
+}
+
+/* One COPY text row is assembled here and appended in one piece (long
+ * text values go straight to the evbuffer). */
+typedef struct {
+    struct evbuffer *out;
+    size_t           n;
+    char             buf[1024];
+} row_t;
+
+static void row_flush(row_t *r)
+{
+    if (r->n) {
+        evbuffer_add(r->out, r->buf, r->n);
+        r->n = 0;
+    }
+}
+
+/* a string literal, without its NUL */
+#define row_lit(r, s) row_put(r, s, sizeof(s) - 1)
+
+static void row_put(row_t *r, const char *p, size_t len)
+{
+    if (r->n + len > sizeof(r->buf)) {
+        row_flush(r);
+        if (len > sizeof(r->buf)) {
+            evbuffer_add(r->out, p, len);
+            return;
+        }
+    }
+    memcpy(r->buf + r->n, p, len);
+    r->n += len;
+}
+
+/* A text field in COPY text format: backslash, tab, newline and carriage
+ * return escaped; everything else (valid UTF-8 from the parser) as is. */
+static void row_text(row_t *r, const char *s)
+{
+    const char *run = s;
+    const char *esc;
+
+    for (; *s; s++) {
+        switch (*s) {
+        case '\\': esc = "\\\\"; break;
+        case '\t': esc = "\\t"; break;
+        case '\n': esc = "\\n"; break;
+        case '\r': esc = "\\r"; break;
+        default: continue;
+        }
+        row_put(r, run, (size_t)(s - run));
+        row_put(r, esc, 2); /* the escapes are two bytes each */
+        run = s + 1;
+    }
+    row_put(r, run, (size_t)(s - run));
+}
+
+static void row_int(row_t *r, int64_t v)
+{
+    char     tmp[24];
+    char    *p = tmp + sizeof(tmp);
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *--p = '-';
+    row_put(r, p, (size_t)(tmp + sizeof(tmp) - p));
+}
+
+/* A float8 that reads back as the same double: integers as integers,
+ * else %.17g; NaN and infinities in PostgreSQL's spelling. */
+static void row_double(row_t *r, double v)
+{
+    char tmp[40];
+    int  n;
+
+    if (isnan(v)) {
+        row_lit(r, "NaN");
+    } else if (isinf(v)) {
+        if (v > 0)
+            row_lit(r, "Infinity");
+        else
+            row_lit(r, "-Infinity");
+    } else if (v == 0) {
+        if (signbit(v))
+            row_lit(r, "-0");
+        else
+            row_lit(r, "0");
+    } else if (v == floor(v) && fabs(v) < 1e15) {
+        row_int(r, (int64_t)v);
+    } else {
+        n = snprintf(tmp, sizeof(tmp), "%.17g", v);
+        row_put(r, tmp, (size_t)n);
+    }
+}
+
+/*
+ * Columns of fleetd_staging: device_id, metric, ts_ms, value, value_bool,
+ * value_text, unit. One row per metric of every point; exactly one of the
+ * three value columns is set, the others are \N.
+ */
+void fl_pg_batch_add(fl_pg_batch_t *b, const char *device,
+                     const fl_telemetry_t *t)
+{
+    row_t r;
+
+    r.out = b->copy;
+    r.n = 0;
+    for (size_t i = 0; i < t->npoints; i++) {
+        const fl_point_t *p = &t->points[i];
+
+        for (size_t j = 0; j < p->nmetrics; j++) {
+            const fl_metric_t *m = &p->metrics[j];
+
+            row_text(&r, device);
+            row_lit(&r, "\t");
+            row_text(&r, m->name);
+            row_lit(&r, "\t");
+            row_int(&r, p->ts_ms);
+            row_lit(&r, "\t");
+            switch (m->type) {
+            case FL_METRIC_NUM:
+                row_double(&r, m->num);
+                row_lit(&r, "\t\\N\t\\N\t");
+                break;
+            case FL_METRIC_BOOL:
+                if (m->b)
+                    row_lit(&r, "\\N\tt\t\\N\t");
+                else
+                    row_lit(&r, "\\N\tf\t\\N\t");
+                break;
+            default:
+                row_lit(&r, "\\N\t\\N\t");
+                row_text(&r, m->str ? m->str : "");
+                row_lit(&r, "\t");
+                break;
+            }
+            if (m->unit)
+                row_text(&r, m->unit);
+            else
+                row_lit(&r, "\\N");
+            row_lit(&r, "\n");
+            b->rows++;
+        }
+    }
+    row_flush(&r);
+}
+
+/* ---- API ---- */
+
+/* The INSERT from the staging table; where (may be "") filters rows. */
+static char *insert_sql(const char *where)
+{
+    return str_printf(
+        "INSERT INTO telemetry (ts, value, value_bool, device_id, metric, "
+        "value_text, unit)\n"
+        "SELECT to_timestamp(ts_ms::float8 / 1000), value, value_bool, "
+        "device_id, metric, value_text, unit\n"
+        "FROM fleetd_staging%s\n"
+        "ORDER BY device_id, metric, ts_ms\n"
+        "ON CONFLICT DO NOTHING",
+        where);
+}
+
+static void build_sql(fl_pg_t *pg, const fl_config_t *cf)
+{
+    static const char staging[] =
+        "CREATE TEMP TABLE IF NOT EXISTS fleetd_staging (device_id text, "
+        "metric text, ts_ms bigint, value double precision, value_bool "
+        "boolean, value_text text, unit text) ON COMMIT DELETE ROWS;\n";
+    char   *ins = insert_sql("");
+    char   *ins_kept, *where, *expired;
+    int64_t iv = pg->iv_ms;
+
+    pg->sql_setup =
+        str_printf("SET synchronous_commit TO %s;\n"
+                   "BEGIN;\n"
+                   "SELECT pg_advisory_xact_lock(" FL_PG_LOCK_MIGRATIONS ");\n"
+                   "CREATE TABLE IF NOT EXISTS fleetd_migrations (\n"
+                   "    version    integer PRIMARY KEY,\n"
+                   "    name       text NOT NULL,\n"
+                   "    applied_at timestamptz NOT NULL DEFAULT now());\n"
+                   "SELECT version FROM fleetd_migrations ORDER BY version",
+                   cf->postgres.synchronous_commit ? "on" : "off");
+    pg->sql_upkeep = str_printf(
+        "SELECT action, item FROM fleetd_partition_upkeep(%" PRId64 ", %d, %d)",
+        iv, cf->postgres.partitions_ahead, pg->retention_days);
+    pg->sql_write = str_printf("BEGIN;\n"
+                               "COPY fleetd_staging FROM STDIN;\n"
+                               "SAVEPOINT fl_w;\n"
+                               "%s;\n"
+                               "COMMIT",
+                               ins);
+    pg->sql_write_create = str_printf("BEGIN;\n"
+                                      "%s"
+                                      "COPY fleetd_staging FROM STDIN;\n"
+                                      "SAVEPOINT fl_w;\n"
+                                      "%s;\n"
+                                      "COMMIT",
+                                      staging, ins);
+    /* a bucket is expired when it ends before now - retention_days */
+    expired = str_printf("(ts_ms / %" PRId64 " + 1) * %" PRId64
+                         " <= extract(epoch FROM now() - "
+                         "make_interval(days => %d)) * 1000",
+                         iv, iv, pg->retention_days);
+    where = str_printf("\nWHERE NOT (%s)", expired);
+    ins_kept = insert_sql(where);
+    pg->sql_retry = str_printf("ROLLBACK TO SAVEPOINT fl_w;\n"
+                               "SELECT coalesce(string_agg(p, ' '), '') FROM "
+                               "fleetd_partition_ensure(%" PRId64
+                               ", %d, ARRAY(SELECT DISTINCT "
+                               "ts_ms / %" PRId64 " FROM fleetd_staging)) p;\n"
+                               "SELECT count(*) FROM fleetd_staging WHERE %s;\n"
+                               "%s;\n"
+                               "COMMIT",
+                               iv, pg->retention_days, iv, expired, ins_kept);
+    free(ins);
+    free(ins_kept);
+    free(where);
+    free(expired);
+}
+
+fl_pg_t *fl_pg_new(struct event_base *base, const fl_config_t *cf,
+                   fl_pg_state_cb on_state, void *ud)
+{
+    fl_pg_t *pg = fl_calloc(1, sizeof(*pg));
+
+    pg->base = base;
+    pg->on_state = on_state;
+    pg->ud = ud;
+    pg->conninfo =
+        fl_strdup(cf->postgres.conninfo ? cf->postgres.conninfo : "");
+    snprintf(pg->fallback_name, sizeof(pg->fallback_name), "fleetd %s",
+             cf->node_id ? cf->node_id : "");
+    pg->connect_timeout_ms = cf->postgres.connect_timeout_ms;
+    pg->iv_ms = cf->postgres.partition_interval_ms;
+    pg->retention_days = cf->postgres.retention_days;
+    pg->sync_commit = cf->postgres.synchronous_commit;
+    pg->upkeep_every_ms = fl_min(pg->iv_ms / 4, (int64_t)UPKEEP_MAX_MS);
+    pg->reported = -1;
+    pg->backoff_ms = BACKOFF_MIN_MS;
+    pg->fd = -1;
+    snprintf(pg->addr, sizeof(pg->addr), "(not connected)");
+    build_sql(pg, cf);
+
+    pg->ev_retry = event_or_die(evtimer_new(base, on_retry, pg));
+    pg->ev_deadline = event_or_die(evtimer_new(base, on_deadline, pg));
+    pg->ev_upkeep = event_or_die(evtimer_new(base, on_upkeep, pg));
+    pg->ev_later = event_or_die(event_new(base, -1, 0, on_later, pg));
+
+    /* connect from the loop, so that no callback runs before the caller
+     * has pg */
+    timer_add(pg->ev_retry, 0);
+    return pg;
+}
+
+int fl_pg_ready(const fl_pg_t *pg)
+{
+    return pg->state == S_READY && !pg->free_requested;
+}
+
+int fl_pg_busy(const fl_pg_t *pg)
+{
+    return pg->wb != NULL;
+}
+
+int fl_pg_write(fl_pg_t *pg, fl_pg_batch_t *b, fl_pg_write_cb cb, void *ud)
+{
+    if (!fl_pg_ready(pg))
+        return FL_ERROR;
+    if (pg->wb)
+        return FL_AGAIN;
+    pg->wb = b;
+    pg->wcb = cb;
+    pg->wud = ud;
+    pg->wstarted = 0;
+    /* started from the loop: by ev_later when the connection is idle,
+     * else when the op in flight ends (pg_next) */
+    if (pg->op == OP_NONE)
+        event_active(pg->ev_later, 0, 0);
+    return FL_OK;
+}
+
+/* Close the connection and free everything; only with no frame of this
+ * file on the stack. */
+static void pg_destroy(fl_pg_t *pg)
+{
+    io_close(pg);
+    if (pg->conn)
+        PQfinish(pg->conn);
+    results_clear(pg);
+    event_free(pg->ev_retry);
+    event_free(pg->ev_deadline);
+    event_free(pg->ev_upkeep);
+    event_free(pg->ev_later);
+    if (pg->state == S_READY || pg->state == S_SETUP)
+        fl_info("postgres %s connection closed", pg->addr);
+    free(pg->conninfo);
+    free(pg->sql_setup);
+    free(pg->sql_upkeep);
+    free(pg->sql_write);
+    free(pg->sql_write_create);
+    free(pg->sql_retry);
+    free(pg);
+}
+
+void fl_pg_free(fl_pg_t *pg)
+{
+    if (pg == NULL || pg->free_requested)
+        return;
+    pg->free_requested = 1;
+    if (pg->wb)
+        write_finish(pg, FL_PG_DOWN, "connection closed");
+    if (pg->nest > 0) {
+        event_active(pg->ev_later, 0, 0);
+        return;
+    }
+    pg_destroy(pg);
+}
