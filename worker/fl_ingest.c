@@ -116,6 +116,7 @@ static struct {
     phase_t             phase;
     batch_t             b;
     int                 group_ready;
+    char                shadow_sha[48]; /* SCRIPT LOAD result, "" = EVAL */
     int                 recover_own;  /* take back our own pending first */
     int                 stopping;
     int64_t             retry_ms;
@@ -492,8 +493,8 @@ static int publish_shadow_telemetry(const entry_t *e, char *key)
     snprintf(ttl, sizeof(ttl), "%lld",
              (long long)fl_worker.cf->redis.shadow_ttl_ms);
     snprintf(seen, sizeof(seen), "%lld", (long long)e->rx_ms);
-    argv[argc++] = "EVAL";
-    argv[argc++] = shadow_lua;
+    argv[argc++] = ing.shadow_sha[0] ? "EVALSHA" : "EVAL";
+    argv[argc++] = ing.shadow_sha[0] ? ing.shadow_sha : shadow_lua;
     argv[argc++] = "1";
     argv[argc++] = key;
     argv[argc++] = ttl;
@@ -538,8 +539,8 @@ static int publish_shadow_state(const entry_t *e, char *key)
     snprintf(ttl, sizeof(ttl), "%lld",
              (long long)fl_worker.cf->redis.shadow_ttl_ms);
     snprintf(seen, sizeof(seen), "%lld", (long long)e->rx_ms);
-    argv[argc++] = "EVAL";
-    argv[argc++] = shadow_lua;
+    argv[argc++] = ing.shadow_sha[0] ? "EVALSHA" : "EVAL";
+    argv[argc++] = ing.shadow_sha[0] ? ing.shadow_sha : shadow_lua;
     argv[argc++] = "1";
     argv[argc++] = key;
     argv[argc++] = ttl;
@@ -648,7 +649,9 @@ static void on_published(fl_redis_t *r, redisReply *reply, void *ud)
     (void)r;
     if (ud == NULL) {
         if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-            if (reply)
+            if (reply && strncmp(reply->str, "NOSCRIPT", 8) == 0)
+                ing.shadow_sha[0] = '\0'; /* script cache flushed: EVAL */
+            else if (reply)
                 fl_error("redis refused a publish step command: %s",
                          reply->str);
             ing.b.failed = 1;
@@ -989,9 +992,26 @@ static void on_sample(evutil_socket_t fd, short what, void *arg)
 
 /* ---- dependencies ---- */
 
+/* The shadow script is loaded once per connection, then called by its
+ * SHA1: EVAL would make Redis hash and look up the script body for every
+ * message. Until the load answers, EVAL is used. */
+static void on_script_loaded(fl_redis_t *r, redisReply *reply, void *ud)
+{
+    (void)r, (void)ud;
+    if (reply && reply->type == REDIS_REPLY_STRING &&
+        reply->len < sizeof(ing.shadow_sha))
+        snprintf(ing.shadow_sha, sizeof(ing.shadow_sha), "%s", reply->str);
+}
+
 static void on_redis_state(fl_redis_t *r, int up, void *ud)
 {
-    (void)ud, (void)r;
+    (void)ud;
+    if (r == ing.wr) {
+        ing.shadow_sha[0] = '\0';
+        if (up)
+            fl_redis_cmd(ing.wr, 0, on_script_loaded, NULL, "SCRIPT LOAD %s",
+                         shadow_lua);
+    }
     fl_shm_store(fl_worker.stats->dep[FL_DEP_REDIS],
                  fl_redis_connected(ing.rd) && fl_redis_connected(ing.wr)
                      ? FL_DEP_UP

@@ -551,10 +551,15 @@ static int redis_connect(void)
             redisFree(c);
         return FL_ERROR;
     }
-    if (redisSetTimeout(c, mq.redis_command_tv) != REDIS_OK)
-        fl_warn("setting the command timeout on redis %s:%d failed: %s",
-                mq.redis_host, mq.redis_port, c->errstr);
-    redisEnableKeepAlive(c);
+    /* both fail only on a broken socket, and leave c->err set */
+    if (redisSetTimeout(c, mq.redis_command_tv) != REDIS_OK ||
+        redisEnableKeepAlive(c) != REDIS_OK) {
+        snprintf(mq.err, sizeof(mq.err),
+                 "setsockopt() on redis %s:%d failed: %s", mq.redis_host,
+                 mq.redis_port, c->errstr);
+        redisFree(c);
+        return FL_ERROR;
+    }
     mq.redis = c;
 
     if (mq.redis_password[0] == '\0')
@@ -637,17 +642,25 @@ static void enqueue_recovered(void)
     mq.fail_attempts = 0;
 }
 
+/* At most one line per OVERSIZE_LOG_EVERY_MS: a device can send many. The
+ * topic is the device's: cut, and control characters replaced. */
 static void oversize_log(const char *topic, size_t tlen, int plen)
 {
     int64_t now = fl_now_ms();
+    char    t[129];
+    size_t  n = fl_min(tlen, sizeof(t) - 1);
 
     if (now - mq.oversize_logged_at < OVERSIZE_LOG_EVERY_MS) {
         mq.oversize_quiet++;
         return;
     }
-    fl_warn("message on %.*s dead-lettered: payload of %d bytes exceeds "
+    for (size_t i = 0; i < n; i++)
+        t[i] =
+            (unsigned char)topic[i] < 0x20 || topic[i] == 0x7f ? '?' : topic[i];
+    t[n] = '\0';
+    fl_warn("message on %s dead-lettered: payload of %d bytes exceeds "
             "limits.max_payload_bytes (%" PRId64 ")%s",
-            (int)fl_min(tlen, 256), topic, plen, mq.max_payload,
+            t, plen, mq.max_payload,
             mq.oversize_quiet ? " (and earlier ones not logged)" : "");
     mq.oversize_logged_at = now;
     mq.oversize_quiet = 0;
