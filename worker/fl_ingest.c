@@ -479,92 +479,106 @@ static int publish_dead(const entry_t *e)
     return send_cmd((int)fl_nelem(argv), argv, len);
 }
 
-/* EVAL the shadow script for one telemetry entry (every metric of every
- * point: the script keeps the newest per metric). */
-static int publish_shadow_telemetry(const entry_t *e, char *key)
-{
-    size_t       n = 0, argc = 0, cap = 7 + 3 * e->tele.nmetrics;
-    const char **argv = fl_alloc(cap * sizeof(char *));
-    size_t      *len = fl_alloc(cap * sizeof(size_t));
-    char       **own = fl_alloc(cap * sizeof(char *));
-    char         ttl[24], seen[24];
-    int          rc;
+/* A command's arguments; strings in own[] are freed with it. */
+typedef struct {
+    const char **argv;
+    size_t      *len;
+    char       **own;
+    int          argc, nown;
+} cmd_t;
 
-    snprintf(ttl, sizeof(ttl), "%lld",
-             (long long)fl_worker.cf->redis.shadow_ttl_ms);
-    snprintf(seen, sizeof(seen), "%lld", (long long)e->rx_ms);
-    argv[argc++] = ing.shadow_sha[0] ? "EVALSHA" : "EVAL";
-    argv[argc++] = ing.shadow_sha[0] ? ing.shadow_sha : shadow_lua;
-    argv[argc++] = "1";
-    argv[argc++] = key;
-    argv[argc++] = ttl;
-    argv[argc++] = seen;
-    argv[argc++] = "t";
+static void cmd_init(cmd_t *c, int cap)
+{
+    c->argv = fl_alloc(cap * sizeof(char *));
+    c->len = fl_alloc(cap * sizeof(size_t));
+    c->own = fl_alloc(cap * sizeof(char *));
+    c->argc = c->nown = 0;
+}
+
+static void cmd_arg(cmd_t *c, const char *s)
+{
+    c->len[c->argc] = strlen(s);
+    c->argv[c->argc++] = s;
+}
+
+/* Add s as an argument and free it with the command (s from malloc). */
+static void cmd_own(cmd_t *c, char *s)
+{
+    c->own[c->nown++] = s;
+    cmd_arg(c, s);
+}
+
+static int cmd_send_free(cmd_t *c)
+{
+    int rc = send_cmd(c->argc, c->argv, c->len);
+
+    for (int i = 0; i < c->nown; i++)
+        free(c->own[i]);
+    free(c->own);
+    free(c->argv);
+    free(c->len);
+    return rc;
+}
+
+static char *i64_str(int64_t v)
+{
+    char buf[24];
+
+    snprintf(buf, sizeof(buf), "%lld", (long long)v);
+    return fl_strdup(buf);
+}
+
+/* The shadow script call up to its per-mode arguments (see shadow_lua). */
+static void shadow_head(cmd_t *c, int cap, const char *key,
+                        const entry_t *e, const char *mode)
+{
+    cmd_init(c, cap);
+    cmd_arg(c, ing.shadow_sha[0] ? "EVALSHA" : "EVAL");
+    cmd_arg(c, ing.shadow_sha[0] ? ing.shadow_sha : shadow_lua);
+    cmd_arg(c, "1");
+    cmd_arg(c, key);
+    cmd_own(c, i64_str(fl_worker.cf->redis.shadow_ttl_ms));
+    cmd_own(c, i64_str(e->rx_ms));
+    cmd_arg(c, mode);
+}
+
+/* The shadow update of one telemetry entry: every metric of every point
+ * (the script keeps the newest per metric). */
+static int publish_shadow_telemetry(const entry_t *e, const char *key)
+{
+    cmd_t c;
+
+    shadow_head(&c, 7 + 3 * (int)e->tele.nmetrics, key, e, "t");
     for (size_t p = 0; p < e->tele.npoints; p++) {
         const fl_point_t *pt = &e->tele.points[p];
         for (size_t m = 0; m < pt->nmetrics; m++) {
             cJSON *v = metric_json(&pt->metrics[m]);
-            char   ts[24];
 
-            snprintf(ts, sizeof(ts), "%lld", (long long)pt->ts_ms);
-            argv[argc++] = pt->metrics[m].name;
-            own[n++] = fl_strdup(ts);
-            argv[argc++] = own[n - 1];
-            own[n++] = cJSON_PrintUnformatted(v);
-            argv[argc++] = own[n - 1];
+            cmd_arg(&c, pt->metrics[m].name);
+            cmd_own(&c, i64_str(pt->ts_ms));
+            cmd_own(&c, cJSON_PrintUnformatted(v));
             cJSON_Delete(v);
         }
     }
-    for (size_t i = 0; i < argc; i++)
-        len[i] = strlen(argv[i]);
-    rc = send_cmd((int)argc, argv, len);
-    for (size_t i = 0; i < n; i++)
-        free(own[i]);
-    free(own);
-    free(argv);
-    free(len);
-    return rc;
+    return cmd_send_free(&c);
 }
 
-static int publish_shadow_state(const entry_t *e, char *key)
+/* The reported-state merge of one state entry ("" deletes a key). */
+static int publish_shadow_state(const entry_t *e, const char *key)
 {
-    int          nkeys = cJSON_GetArraySize(e->state), argc = 0, n = 0;
-    const char **argv = fl_alloc((7 + 2 * nkeys) * sizeof(char *));
-    size_t      *len = fl_alloc((7 + 2 * nkeys) * sizeof(size_t));
-    char       **own = fl_alloc((nkeys + 1) * sizeof(char *));
-    char         ttl[24], seen[24];
-    cJSON       *it;
-    int          rc;
+    cmd_t  c;
+    cJSON *it;
 
-    snprintf(ttl, sizeof(ttl), "%lld",
-             (long long)fl_worker.cf->redis.shadow_ttl_ms);
-    snprintf(seen, sizeof(seen), "%lld", (long long)e->rx_ms);
-    argv[argc++] = ing.shadow_sha[0] ? "EVALSHA" : "EVAL";
-    argv[argc++] = ing.shadow_sha[0] ? ing.shadow_sha : shadow_lua;
-    argv[argc++] = "1";
-    argv[argc++] = key;
-    argv[argc++] = ttl;
-    argv[argc++] = seen;
-    argv[argc++] = "s";
+    shadow_head(&c, 7 + 2 * cJSON_GetArraySize(e->state), key, e, "s");
     cJSON_ArrayForEach(it, e->state)
     {
-        argv[argc++] = it->string;
-        if (cJSON_IsNull(it)) {
-            argv[argc++] = "";
-        } else {
-            own[n++] = cJSON_PrintUnformatted(it);
-            argv[argc++] = own[n - 1];
-        }
+        cmd_arg(&c, it->string);
+        if (cJSON_IsNull(it))
+            cmd_arg(&c, "");
+        else
+            cmd_own(&c, cJSON_PrintUnformatted(it));
     }
-    for (int i = 0; i < argc; i++)
-        len[i] = strlen(argv[i]);
-    rc = send_cmd(argc, argv, len);
-    for (int i = 0; i < n; i++)
-        free(own[i]);
-    free(own);
-    free(argv);
-    free(len);
-    return rc;
+    return cmd_send_free(&c);
 }
 
 /* PUBLISH each point in the WebSocket form of the contract. */
