@@ -157,7 +157,7 @@ static const conf_key_t conf_keys[] = {
      268435456, "64k"},
     {"limits.ws_send_buffer", T_SIZE, O(limits.ws_send_buffer), 1024,
      1073741824, "1m"},
-    {"limits.max_metrics", T_INT, O(limits.max_metrics), 1, 100000, "1000"},
+    {"limits.max_metrics", T_INT, O(limits.max_metrics), 1, 1500, "1000"},
     {"limits.max_name_bytes", T_INT, O(limits.max_name_bytes), 1, 1024,
      "128"},
     {"limits.max_depth", T_INT, O(limits.max_depth), 1, 64, "8"},

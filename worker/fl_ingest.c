@@ -133,26 +133,40 @@ static const char shadow_lua[] =
     /* KEYS[1] shadow hash; ARGV: ttl_ms, last_seen_ms, mode ("t"|"s"),
      * then mode t: (metric, ts_ms, json)..., mode s: (key, json or "")...
      * Telemetry keeps the newest value per metric (out-of-order batches on
-     * several workers cannot roll a value back); state is merged key by
-     * key, "" (JSON null) deletes the key. */
+     * several workers cannot roll a value back): one HMGET of the stored
+     * times, one HSET of what is newer. State is merged key by key, ""
+     * (JSON null) deletes the key. */
     "local k = KEYS[1]\n"
-    "local seen = tonumber(ARGV[2])\n"
-    "local cur = tonumber(redis.call('HGET', k, 'last_seen') or '0')\n"
-    "if seen > cur then redis.call('HSET', k, 'last_seen', ARGV[2]) end\n"
+    "local set, del = {}, {}\n"
     "if ARGV[3] == 't' then\n"
+    "  local f = {'last_seen'}\n"
+    "  for i = 4, #ARGV, 3 do f[#f + 1] = 't:' .. ARGV[i] end\n"
+    "  local cur = redis.call('HMGET', k, unpack(f))\n"
+    "  local best = {}\n"
     "  for i = 4, #ARGV, 3 do\n"
-    "    local old = redis.call('HGET', k, 't:' .. ARGV[i])\n"
-    "    if (not old) or tonumber(old) <= tonumber(ARGV[i + 1]) then\n"
-    "      redis.call('HSET', k, 'v:' .. ARGV[i], ARGV[i + 2],\n"
-    "                 't:' .. ARGV[i], ARGV[i + 1])\n"
+    "    local m, ts = ARGV[i], tonumber(ARGV[i + 1])\n"
+    "    local old = best[m] or tonumber(cur[(i - 1) / 3 + 1] or '-1')\n"
+    "    if ts >= old then\n"
+    "      best[m] = ts\n"
+    "      set[#set + 1] = 'v:' .. m; set[#set + 1] = ARGV[i + 2]\n"
+    "      set[#set + 1] = 't:' .. m; set[#set + 1] = ARGV[i + 1]\n"
     "    end\n"
     "  end\n"
+    "  if tonumber(cur[1] or '0') < tonumber(ARGV[2]) then\n"
+    "    set[#set + 1] = 'last_seen'; set[#set + 1] = ARGV[2]\n"
+    "  end\n"
     "else\n"
+    "  local seen = redis.call('HGET', k, 'last_seen')\n"
+    "  if tonumber(seen or '0') < tonumber(ARGV[2]) then\n"
+    "    set[#set + 1] = 'last_seen'; set[#set + 1] = ARGV[2]\n"
+    "  end\n"
     "  for i = 4, #ARGV, 2 do\n"
-    "    if ARGV[i + 1] == '' then redis.call('HDEL', k, 'r:' .. ARGV[i])\n"
-    "    else redis.call('HSET', k, 'r:' .. ARGV[i], ARGV[i + 1]) end\n"
+    "    if ARGV[i + 1] == '' then del[#del + 1] = 'r:' .. ARGV[i]\n"
+    "    else set[#set + 1] = 'r:' .. ARGV[i]; set[#set + 1] = ARGV[i + 1] end\n"
     "  end\n"
     "end\n"
+    "if #del > 0 then redis.call('HDEL', k, unpack(del)) end\n"
+    "if #set > 0 then redis.call('HSET', k, unpack(set)) end\n"
     "redis.call('PEXPIRE', k, ARGV[1])\n"
     "return 1\n";
 
@@ -263,6 +277,13 @@ static void parse_state(entry_t *e)
                                  : FL_REJECT_INVALID_JSON),
              "state payload must be a JSON object");
         count_reject(e, o ? FL_REJECT_NOT_AN_OBJECT : FL_REJECT_INVALID_JSON);
+        cJSON_Delete(o);
+        return;
+    }
+    if (cJSON_GetArraySize(o) > fl_worker.cf->limits.max_metrics) {
+        dead(e, fl_reject_name(FL_REJECT_TOO_MANY_METRICS),
+             "state has more keys than limits.max_metrics");
+        count_reject(e, FL_REJECT_TOO_MANY_METRICS);
         cJSON_Delete(o);
         return;
     }
