@@ -1112,6 +1112,335 @@ static struct timeval ms_tv(int64_t ms)
     return tv;
 }
 
+/* ---- retired slots ----
+ *
+ * Mosquitto keeps giving an offline persistent member of a shared
+ * subscription its share of the messages (subs.c, subs__shared_process):
+ * when a node runs fewer workers than before (a reload or restart with a
+ * smaller `workers`), the sessions of the slots it no longer runs would
+ * collect a share of the traffic, acknowledged to the devices, until they
+ * expire. So every worker records its slot in the Redis set
+ * {prefix}mqtt:slots:{client id base}, and the worker of slot 0 retires
+ * every recorded slot >= workers: once no live worker holds it, it resumes
+ * that slot's session (same client id, clean start off), unsubscribes so
+ * the broker stops sending it anything new, takes in what was queued
+ * through the same messageArrived (XADD, then PUBACK), and when nothing
+ * came for RETIRE_QUIET_MS it disconnects with Session Expiry Interval 0,
+ * which ends the session. The session expiry stays at its normal value
+ * until that last DISCONNECT, so a worker that dies mid-way loses nothing:
+ * the session is still there for the next attempt.
+ */
+
+#define RETIRE_QUIET_MS 1000
+#define RETIRE_RETRY_MS 2000
+
+static struct {
+    pthread_t       thr;
+    int             started;
+    int             quit; /* atomic */
+    char           *registry;
+    char           *base_id;
+    int             workers;
+    int64_t         wait_max_ms;
+    pthread_mutex_t lock;
+    pthread_cond_t  cond;
+    int             step_done;   /* guarded by lock */
+    int             step_ok;
+    int64_t         last_msg_ms; /* atomic */
+    uint64_t        taken;       /* atomic */
+} rt = {.lock = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
+
+static int retire_quit(void)
+{
+    return __atomic_load_n(&rt.quit, __ATOMIC_SEQ_CST);
+}
+
+static void retire_step_end(int ok)
+{
+    pthread_mutex_lock(&rt.lock);
+    rt.step_done = 1;
+    rt.step_ok = ok;
+    pthread_cond_broadcast(&rt.cond);
+    pthread_mutex_unlock(&rt.lock);
+}
+
+static void retire_ok(void *ctx, MQTTAsync_successData5 *d)
+{
+    (void)ctx, (void)d;
+    retire_step_end(1);
+}
+
+static void retire_fail(void *ctx, MQTTAsync_failureData5 *d)
+{
+    (void)ctx;
+    fl_warn("retiring an mqtt session: %s (code %d)",
+            d && d->message ? d->message : "failed", d ? d->code : 0);
+    retire_step_end(0);
+}
+
+/* Wait for the step started last; 0 on failure or timeout. */
+static int retire_step_wait(int64_t timeout_ms)
+{
+    int64_t deadline = fl_now_ms() + timeout_ms;
+    int     ok;
+
+    pthread_mutex_lock(&rt.lock);
+    while (!rt.step_done && fl_now_ms() < deadline && !retire_quit()) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50 * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&rt.cond, &rt.lock, &ts);
+    }
+    ok = rt.step_done && rt.step_ok;
+    rt.step_done = 0;
+    pthread_mutex_unlock(&rt.lock);
+    return ok;
+}
+
+static int on_retire_message(void *ctx, char *topic, int topic_len,
+                             MQTTAsync_message *msg)
+{
+    __atomic_store_n(&rt.last_msg_ms, fl_now_ms(), __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&rt.taken, 1, __ATOMIC_SEQ_CST);
+    return on_message(ctx, topic, topic_len, msg);
+}
+
+/* Is a live worker (any generation) running slot s? */
+static int slot_alive(int s)
+{
+    for (int i = 0; i < FL_SHM_ENTRIES; i++) {
+        pid_t pid = fl_shm_load(fl_shm->w[i].pid);
+        if (fl_shm_load(fl_shm->w[i].slot) == s && pid > 0 &&
+            fl_shm_load(fl_shm->w[i].state) != FL_W_EMPTY &&
+            kill(pid, 0) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Drain and end the session of slot s. FL_OK when it is gone. */
+static int retire_slot(int s)
+{
+    MQTTAsync_createOptions    co = MQTTAsync_createOptions_initializer5;
+    MQTTAsync_connectOptions   cn = MQTTAsync_connectOptions_initializer5;
+    MQTTAsync_responseOptions  ro = MQTTAsync_responseOptions_initializer;
+    MQTTAsync_disconnectOptions dso = MQTTAsync_disconnectOptions_initializer5;
+    MQTTAsync_SSLOptions       ssl = MQTTAsync_SSLOptions_initializer;
+    MQTTProperties             props = MQTTProperties_initializer;
+    MQTTProperty               p;
+    MQTTAsync                  c;
+    char                       id[300];
+    int64_t                    deadline = fl_now_ms() + rt.wait_max_ms;
+    uint64_t                   taken0;
+    int                        rc, ok = 0;
+
+    while (slot_alive(s)) {
+        if (retire_quit() || fl_now_ms() > deadline)
+            return FL_ERROR;
+        sleep_ms(100);
+    }
+    snprintf(id, sizeof(id), "%s-w%d", rt.base_id, s);
+    rc = MQTTAsync_createWithOptions(&c, mq.uri, id,
+                                     MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
+    if (rc != MQTTASYNC_SUCCESS)
+        return FL_ERROR;
+    MQTTAsync_setCallbacks(c, NULL, NULL, on_retire_message, NULL);
+
+    memset(&p, 0, sizeof(p));
+    p.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL;
+    p.value.integer4 = mq.session_expiry_s;
+    MQTTProperties_add(&props, &p);
+    cn.keepAliveInterval = mq.keepalive_s;
+    cn.cleanstart = 0;
+    cn.connectTimeout = mq.connect_timeout_s;
+    cn.MQTTVersion = MQTTVERSION_5;
+    cn.connectProperties = &props;
+    cn.onSuccess5 = retire_ok;
+    cn.onFailure5 = retire_fail;
+    if (mq.username[0])
+        cn.username = mq.username;
+    if (mq.password[0])
+        cn.password = mq.password;
+    if (mq.tls) {
+        ssl.trustStore = mq.ca_file[0] ? mq.ca_file : NULL;
+        ssl.keyStore = mq.cert_file[0] ? mq.cert_file : NULL;
+        ssl.privateKey = mq.key_file[0] ? mq.key_file : NULL;
+        ssl.enableServerCertAuth = !mq.tls_insecure;
+        ssl.verify = !mq.tls_insecure;
+        cn.ssl = &ssl;
+    }
+    taken0 = __atomic_load_n(&rt.taken, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&rt.last_msg_ms, fl_now_ms(), __ATOMIC_SEQ_CST);
+    rc = MQTTAsync_connect(c, &cn);
+    MQTTProperties_free(&props);
+    if (rc != MQTTASYNC_SUCCESS ||
+        !retire_step_wait(mq.connect_timeout_s * 1000LL + 2000))
+        goto done;
+
+    ro.onSuccess5 = retire_ok;
+    ro.onFailure5 = retire_fail;
+    if (MQTTAsync_unsubscribeMany(c, mq.ntopics, mq.topics, &ro) !=
+            MQTTASYNC_SUCCESS ||
+        !retire_step_wait(10000))
+        goto done;
+
+    /* take in what the session had queued */
+    while (!retire_quit() &&
+           fl_now_ms() - __atomic_load_n(&rt.last_msg_ms, __ATOMIC_SEQ_CST) <
+               RETIRE_QUIET_MS)
+        sleep_ms(100);
+    if (retire_quit())
+        goto done;
+
+    memset(&p, 0, sizeof(p));
+    p.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL;
+    p.value.integer4 = 0;
+    MQTTProperties_add(&dso.properties, &p);
+    dso.timeout = DISCONNECT_TIMEOUT_MS;
+    dso.onSuccess5 = retire_ok;
+    dso.onFailure5 = retire_fail;
+    if (MQTTAsync_disconnect(c, &dso) == MQTTASYNC_SUCCESS &&
+        retire_step_wait(DISCONNECT_TIMEOUT_MS + 2000))
+        ok = 1;
+    MQTTProperties_free(&dso.properties);
+
+done:
+    if (MQTTAsync_isConnected(c)) {
+        MQTTAsync_disconnectOptions d2 = MQTTAsync_disconnectOptions_initializer5;
+        d2.timeout = FAST_DISCONNECT_MS;
+        MQTTAsync_disconnect(c, &d2); /* session kept for the next try */
+        sleep_ms(FAST_DISCONNECT_MS);
+    }
+    MQTTAsync_destroy(&c);
+    if (ok)
+        fl_info("retired the mqtt session \"%s\" of a slot this node no "
+                "longer runs: %llu queued messages taken in",
+                id, (unsigned long long)(__atomic_load_n(&rt.taken,
+                                                         __ATOMIC_SEQ_CST) -
+                                         taken0));
+    else
+        fl_warn("could not retire the mqtt session \"%s\" yet", id);
+    return ok ? FL_OK : FL_ERROR;
+}
+
+static redisContext *retire_redis(void)
+{
+    redisContext *r = redisConnectWithTimeout(mq.redis_host, mq.redis_port,
+                                              mq.redis_connect_tv);
+    redisReply   *rep;
+
+    if (r == NULL || r->err) {
+        if (r)
+            redisFree(r);
+        return NULL;
+    }
+    redisSetTimeout(r, mq.redis_command_tv);
+    if (mq.redis_password[0]) {
+        rep = redisCommand(r, "AUTH %s", mq.redis_password);
+        if (rep == NULL || rep->type == REDIS_REPLY_ERROR) {
+            if (rep)
+                freeReplyObject(rep);
+            redisFree(r);
+            return NULL;
+        }
+        freeReplyObject(rep);
+    }
+    return r;
+}
+
+/* Record our slot; on slot 0, retire the recorded slots >= workers. */
+static void *retire_main(void *arg)
+{
+    (void)arg;
+    while (!retire_quit()) {
+        redisContext *r = retire_redis();
+        redisReply   *rep;
+        int           pending = 0;
+
+        if (r == NULL) {
+            sleep_ms(RETIRE_RETRY_MS);
+            continue;
+        }
+        rep = redisCommand(r, "SADD %s %d", rt.registry, mq.slot);
+        if (rep)
+            freeReplyObject(rep);
+        if (mq.slot != 0) {
+            redisFree(r);
+            break;
+        }
+        rep = redisCommand(r, "SMEMBERS %s", rt.registry);
+        for (size_t i = 0; rep && rep->type == REDIS_REPLY_ARRAY &&
+                           i < rep->elements && !retire_quit();
+             i++) {
+            int s = atoi(rep->element[i]->str);
+            if (s < rt.workers)
+                continue;
+            if (retire_slot(s) == FL_OK) {
+                redisReply *x = redisCommand(r, "SREM %s %d", rt.registry, s);
+                if (x)
+                    freeReplyObject(x);
+            } else {
+                pending++;
+            }
+        }
+        if (rep)
+            freeReplyObject(rep);
+        redisFree(r);
+        if (!pending)
+            break;
+        sleep_ms(RETIRE_RETRY_MS);
+    }
+    return NULL;
+}
+
+static void retire_start(const fl_worker_t *w)
+{
+    const fl_config_t *cf = w->cf;
+    char               buf[300];
+    sigset_t           all, old;
+
+    if (cf->mqtt.client_id[0])
+        snprintf(buf, sizeof(buf), "%s", cf->mqtt.client_id);
+    else
+        snprintf(buf, sizeof(buf), "fleetd-%s", cf->node_id);
+    rt.base_id = fl_strdup(buf);
+    snprintf(buf, sizeof(buf), "%smqtt:slots:%s", cf->redis.prefix,
+             rt.base_id);
+    rt.registry = fl_strdup(buf);
+    rt.workers = cf->workers;
+    rt.wait_max_ms = cf->shutdown_timeout_ms + 5000;
+    rt.quit = 0;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    rt.started = pthread_create(&rt.thr, NULL, retire_main, NULL) == 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+/* FL_OK when the thread is gone (its config copies may be freed). */
+static int retire_stop(void)
+{
+    struct timespec ts;
+
+    if (!rt.started)
+        return FL_OK;
+    __atomic_store_n(&rt.quit, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_lock(&rt.lock);
+    pthread_cond_broadcast(&rt.cond);
+    pthread_mutex_unlock(&rt.lock);
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += CTL_JOIN_MS / 1000 + 1;
+    if (pthread_timedjoin_np(rt.thr, NULL, &ts) != 0)
+        return FL_ERROR;
+    rt.started = 0;
+    free(rt.registry);
+    free(rt.base_id);
+    return FL_OK;
+}
+
 static void conf_copy(const fl_worker_t *w)
 {
     const fl_config_t *cf = w->cf;
@@ -1236,6 +1565,7 @@ static int mqtt_init(fl_worker_t *w)
     pthread_mutex_lock(&mq.lock);
     mq.ctl_running = 1;
     pthread_mutex_unlock(&mq.lock);
+    retire_start(w);
     fl_debug("mqtt intake: %s as \"%s\", %d topic%s, stream %s", mq.uri,
              mq.client_id, mq.ntopics, mq.ntopics == 1 ? "" : "s",
              mq.ingest_key);
@@ -1296,6 +1626,8 @@ static void mqtt_destroy(fl_worker_t *w)
     ts.tv_sec += CTL_JOIN_MS / 1000;
     if (pthread_timedjoin_np(mq.ctl, NULL, &ts) == 0)
         joined = 1;
+    if (retire_stop() != FL_OK)
+        joined = 0; /* still using the config copies: leave them */
 
     pthread_mutex_lock(&mq.lock);
     mq.ctl_running = 0;

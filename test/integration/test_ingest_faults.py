@@ -266,12 +266,6 @@ def test_sigquit_mid_stream_then_restart(ingest):
     assert rc == 0, "fleetd exited %r after SIGQUIT" % rc
 
 
-@pytest.mark.xfail(reason="known defect, open in issue 3: Mosquitto keeps "
-                   "sending a share of $share messages to the offline "
-                   "persistent session of a retired worker slot "
-                   "(fleetd-{node}-w{slot}); fleetd does not yet drain and "
-                   "remove the sessions of slots it no longer runs",
-                   strict=False)
 @pytest.mark.timeout(150)
 def test_fewer_workers_after_restart_loses_nothing(ingest):
     """fleetd ran with 3 workers, then is started with 2 (same node_id):
