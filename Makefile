@@ -70,6 +70,9 @@ asan:
 	  SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined" \
 	  LDFLAGS="-fsanitize=address,undefined" test
 
+# the HTTP harness drives the real connection code with the health routes
+FUZZ_HTTP_SRC := worker/fl_http.c worker/fl_health.c worker/fl_worker.c \
+                 worker/fl_payload.c
 FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Icommon -Iworker
 fuzz: $(BUILD)/fuzz_config $(BUILD)/fuzz_http $(BUILD)/fuzz_payload
 	@mkdir -p $(BUILD)/corpus/config $(BUILD)/corpus/http $(BUILD)/corpus/payload
@@ -85,9 +88,9 @@ $(BUILD)/fuzz_config: test/fuzz/fuzz_config.c $(COMMON_SRC) $(HEADERS)
 	@mkdir -p $(BUILD)
 	clang $(FUZZ_FLAGS) -o $@ test/fuzz/fuzz_config.c $(COMMON_SRC) $(shell pkg-config --libs $(PKGS)) -lm
 
-$(BUILD)/fuzz_http: test/fuzz/fuzz_http.c $(FLEETD_SRC) $(HEADERS)
+$(BUILD)/fuzz_http: test/fuzz/fuzz_http.c $(COMMON_SRC) $(FUZZ_HTTP_SRC) $(HEADERS)
 	@mkdir -p $(BUILD)
-	clang $(FUZZ_FLAGS) -DFL_FUZZ -o $@ test/fuzz/fuzz_http.c $(COMMON_SRC) $(filter-out worker/fl_modules.c,$(WORKER_SRC)) $(LDLIBS)
+	clang $(FUZZ_FLAGS) -DFL_FUZZ -o $@ test/fuzz/fuzz_http.c $(COMMON_SRC) $(FUZZ_HTTP_SRC) $(LDLIBS)
 
 deps:
 	scripts/deps
