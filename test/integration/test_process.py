@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import socket
 import threading
 import time
@@ -35,6 +36,14 @@ def served_by(f, timeout=2.0):
 
 # ---------------------------------------------------------------- startup
 
+def binary_version(f):
+    """The version the binary reports with -v ("fleetd X.Y.Z")."""
+    out = subprocess.run([str(f.bin), "-v"], capture_output=True, text=True,
+                         timeout=10).stdout.split()
+    assert len(out) == 2 and out[0] == "fleetd", out
+    return out[1]
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("workers", [2, 3])
 def test_healthz_one_entry_per_worker(fleetd, workers):
@@ -43,7 +52,7 @@ def test_healthz_one_entry_per_worker(fleetd, workers):
     assert status == 200, h
     assert h["status"] == "ok", h
     assert h["node"] == "it-node"
-    assert h["version"] == "0.1.0"
+    assert h["version"] == binary_version(f)
     assert h["master_pid"] == f.pid
     ws = h["workers"]
     assert len(ws) == workers, "expected %d workers, /healthz lists %r" % (workers, ws)
@@ -70,8 +79,9 @@ def test_healthz_one_entry_per_worker(fleetd, workers):
     assert f.read_pid_file() == f.pid
     # the startup line
     log = f.log_text()
-    assert re.search(r"\[\w+\] \d+#\w+: fleetd 0\.1\.0 node it-node listening on "
-                     r"http://127\.0\.0\.1:%d, %d workers" % (f.port, workers), log), \
+    assert re.search(r"\[\w+\] \d+#\w+: fleetd %s node it-node listening on "
+                     r"http://127\.0\.0\.1:%d, %d workers"
+                     % (re.escape(binary_version(f)), f.port, workers), log), \
         "startup line missing:\n" + stack.tail(log)
 
 
@@ -481,7 +491,7 @@ def test_metrics_prometheus_text(fleetd):
         assert vals, "no %s%s" % (name, labels)
         return vals[0]
 
-    assert get("fleetd_info", node="it-node", version="0.1.0") == 1
+    assert get("fleetd_info", node="it-node", version=binary_version(f)) == 1
     assert get("fleetd_workers_configured") == 2
     assert get("fleetd_uptime_seconds") >= 0
     for w in ("0", "1"):
