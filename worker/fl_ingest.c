@@ -400,7 +400,7 @@ static void store_batch(void)
     }
     rc = fl_pg_write(ing.pg, &ing.b.pgb, on_stored, NULL);
     if (rc != FL_OK) {
-        /* not connected (or busy with upkeep): the entries stay pending
+        /* not connected: the entries stay pending
          * in Redis, the stream grows; try again shortly */
         kick(ing.retry_ms);
         ing.retry_ms = fl_min(ing.retry_ms * 2, RETRY_MAX_MS);
