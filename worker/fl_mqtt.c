@@ -745,6 +745,43 @@ static int on_message(void *ctx, char *topic, int topic_len,
 
 /* ---- the control thread: every paho call after init ---- */
 
+/*
+ * What every CONNECT of this worker shares (its own session and a retired
+ * slot's): MQTT 5, clean start off, session expiry, keepalive, timeout,
+ * credentials and TLS. ssl and props must outlive the connect call; the
+ * caller frees props.
+ */
+static void conn_opts(MQTTAsync_connectOptions *co, MQTTAsync_SSLOptions *ssl,
+                      MQTTProperties *props)
+{
+    MQTTProperty p;
+
+    memset(&p, 0, sizeof(p));
+    p.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL;
+    p.value.integer4 = mq.session_expiry_s;
+    MQTTProperties_add(props, &p);
+
+    co->keepAliveInterval = mq.keepalive_s;
+    co->cleanstart = 0;
+    co->connectTimeout = mq.connect_timeout_s;
+    co->automaticReconnect = 0;
+    co->MQTTVersion = MQTTVERSION_5;
+    co->connectProperties = props;
+    if (mq.username[0])
+        co->username = mq.username;
+    if (mq.password[0])
+        co->password = mq.password;
+    if (mq.tls) {
+        ssl->trustStore = mq.ca_file[0] ? mq.ca_file : NULL;
+        ssl->keyStore = mq.cert_file[0] ? mq.cert_file : NULL;
+        ssl->privateKey = mq.key_file[0] ? mq.key_file : NULL;
+        ssl->enableServerCertAuth = !mq.tls_insecure;
+        ssl->verify = !mq.tls_insecure;
+        ssl->ssl_error_cb = on_ssl_error;
+        co->ssl = ssl;
+    }
+}
+
 static void ctl_connect(unsigned gen)
 {
     MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer5;
@@ -754,39 +791,17 @@ static void ctl_connect(unsigned gen)
     int                      rc;
     int64_t                  delay = 0;
 
+    conn_opts(&co, &ssl, &props);
     memset(&p, 0, sizeof(p));
-    p.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL;
-    p.value.integer4 = mq.session_expiry_s;
-    MQTTProperties_add(&props, &p);
     p.identifier = MQTTPROPERTY_CODE_RECEIVE_MAXIMUM;
     p.value.integer2 = (unsigned short)mq.receive_max;
     MQTTProperties_add(&props, &p);
     p.identifier = MQTTPROPERTY_CODE_MAXIMUM_PACKET_SIZE;
     p.value.integer4 = mq.max_packet;
     MQTTProperties_add(&props, &p);
-
-    co.keepAliveInterval = mq.keepalive_s;
-    co.cleanstart = 0;
-    co.connectTimeout = mq.connect_timeout_s;
-    co.automaticReconnect = 0;
-    co.MQTTVersion = MQTTVERSION_5;
-    co.connectProperties = &props;
     co.onSuccess5 = on_connect_ok;
     co.onFailure5 = on_connect_fail;
     co.context = (void *)(uintptr_t)gen;
-    if (mq.username[0])
-        co.username = mq.username;
-    if (mq.password[0])
-        co.password = mq.password;
-    if (mq.tls) {
-        ssl.trustStore = mq.ca_file[0] ? mq.ca_file : NULL;
-        ssl.keyStore = mq.cert_file[0] ? mq.cert_file : NULL;
-        ssl.privateKey = mq.key_file[0] ? mq.key_file : NULL;
-        ssl.enableServerCertAuth = !mq.tls_insecure;
-        ssl.verify = !mq.tls_insecure;
-        ssl.ssl_error_cb = on_ssl_error;
-        co.ssl = &ssl;
-    }
 
     fl_debug("connecting to mqtt broker %s as \"%s\"", mq.uri, mq.client_id);
     rc = MQTTAsync_connect(mq.client, &co);
@@ -1250,29 +1265,9 @@ static int retire_slot(int s)
         return FL_ERROR;
     MQTTAsync_setCallbacks(c, NULL, NULL, on_retire_message, NULL);
 
-    memset(&p, 0, sizeof(p));
-    p.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL;
-    p.value.integer4 = mq.session_expiry_s;
-    MQTTProperties_add(&props, &p);
-    cn.keepAliveInterval = mq.keepalive_s;
-    cn.cleanstart = 0;
-    cn.connectTimeout = mq.connect_timeout_s;
-    cn.MQTTVersion = MQTTVERSION_5;
-    cn.connectProperties = &props;
+    conn_opts(&cn, &ssl, &props);
     cn.onSuccess5 = retire_ok;
     cn.onFailure5 = retire_fail;
-    if (mq.username[0])
-        cn.username = mq.username;
-    if (mq.password[0])
-        cn.password = mq.password;
-    if (mq.tls) {
-        ssl.trustStore = mq.ca_file[0] ? mq.ca_file : NULL;
-        ssl.keyStore = mq.cert_file[0] ? mq.cert_file : NULL;
-        ssl.privateKey = mq.key_file[0] ? mq.key_file : NULL;
-        ssl.enableServerCertAuth = !mq.tls_insecure;
-        ssl.verify = !mq.tls_insecure;
-        cn.ssl = &ssl;
-    }
     taken0 = __atomic_load_n(&rt.taken, __ATOMIC_SEQ_CST);
     __atomic_store_n(&rt.last_msg_ms, fl_now_ms(), __ATOMIC_SEQ_CST);
     rc = MQTTAsync_connect(c, &cn);

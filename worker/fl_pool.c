@@ -27,8 +27,8 @@ typedef struct job_s {
 struct fl_pool_s {
     pthread_mutex_t lock;
     pthread_cond_t  cond;
-    job_t          *todo_head, *todo_tail;
-    job_t          *done_head, *done_tail;
+    job_t          *wait_head, *wait_tail; /* submitted, not started */
+    job_t          *done_head, *done_tail; /* finished, done() not run */
     int             stopping;
     int             pending; /* loop thread only */
     int             efd;
@@ -36,6 +36,17 @@ struct fl_pool_s {
     int             nthreads;
     pthread_t      *threads;
 };
+
+/* Append j to the list head/tail; the caller holds the pool's lock. */
+static void jobs_push(job_t **head, job_t **tail, job_t *j)
+{
+    j->next = NULL;
+    if (*tail)
+        (*tail)->next = j;
+    else
+        *head = j;
+    *tail = j;
+}
 
 static void *pool_thread(void *arg)
 {
@@ -46,27 +57,22 @@ static void *pool_thread(void *arg)
         job_t *j;
 
         pthread_mutex_lock(&p->lock);
-        while (p->todo_head == NULL && !p->stopping)
+        while (p->wait_head == NULL && !p->stopping)
             pthread_cond_wait(&p->cond, &p->lock);
-        if (p->todo_head == NULL) {
+        if (p->wait_head == NULL) {
             pthread_mutex_unlock(&p->lock);
             return NULL;
         }
-        j = p->todo_head;
-        p->todo_head = j->next;
-        if (p->todo_head == NULL)
-            p->todo_tail = NULL;
+        j = p->wait_head;
+        p->wait_head = j->next;
+        if (p->wait_head == NULL)
+            p->wait_tail = NULL;
         pthread_mutex_unlock(&p->lock);
 
         j->work(j->arg);
 
         pthread_mutex_lock(&p->lock);
-        j->next = NULL;
-        if (p->done_tail)
-            p->done_tail->next = j;
-        else
-            p->done_head = j;
-        p->done_tail = j;
+        jobs_push(&p->done_head, &p->done_tail, j);
         pthread_mutex_unlock(&p->lock);
         if (write(p->efd, &one, sizeof(one)) == -1 && errno != EAGAIN)
             fl_log_errno(FL_LOG_ERROR, errno, "write() to pool eventfd failed");
@@ -137,14 +143,9 @@ void fl_pool_submit(fl_pool_t *p, fl_pool_fn work, fl_pool_fn done, void *arg)
     j->work = work;
     j->done = done;
     j->arg = arg;
-    j->next = NULL;
     p->pending++;
     pthread_mutex_lock(&p->lock);
-    if (p->todo_tail)
-        p->todo_tail->next = j;
-    else
-        p->todo_head = j;
-    p->todo_tail = j;
+    jobs_push(&p->wait_head, &p->wait_tail, j);
     pthread_cond_signal(&p->cond);
     pthread_mutex_unlock(&p->lock);
 }
