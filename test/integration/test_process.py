@@ -48,7 +48,20 @@ def binary_version(f):
 @pytest.mark.parametrize("workers", [2, 3])
 def test_healthz_one_entry_per_worker(fleetd, workers):
     f = fleetd(workers=workers)
-    status, h = f.healthz_status()
+    # ready workers may still be connecting to the broker, Redis and
+    # PostgreSQL (a first failed attempt reads "down": 503): the node must
+    # become healthy within a few seconds
+    seen = []
+
+    def healthy():
+        seen[:] = [f.healthz_status()]
+        return seen[0][0] == 200
+
+    try:
+        stack.wait_until(healthy, 10, what="/healthz 200")
+    except TimeoutError:
+        pass
+    status, h = seen[0]
     assert status == 200, h
     assert h["status"] == "ok", h
     assert h["node"] == "it-node"
