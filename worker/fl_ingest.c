@@ -8,13 +8,16 @@
  * {node_id}-w{slot}, one batch at a time:
  *
  *   read      XREADGROUP COUNT ingest.batch BLOCK ingest.block ">"
- *   parse     fl_payload_parse; payloads over ingest.parse_inline_max on
- *             the thread pool, never on the loop
- *   store     one transaction: COPY -> staging -> INSERT .. ON CONFLICT DO
- *             NOTHING (fl_pg.c), so a batch written twice adds no row
- *   publish   dead letters (XADD {prefix}dead), shadow updates (a Lua
- *             script that keeps the newest value per metric), PUBLISH of
- *             each point on {prefix}tele:{shard}
+ *   prepare   on the thread pool, CHUNK_ENTRIES entries per job:
+ *             fl_payload_parse, the COPY rows, and one shadow/fan-out
+ *             script call per chunk in the protocol's form; the loop only
+ *             sends what the jobs built
+ *   store     one transaction (fl_pg.c): COPY into the telemetry table,
+ *             or through a staging table with ON CONFLICT DO NOTHING when
+ *             a row is already there, so a batch written twice adds no row
+ *   publish   dead letters (XADD {prefix}dead), then per chunk one EVALSHA
+ *             of shadow_lua: the newest value per metric into each shadow,
+ *             and a PUBLISH of each point on {prefix}tele:{shard}
  *   ack       XACK, only after all of the above succeeded
  *
  * Nothing is acknowledged before it is committed: a crash anywhere leaves
@@ -34,6 +37,7 @@
  * hand is dropped from memory (it is still pending in Redis) and read
  * again through the recovery path once Redis is back.
  */
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,58 +57,72 @@
 #define RETRY_MAX_MS  2000
 #define SAMPLE_MS     1000
 #define DEAD_PAYLOAD  1024 /* bytes of a payload kept in a dead letter */
+#define CHUNK_ENTRIES 256  /* entries per pool job (and per script call) */
 
 _Static_assert(FL_REJECT_COUNT <= FL_SHM_REJECT_REASONS,
                "fl_shm_worker_t.ingest_rejected is too small");
 
 /* extra dead-letter reasons, after the parser's */
-#define REASON_STORAGE        "storage_rejected"
-#define REASON_DELIVERIES     "max_deliveries"
-#define REASON_TRIMMED        "trimmed"
+#define REASON_STORAGE    "storage_rejected"
+#define REASON_DELIVERIES "max_deliveries"
+#define REASON_TRIMMED    "trimmed"
 
 typedef enum { E_TELEMETRY, E_STATE, E_DEAD, E_SKIP } entry_kind_t;
 
 typedef struct {
-    char             id[48];
-    char            *topic;
-    char            *payload;
-    size_t           plen;
-    int64_t          rx_ms;
-    int64_t          deliveries; /* from XPENDING; 0 = first delivery */
-    entry_kind_t     kind;
-    char             device[FL_DEVICE_ID_MAX + 1];
-    fl_telemetry_t   tele;
-    cJSON           *state;      /* E_STATE: the reported object */
-    const char      *dead_reason;
-    char             dead_msg[FL_REJECT_MSGLEN];
-    int              big;        /* parsed on the pool */
+    char           id[48];
+    char          *topic;
+    char          *payload;
+    size_t         plen;
+    int64_t        rx_ms;
+    int64_t        deliveries; /* from XPENDING; 0 = first delivery */
+    entry_kind_t   kind;
+    char           device[FL_DEVICE_ID_MAX + 1];
+    fl_telemetry_t tele;
+    cJSON         *state; /* E_STATE: the reported object */
+    const char    *dead_reason;
+    char           dead_msg[FL_REJECT_MSGLEN];
 } entry_t;
 
+/* A slice of the batch prepared by one pool job. */
+typedef struct {
+    int           first, n; /* entries [first, first + n) */
+    int           parse;    /* the job parses and builds rows too */
+    fl_pg_batch_t pgb;      /* their rows (moved into the batch's) */
+    char         *cmd;      /* the shadow/fan-out script call, RESP */
+    size_t        cmdlen;
+    size_t        published; /* points the call publishes */
+    char          sha[48];   /* the script's SHA1 when submitted, "" EVAL */
+} chunk_t;
+
 typedef enum {
-    P_IDLE,      /* nothing in hand */
-    P_READING,   /* XREADGROUP / XPENDING / XCLAIM in flight */
-    P_PARSING,   /* pool jobs outstanding */
-    P_STORING,   /* fl_pg_write in flight or waiting to retry */
-    P_PUBLISHING,/* dead letters, shadow, PUBLISH in flight */
-    P_ACKING,    /* XACK in flight */
+    P_IDLE,       /* nothing in hand */
+    P_READING,    /* XREADGROUP / XPENDING / XCLAIM in flight */
+    P_PARSING,    /* pool jobs (chunks) outstanding */
+    P_STORING,    /* fl_pg_write in flight or waiting to retry */
+    P_PUBLISHING, /* dead letters, shadow, PUBLISH in flight */
+    P_ACKING,     /* XACK in flight */
 } phase_t;
 
 typedef struct {
     entry_t      *e;
     int           n;
-    int           jobs;       /* pool jobs outstanding */
-    int           replies;    /* publish replies outstanding */
-    int           failed;     /* a publish command failed */
-    int           isolate;    /* storing one entry at a time */
-    int           next;       /* isolate: the entry being stored */
-    size_t        rows;       /* committed rows of this batch */
+    chunk_t      *chunks;
+    int           nchunks;
+    int           jobs;    /* pool jobs outstanding */
+    int           rebuild; /* jobs rebuild the script calls only */
+    int           replies; /* publish replies outstanding */
+    int           failed;  /* a publish command failed */
+    int           isolate; /* storing one entry at a time */
+    int           next;    /* isolate: the entry being stored */
+    size_t        rows;    /* committed rows of this batch */
     int64_t       read_us;
     fl_pg_batch_t pgb;
 } batch_t;
 
 static struct {
-    fl_redis_t         *rd;         /* blocking reads */
-    fl_redis_t         *wr;         /* everything else */
+    fl_redis_t         *rd; /* blocking reads */
+    fl_redis_t         *wr; /* everything else */
     fl_pg_t            *pg;
     fl_pool_t          *pool;
     fl_payload_limits_t lim;
@@ -117,58 +135,80 @@ static struct {
     batch_t             b;
     int                 group_ready;
     char                shadow_sha[48]; /* SCRIPT LOAD result, "" = EVAL */
-    int                 recover_own;  /* take back our own pending first */
+    int                 recover_own;    /* take back our own pending first */
     int                 stopping;
     int64_t             retry_ms;
     int64_t             next_claim_ms;
-    struct event       *ev_kick;      /* run the next step (timer) */
+    struct event       *ev_kick; /* run the next step (timer) */
     struct event       *ev_sample;
 } ing;
 
 static void step(void);
 static void kick(int64_t ms);
 static void store_batch(void);
+static void publish_batch(void);
 
 static const char shadow_lua[] =
-    /* KEYS[1] shadow hash; ARGV: ttl_ms, last_seen_ms, mode ("t"|"s"),
-     * then mode t: (metric, ts_ms, json)..., mode s: (key, json or "")...
+    /* KEYS: one shadow hash per entry (a device may repeat, in stream
+     * order). ARGV[1] ttl_ms, then per key a record:
+     *   mode ("t"|"s"), last_seen_ms, n, then n items -
+     *     t: (metric, ts_ms, json), s: (key, json or "" for null) -
+     *   then np, and when np > 0 a channel and np messages to PUBLISH.
      * Telemetry keeps the newest value per metric (out-of-order batches on
      * several workers cannot roll a value back): one HMGET of the stored
      * times, one HSET of what is newer. State is merged key by key, ""
-     * (JSON null) deletes the key. */
-    "local k = KEYS[1]\n"
-    "local set, del = {}, {}\n"
-    "if ARGV[3] == 't' then\n"
-    "  local f = {'last_seen'}\n"
-    "  for i = 4, #ARGV, 3 do f[#f + 1] = 't:' .. ARGV[i] end\n"
-    "  local cur = redis.call('HMGET', k, unpack(f))\n"
-    "  local best = {}\n"
-    "  for i = 4, #ARGV, 3 do\n"
-    "    local m, ts = ARGV[i], tonumber(ARGV[i + 1])\n"
-    "    local old = best[m] or tonumber(cur[(i - 1) / 3 + 1] or '-1')\n"
-    "    if ts >= old then\n"
-    "      best[m] = ts\n"
-    "      set[#set + 1] = 'v:' .. m; set[#set + 1] = ARGV[i + 2]\n"
-    "      set[#set + 1] = 't:' .. m; set[#set + 1] = ARGV[i + 1]\n"
+     * (JSON null) deletes the key. The fan-out PUBLISH happens here, after
+     * the shadow has the values: a dashboard that reads the shadow on a
+     * message sees at least that message. */
+    "local ttl, a = ARGV[1], 2\n"
+    "for k = 1, #KEYS do\n"
+    "  local key, mode = KEYS[k], ARGV[a]\n"
+    "  local seen, n = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])\n"
+    "  local set, del = {}, {}\n"
+    "  a = a + 3\n"
+    "  if mode == 't' then\n"
+    "    local f = {'last_seen'}\n"
+    "    for i = a, a + 3 * n - 1, 3 do f[#f + 1] = 't:' .. ARGV[i] end\n"
+    "    local cur = redis.call('HMGET', key, unpack(f))\n"
+    "    local best = {}\n"
+    "    for j = 0, n - 1 do\n"
+    "      local i = a + 3 * j\n"
+    "      local m, ts = ARGV[i], tonumber(ARGV[i + 1])\n"
+    "      local old = best[m] or tonumber(cur[j + 2] or '-1')\n"
+    "      if ts >= old then\n"
+    "        best[m] = ts\n"
+    "        set[#set + 1] = 'v:' .. m; set[#set + 1] = ARGV[i + 2]\n"
+    "        set[#set + 1] = 't:' .. m; set[#set + 1] = ARGV[i + 1]\n"
+    "      end\n"
     "    end\n"
+    "    if tonumber(cur[1] or '0') < seen then\n"
+    "      set[#set + 1] = 'last_seen'; set[#set + 1] = ARGV[a - 2]\n"
+    "    end\n"
+    "    a = a + 3 * n\n"
+    "  else\n"
+    "    local old = redis.call('HGET', key, 'last_seen')\n"
+    "    if tonumber(old or '0') < seen then\n"
+    "      set[#set + 1] = 'last_seen'; set[#set + 1] = ARGV[a - 2]\n"
+    "    end\n"
+    "    for i = a, a + 2 * n - 1, 2 do\n"
+    "      if ARGV[i + 1] == '' then del[#del + 1] = 'r:' .. ARGV[i]\n"
+    "      else set[#set + 1] = 'r:' .. ARGV[i]; set[#set + 1] = ARGV[i + 1] "
+    "end\n"
+    "    end\n"
+    "    a = a + 2 * n\n"
     "  end\n"
-    "  if tonumber(cur[1] or '0') < tonumber(ARGV[2]) then\n"
-    "    set[#set + 1] = 'last_seen'; set[#set + 1] = ARGV[2]\n"
-    "  end\n"
-    "else\n"
-    "  local seen = redis.call('HGET', k, 'last_seen')\n"
-    "  if tonumber(seen or '0') < tonumber(ARGV[2]) then\n"
-    "    set[#set + 1] = 'last_seen'; set[#set + 1] = ARGV[2]\n"
-    "  end\n"
-    "  for i = 4, #ARGV, 2 do\n"
-    "    if ARGV[i + 1] == '' then del[#del + 1] = 'r:' .. ARGV[i]\n"
-    "    else set[#set + 1] = 'r:' .. ARGV[i]; set[#set + 1] = ARGV[i + 1] end\n"
+    "  if #del > 0 then redis.call('HDEL', key, unpack(del)) end\n"
+    "  if #set > 0 then redis.call('HSET', key, unpack(set)) end\n"
+    "  redis.call('PEXPIRE', key, ttl)\n"
+    "  local np = tonumber(ARGV[a])\n"
+    "  a = a + 1\n"
+    "  if np > 0 then\n"
+    "    local ch = ARGV[a]\n"
+    "    for i = a + 1, a + np do redis.call('PUBLISH', ch, ARGV[i]) end\n"
+    "    a = a + np + 1\n"
     "  end\n"
     "end\n"
-    "if #del > 0 then redis.call('HDEL', k, unpack(del)) end\n"
-    "if #set > 0 then redis.call('HSET', k, unpack(set)) end\n"
-    "redis.call('PEXPIRE', k, ARGV[1])\n"
-    "return 1\n";
+    "return #KEYS\n";
 
 /* ---- batches ---- */
 
@@ -187,6 +227,11 @@ static void batch_clear(void)
     for (int i = 0; i < ing.b.n; i++)
         entry_clear(&ing.b.e[i]);
     free(ing.b.e);
+    for (int i = 0; i < ing.b.nchunks; i++) {
+        fl_pg_batch_free(&ing.b.chunks[i].pgb);
+        free(ing.b.chunks[i].cmd);
+    }
+    free(ing.b.chunks);
     fl_pg_batch_free(&ing.b.pgb);
     memset(&ing.b, 0, sizeof(ing.b));
     fl_pg_batch_init(&ing.b.pgb);
@@ -273,8 +318,9 @@ static void parse_state(entry_t *e)
     }
     o = cJSON_ParseWithLength(e->payload, e->plen);
     if (o == NULL || !cJSON_IsObject(o)) {
-        dead(e, fl_reject_name(o ? FL_REJECT_NOT_AN_OBJECT
-                                 : FL_REJECT_INVALID_JSON),
+        dead(e,
+             fl_reject_name(o ? FL_REJECT_NOT_AN_OBJECT
+                              : FL_REJECT_INVALID_JSON),
              "state payload must be a JSON object");
         count_reject(e, o ? FL_REJECT_NOT_AN_OBJECT : FL_REJECT_INVALID_JSON);
         cJSON_Delete(o);
@@ -318,65 +364,386 @@ static void parse_entry(entry_t *e)
     fl_shm_add(fl_worker.stats->ingest_accepted, 1);
 }
 
-static void job_work(void *arg)
+/* ---- preparing a batch on the pool ---- */
+
+/*
+ * The CPU work of a batch (parsing, the COPY rows, the shadow and fan-out
+ * script call in the protocol's form) runs on the pool, CHUNK_ENTRIES
+ * entries per job, so the loop only moves bytes: with thousands of
+ * entries per batch, doing it inline held the loop for tens of ms. A
+ * payload above ingest.parse_inline_max gets a job of its own, so one big
+ * payload does not hold back a chunk of small ones. A job touches only its
+ * own chunk, its entries, the read-only configuration and atomic counters.
+ */
+
+static uint32_t shard_of(const char *device)
 {
-    parse_entry(arg);
+    uint32_t h = 2166136261u; /* FNV-1a */
+
+    for (const unsigned char *p = (const unsigned char *)device; *p; p++)
+        h = (h ^ *p) * 16777619u;
+    return h % (uint32_t)fl_worker.cf->redis.channel_shards;
 }
 
-static void job_done(void *arg)
+/* A growing byte string (RESP command or JSON text). */
+typedef struct {
+    char  *p;
+    size_t len, cap;
+} sbuf_t;
+
+static void sb_reserve(sbuf_t *b, size_t n)
+{
+    if (b->len + n <= b->cap)
+        return;
+    b->cap = fl_max(b->cap * 2, b->len + n + 256);
+    b->p = fl_realloc(b->p, b->cap);
+}
+
+static void sb_put(sbuf_t *b, const char *s, size_t n)
+{
+    sb_reserve(b, n);
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+#define sb_lit(b, s) sb_put(b, s, sizeof(s) - 1)
+
+static void sb_i64(sbuf_t *b, int64_t v)
+{
+    char tmp[24];
+    int  n = snprintf(tmp, sizeof(tmp), "%" PRId64, v);
+
+    sb_put(b, tmp, (size_t)n);
+}
+
+/* A finite double as JSON, shortest of 15 or 17 digits that reads back
+ * the same (the parser rejects NaN and infinities). */
+static void sb_num(sbuf_t *b, double d)
+{
+    char tmp[32];
+    int  n = snprintf(tmp, sizeof(tmp), "%.15g", d);
+
+    if (strtod(tmp, NULL) != d)
+        n = snprintf(tmp, sizeof(tmp), "%.17g", d);
+    sb_put(b, tmp, (size_t)n);
+}
+
+/* s (valid UTF-8, the parser checked) as a JSON string. */
+static void sb_jstr(sbuf_t *b, const char *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    const char       *run = s;
+
+    sb_lit(b, "\"");
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        char          esc[6] = {'\\', 'u', '0', '0', 0, 0};
+
+        if (c >= 0x20 && c != '"' && c != '\\')
+            continue;
+        sb_put(b, run, (size_t)(s - run));
+        run = s + 1;
+        switch (c) {
+        case '"': sb_lit(b, "\\\""); break;
+        case '\\': sb_lit(b, "\\\\"); break;
+        case '\n': sb_lit(b, "\\n"); break;
+        case '\r': sb_lit(b, "\\r"); break;
+        case '\t': sb_lit(b, "\\t"); break;
+        default:
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            sb_put(b, esc, 6);
+        }
+    }
+    sb_put(b, run, (size_t)(s - run));
+    sb_lit(b, "\"");
+}
+
+static void sb_metric(sbuf_t *b, const fl_metric_t *m)
+{
+    switch (m->type) {
+    case FL_METRIC_BOOL:
+        if (m->b)
+            sb_lit(b, "true");
+        else
+            sb_lit(b, "false");
+        break;
+    case FL_METRIC_STR: sb_jstr(b, m->str ? m->str : ""); break;
+    default: sb_num(b, m->num); break;
+    }
+}
+
+/* A RESP command: the arguments go to body; the "*argc" header is put
+ * in front by resp_finish(), once argc is known. */
+typedef struct {
+    sbuf_t body;
+    int    argc;
+} resp_t;
+
+static void resp_arg(resp_t *r, const char *s, size_t n)
+{
+    char hdr[24];
+    int  h = snprintf(hdr, sizeof(hdr), "$%zu\r\n", n);
+
+    sb_reserve(&r->body, (size_t)h + n + 2);
+    sb_put(&r->body, hdr, (size_t)h);
+    sb_put(&r->body, s, n);
+    sb_lit(&r->body, "\r\n");
+    r->argc++;
+}
+
+static void resp_str(resp_t *r, const char *s)
+{
+    resp_arg(r, s, strlen(s));
+}
+
+static void resp_i64(resp_t *r, int64_t v)
+{
+    char tmp[24];
+    int  n = snprintf(tmp, sizeof(tmp), "%" PRId64, v);
+
+    resp_arg(r, tmp, (size_t)n);
+}
+
+static char *resp_finish(resp_t *r, size_t *len)
+{
+    char  hdr[24];
+    int   h = snprintf(hdr, sizeof(hdr), "*%d\r\n", r->argc);
+    char *out = fl_alloc((size_t)h + r->body.len);
+
+    memcpy(out, hdr, (size_t)h);
+    memcpy(out + h, r->body.p, r->body.len);
+    *len = (size_t)h + r->body.len;
+    free(r->body.p);
+    memset(r, 0, sizeof(*r));
+    return out;
+}
+
+/* The WebSocket form of point p of e (CONTRACT.md section 4). */
+static void point_json(sbuf_t *b, const entry_t *e, size_t p)
+{
+    const fl_point_t *pt = &e->tele.points[p];
+
+    b->len = 0;
+    sb_lit(b, "{\"type\":\"telemetry\",\"id\":\"");
+    sb_put(b, e->id, strlen(e->id)); /* digits and a dash */
+    if (p > 0) {
+        sb_lit(b, ":");
+        sb_i64(b, (int64_t)p);
+    }
+    sb_lit(b, "\",\"device\":");
+    sb_jstr(b, e->device);
+    sb_lit(b, ",\"ts\":");
+    sb_i64(b, pt->ts_ms);
+    sb_lit(b, ",\"values\":{");
+    for (size_t m = 0; m < pt->nmetrics; m++) {
+        if (m > 0)
+            sb_lit(b, ",");
+        sb_jstr(b, pt->metrics[m].name);
+        sb_lit(b, ":");
+        sb_metric(b, &pt->metrics[m]);
+    }
+    sb_lit(b, "}}");
+}
+
+/*
+ * One script call for the chunk's shadow updates and fan-out (see
+ * shadow_lua for the argument layout): a call per chunk instead of an
+ * EVALSHA and a PUBLISH per message. Entries that are not telemetry or
+ * state (dead letters) are left out; they go through publish_dead().
+ */
+static void chunk_build_cmd(chunk_t *c)
+{
+    const fl_config_t *cf = fl_worker.cf;
+    resp_t             keys = {0}, args = {0}, r = {0};
+    sbuf_t             js = {0};
+    char               key[200], channel[160];
+    int                nkeys = 0;
+
+    free(c->cmd);
+    c->cmd = NULL;
+    c->cmdlen = 0;
+    c->published = 0;
+    for (int i = c->first; i < c->first + c->n; i++) {
+        entry_t *e = &ing.b.e[i];
+
+        if (e->kind != E_TELEMETRY && e->kind != E_STATE)
+            continue;
+        snprintf(key, sizeof(key), "%s%s", ing.shadow_prefix, e->device);
+        resp_str(&keys, key);
+        nkeys++;
+        if (e->kind == E_STATE) {
+            cJSON *it;
+
+            resp_str(&args, "s");
+            resp_i64(&args, e->rx_ms);
+            resp_i64(&args, cJSON_GetArraySize(e->state));
+            cJSON_ArrayForEach(it, e->state)
+            {
+                resp_str(&args, it->string);
+                if (cJSON_IsNull(it)) {
+                    resp_arg(&args, "", 0);
+                } else {
+                    char *v = cJSON_PrintUnformatted(it);
+                    resp_str(&args, v);
+                    cJSON_free(v);
+                }
+            }
+            resp_i64(&args, 0);
+            continue;
+        }
+        resp_str(&args, "t");
+        resp_i64(&args, e->rx_ms);
+        resp_i64(&args, (int64_t)e->tele.nmetrics);
+        for (size_t p = 0; p < e->tele.npoints; p++) {
+            const fl_point_t *pt = &e->tele.points[p];
+
+            for (size_t m = 0; m < pt->nmetrics; m++) {
+                resp_str(&args, pt->metrics[m].name);
+                resp_i64(&args, pt->ts_ms);
+                js.len = 0;
+                sb_metric(&js, &pt->metrics[m]);
+                resp_arg(&args, js.p, js.len);
+            }
+        }
+        snprintf(channel, sizeof(channel), "%s%u", ing.channel_prefix,
+                 shard_of(e->device));
+        resp_i64(&args, (int64_t)e->tele.npoints);
+        resp_str(&args, channel);
+        for (size_t p = 0; p < e->tele.npoints; p++) {
+            point_json(&js, e, p);
+            resp_arg(&args, js.p, js.len);
+        }
+        c->published += e->tele.npoints;
+    }
+    free(js.p);
+    if (nkeys == 0) {
+        free(keys.body.p);
+        free(args.body.p);
+        return;
+    }
+    resp_str(&r, c->sha[0] ? "EVALSHA" : "EVAL");
+    resp_str(&r, c->sha[0] ? c->sha : shadow_lua);
+    resp_i64(&r, nkeys);
+    sb_put(&r.body, keys.body.p, keys.body.len);
+    r.argc += keys.argc;
+    resp_i64(&r, cf->redis.shadow_ttl_ms);
+    sb_put(&r.body, args.body.p, args.body.len);
+    r.argc += args.argc;
+    free(keys.body.p);
+    free(args.body.p);
+    c->cmd = resp_finish(&r, &c->cmdlen);
+}
+
+static void chunk_work(void *arg)
+{
+    chunk_t *c = arg;
+
+    if (c->parse) {
+        for (int i = c->first; i < c->first + c->n; i++) {
+            entry_t *e = &ing.b.e[i];
+
+            if (e->kind == E_DEAD)
+                continue;
+            parse_entry(e);
+            if (e->kind == E_TELEMETRY)
+                fl_pg_batch_add(&c->pgb, e->device, &e->tele);
+        }
+    }
+    chunk_build_cmd(c);
+}
+
+static void chunk_done(void *arg)
 {
     (void)arg;
-    if (--ing.b.jobs == 0 && ing.phase == P_PARSING)
-        store_batch();
+    if (--ing.b.jobs > 0 || ing.phase != P_PARSING)
+        return;
+    if (ing.b.rebuild) {
+        ing.b.rebuild = 0;
+        publish_batch();
+        return;
+    }
+    /* the rows of all chunks, in entry order, make the batch's COPY */
+    fl_pg_batch_reset(&ing.b.pgb);
+    for (int i = 0; i < ing.b.nchunks; i++) {
+        chunk_t *c = &ing.b.chunks[i];
+
+        evbuffer_add_buffer(ing.b.pgb.copy, c->pgb.copy);
+        ing.b.pgb.rows += c->pgb.rows;
+    }
+    store_batch();
 }
 
-/* Parse every entry of the batch (big ones on the pool), then store. */
-static void parse_batch(void)
+/* Submit every chunk (parse: also parse and build rows). */
+static void chunks_submit(int parse)
 {
     ing.phase = P_PARSING;
+    ing.b.jobs = ing.b.nchunks;
+    for (int i = 0; i < ing.b.nchunks; i++) {
+        chunk_t *c = &ing.b.chunks[i];
+
+        c->parse = parse;
+        snprintf(c->sha, sizeof(c->sha), "%s", ing.shadow_sha);
+        fl_pool_submit(ing.pool, chunk_work, chunk_done, c);
+    }
+}
+
+/* Split the batch into chunks and prepare them on the pool; store_batch()
+ * follows. */
+static void parse_batch(void)
+{
+    int64_t big = fl_worker.cf->ingest.parse_inline_max;
+    int     first = 0;
+
     for (int i = 0; i < ing.b.n; i++) {
         entry_t *e = &ing.b.e[i];
 
-        if (e->kind == E_DEAD)
-            continue;
-        if (e->deliveries > fl_worker.cf->ingest.max_deliveries) {
+        if (e->kind != E_DEAD &&
+            e->deliveries > fl_worker.cf->ingest.max_deliveries) {
             char msg[96];
-            snprintf(msg, sizeof(msg), "delivered %lld times without being "
-                     "stored", (long long)e->deliveries);
+            snprintf(msg, sizeof(msg),
+                     "delivered %lld times without being "
+                     "stored",
+                     (long long)e->deliveries);
             dead(e, REASON_DELIVERIES, msg);
-            continue;
-        }
-        if ((int64_t)e->plen > fl_worker.cf->ingest.parse_inline_max) {
-            e->big = 1;
-            ing.b.jobs++;
-            fl_pool_submit(ing.pool, job_work, job_done, e);
-        } else {
-            parse_entry(e);
         }
     }
-    if (ing.b.jobs == 0)
-        store_batch();
+    ing.b.chunks = fl_calloc((size_t)ing.b.n, sizeof(chunk_t));
+    for (int i = 0; i < ing.b.n; i++) {
+        int alone = (int64_t)ing.b.e[i].plen > big;
+
+        /* close the open chunk before a big entry, when full, at the end */
+        if (i > first && (alone || i - first == CHUNK_ENTRIES)) {
+            ing.b.chunks[ing.b.nchunks++] =
+                (chunk_t){.first = first, .n = i - first};
+            first = i;
+        }
+        if (alone) {
+            ing.b.chunks[ing.b.nchunks++] = (chunk_t){.first = i, .n = 1};
+            first = i + 1;
+        }
+    }
+    if (first < ing.b.n)
+        ing.b.chunks[ing.b.nchunks++] =
+            (chunk_t){.first = first, .n = ing.b.n - first};
+    for (int i = 0; i < ing.b.nchunks; i++)
+        fl_pg_batch_init(&ing.b.chunks[i].pgb);
+    chunks_submit(1);
 }
 
 /* ---- storing ---- */
 
 static void on_stored(fl_pg_t *pg, fl_pg_result_t res, const char *err,
                       void *ud);
-static void publish_batch(void);
 
-/* Fill the COPY buffer with the telemetry entries of the batch, or with
- * the single entry ing.b.next when storing one at a time. */
-static void fill_rows(void)
+/* Storing one entry at a time (after PostgreSQL refused the batch): the
+ * COPY buffer holds the single entry ing.b.next. */
+static void fill_one(void)
 {
+    entry_t *e = &ing.b.e[ing.b.next];
+
     fl_pg_batch_reset(&ing.b.pgb);
-    for (int i = 0; i < ing.b.n; i++) {
-        entry_t *e = &ing.b.e[i];
-        if (e->kind != E_TELEMETRY)
-            continue;
-        if (ing.b.isolate && i != ing.b.next)
-            continue;
-        fl_pg_batch_add(&ing.b.pgb, e->device, &e->tele);
-    }
+    fl_pg_batch_add(&ing.b.pgb, e->device, &e->tele);
 }
 
 static void store_batch(void)
@@ -385,15 +752,17 @@ static void store_batch(void)
 
     ing.phase = P_STORING;
     if (ing.b.isolate) {
-        while (ing.b.next < ing.b.n &&
-               ing.b.e[ing.b.next].kind != E_TELEMETRY)
+        while (ing.b.next < ing.b.n && ing.b.e[ing.b.next].kind != E_TELEMETRY)
             ing.b.next++;
         if (ing.b.next >= ing.b.n) {
-            publish_batch();
+            /* some entries became dead letters: the script calls must
+             * leave them out */
+            ing.b.rebuild = 1;
+            chunks_submit(0);
             return;
         }
+        fill_one();
     }
-    fill_rows();
     if (ing.b.pgb.rows == 0) {
         publish_batch();
         return;
@@ -432,7 +801,8 @@ static void on_stored(fl_pg_t *pg, fl_pg_result_t res, const char *err,
             /* one bad row fails a COPY: find it by storing one entry at
              * a time; the others are written normally */
             fl_warn("postgres refused a batch of %d entries (%s), "
-                    "storing them one by one", ing.b.n, err ? err : "");
+                    "storing them one by one",
+                    ing.b.n, err ? err : "");
             ing.b.isolate = 1;
             ing.b.next = 0;
         } else {
@@ -453,42 +823,19 @@ static void on_stored(fl_pg_t *pg, fl_pg_result_t res, const char *err,
 static void on_published(fl_redis_t *r, redisReply *reply, void *ud);
 static void ack_batch(void);
 
-static uint32_t shard_of(const char *device)
-{
-    uint32_t h = 2166136261u; /* FNV-1a */
-
-    for (const unsigned char *p = (const unsigned char *)device; *p; p++)
-        h = (h ^ *p) * 16777619u;
-    return h % (uint32_t)fl_worker.cf->redis.channel_shards;
-}
-
-static cJSON *metric_json(const fl_metric_t *m)
-{
-    switch (m->type) {
-    case FL_METRIC_BOOL: return cJSON_CreateBool(m->b);
-    case FL_METRIC_STR: return cJSON_CreateString(m->str);
-    default: return cJSON_CreateNumber(m->num);
-    }
-}
-
-static int send_cmd(int argc, const char **argv, const size_t *len)
-{
-    if (fl_redis_cmdargv(ing.wr, 0, on_published, NULL, argc, argv, len) !=
-        FL_OK)
-        return FL_ERROR;
-    ing.b.replies++;
-    return FL_OK;
-}
-
 static int publish_dead(const entry_t *e)
 {
     char        rx[24], maxlen[24];
     size_t      plen = fl_min(e->plen, (size_t)DEAD_PAYLOAD);
-    const char *argv[] = {"XADD",  ing.dead,     "MAXLEN", "~",
-                          maxlen,  "*",          "topic",  e->topic ? e->topic : "",
-                          "reason", e->dead_reason, "error", e->dead_msg,
-                          "payload", e->payload ? e->payload : "", "rx", rx,
-                          "id", e->id};
+    const char *argv[] = {"XADD",    ing.dead,
+                          "MAXLEN",  "~",
+                          maxlen,    "*",
+                          "topic",   e->topic ? e->topic : "",
+                          "reason",  e->dead_reason,
+                          "error",   e->dead_msg,
+                          "payload", e->payload ? e->payload : "",
+                          "rx",      rx,
+                          "id",      e->id};
     size_t      len[fl_nelem(argv)];
 
     snprintf(rx, sizeof(rx), "%lld", (long long)e->rx_ms);
@@ -497,154 +844,15 @@ static int publish_dead(const entry_t *e)
     for (size_t i = 0; i < fl_nelem(argv); i++)
         len[i] = strlen(argv[i]);
     len[13] = plen; /* payload: binary-safe, truncated */
-    return send_cmd((int)fl_nelem(argv), argv, len);
-}
-
-/* A command's arguments; strings in own[] are freed with it. */
-typedef struct {
-    const char **argv;
-    size_t      *len;
-    char       **own;
-    int          argc, nown;
-} cmd_t;
-
-static void cmd_init(cmd_t *c, int cap)
-{
-    c->argv = fl_alloc(cap * sizeof(char *));
-    c->len = fl_alloc(cap * sizeof(size_t));
-    c->own = fl_alloc(cap * sizeof(char *));
-    c->argc = c->nown = 0;
-}
-
-static void cmd_arg(cmd_t *c, const char *s)
-{
-    c->len[c->argc] = strlen(s);
-    c->argv[c->argc++] = s;
-}
-
-/* Add s as an argument and free it with the command (s from malloc). */
-static void cmd_own(cmd_t *c, char *s)
-{
-    c->own[c->nown++] = s;
-    cmd_arg(c, s);
-}
-
-static int cmd_send_free(cmd_t *c)
-{
-    int rc = send_cmd(c->argc, c->argv, c->len);
-
-    for (int i = 0; i < c->nown; i++)
-        free(c->own[i]);
-    free(c->own);
-    free(c->argv);
-    free(c->len);
-    return rc;
-}
-
-static char *i64_str(int64_t v)
-{
-    char buf[24];
-
-    snprintf(buf, sizeof(buf), "%lld", (long long)v);
-    return fl_strdup(buf);
-}
-
-/* The shadow script call up to its per-mode arguments (see shadow_lua). */
-static void shadow_head(cmd_t *c, int cap, const char *key,
-                        const entry_t *e, const char *mode)
-{
-    cmd_init(c, cap);
-    cmd_arg(c, ing.shadow_sha[0] ? "EVALSHA" : "EVAL");
-    cmd_arg(c, ing.shadow_sha[0] ? ing.shadow_sha : shadow_lua);
-    cmd_arg(c, "1");
-    cmd_arg(c, key);
-    cmd_own(c, i64_str(fl_worker.cf->redis.shadow_ttl_ms));
-    cmd_own(c, i64_str(e->rx_ms));
-    cmd_arg(c, mode);
-}
-
-/* The shadow update of one telemetry entry: every metric of every point
- * (the script keeps the newest per metric). */
-static int publish_shadow_telemetry(const entry_t *e, const char *key)
-{
-    cmd_t c;
-
-    shadow_head(&c, 7 + 3 * (int)e->tele.nmetrics, key, e, "t");
-    for (size_t p = 0; p < e->tele.npoints; p++) {
-        const fl_point_t *pt = &e->tele.points[p];
-        for (size_t m = 0; m < pt->nmetrics; m++) {
-            cJSON *v = metric_json(&pt->metrics[m]);
-
-            cmd_arg(&c, pt->metrics[m].name);
-            cmd_own(&c, i64_str(pt->ts_ms));
-            cmd_own(&c, cJSON_PrintUnformatted(v));
-            cJSON_Delete(v);
-        }
-    }
-    return cmd_send_free(&c);
-}
-
-/* The reported-state merge of one state entry ("" deletes a key). */
-static int publish_shadow_state(const entry_t *e, const char *key)
-{
-    cmd_t  c;
-    cJSON *it;
-
-    shadow_head(&c, 7 + 2 * cJSON_GetArraySize(e->state), key, e, "s");
-    cJSON_ArrayForEach(it, e->state)
-    {
-        cmd_arg(&c, it->string);
-        if (cJSON_IsNull(it))
-            cmd_arg(&c, "");
-        else
-            cmd_own(&c, cJSON_PrintUnformatted(it));
-    }
-    return cmd_send_free(&c);
-}
-
-/* PUBLISH each point in the WebSocket form of the contract. */
-static int publish_points(const entry_t *e)
-{
-    char channel[160];
-
-    snprintf(channel, sizeof(channel), "%s%u", ing.channel_prefix,
-             shard_of(e->device));
-    for (size_t p = 0; p < e->tele.npoints; p++) {
-        const fl_point_t *pt = &e->tele.points[p];
-        cJSON            *o = cJSON_CreateObject(), *v;
-        char              id[80], *text;
-        const char       *argv[3];
-        size_t            len[3];
-        int               rc;
-
-        if (p == 0)
-            snprintf(id, sizeof(id), "%s", e->id);
-        else
-            snprintf(id, sizeof(id), "%s:%zu", e->id, p);
-        cJSON_AddStringToObject(o, "type", "telemetry");
-        cJSON_AddStringToObject(o, "id", id);
-        cJSON_AddStringToObject(o, "device", e->device);
-        cJSON_AddNumberToObject(o, "ts", (double)pt->ts_ms);
-        v = cJSON_AddObjectToObject(o, "values");
-        for (size_t m = 0; m < pt->nmetrics; m++)
-            cJSON_AddItemToObject(v, pt->metrics[m].name,
-                                  metric_json(&pt->metrics[m]));
-        text = cJSON_PrintUnformatted(o);
-        cJSON_Delete(o);
-        argv[0] = "PUBLISH";
-        argv[1] = channel;
-        argv[2] = text;
-        for (int i = 0; i < 3; i++)
-            len[i] = strlen(argv[i]);
-        rc = send_cmd(3, argv, len);
-        cJSON_free(text);
-        if (rc != FL_OK)
-            return rc;
-        fl_shm_add(fl_worker.stats->ingest_published, 1);
-    }
+    if (fl_redis_cmdargv(ing.wr, 0, on_published, NULL, (int)fl_nelem(argv),
+                         argv, len) != FL_OK)
+        return FL_ERROR;
+    ing.b.replies++;
     return FL_OK;
 }
 
+/* Dead letters first, then each chunk's script call (prepared on the
+ * pool); on_published() counts the replies. */
 static void publish_batch(void)
 {
     int ok = 1;
@@ -653,23 +861,19 @@ static void publish_batch(void)
     ing.b.replies = 0;
     ing.b.failed = 0;
     for (int i = 0; i < ing.b.n && ok; i++) {
-        entry_t *e = &ing.b.e[i];
-        char     key[200];
+        if (ing.b.e[i].kind == E_DEAD)
+            ok = publish_dead(&ing.b.e[i]) == FL_OK;
+    }
+    for (int i = 0; i < ing.b.nchunks && ok; i++) {
+        chunk_t *c = &ing.b.chunks[i];
 
-        snprintf(key, sizeof(key), "%s%s", ing.shadow_prefix, e->device);
-        switch (e->kind) {
-        case E_DEAD:
-            ok = publish_dead(e) == FL_OK;
-            break;
-        case E_STATE:
-            ok = publish_shadow_state(e, key) == FL_OK;
-            break;
-        case E_TELEMETRY:
-            ok = publish_shadow_telemetry(e, key) == FL_OK &&
-                 publish_points(e) == FL_OK;
-            break;
-        default:
-            break;
+        if (c->cmd == NULL)
+            continue;
+        ok = fl_redis_cmdraw(ing.wr, 0, on_published, NULL, c->cmd,
+                             c->cmdlen) == FL_OK;
+        if (ok) {
+            ing.b.replies++;
+            fl_shm_add(fl_worker.stats->ingest_published, c->published);
         }
     }
     if (!ok)
@@ -700,7 +904,8 @@ static void on_published(fl_redis_t *r, redisReply *reply, void *ud)
         /* Redis went away or refused: nothing is acknowledged; the
          * entries are taken back through the recovery path */
         fl_warn("publish step of a batch of %d entries failed, the entries "
-                "stay pending", ing.b.n);
+                "stay pending",
+                ing.b.n);
         batch_clear();
         ing.phase = P_IDLE;
         ing.recover_own = 1;
@@ -909,8 +1114,8 @@ static void on_pending(fl_redis_t *r, redisReply *reply, void *ud)
 static void on_group(fl_redis_t *r, redisReply *reply, void *ud)
 {
     (void)r, (void)ud;
-    if (reply && (reply->type != REDIS_REPLY_ERROR ||
-                  strstr(reply->str, "BUSYGROUP"))) {
+    if (reply &&
+        (reply->type != REDIS_REPLY_ERROR || strstr(reply->str, "BUSYGROUP"))) {
         ing.group_ready = 1;
         ing.recover_own = 1;
     } else if (reply) {
@@ -949,12 +1154,11 @@ static void step(void)
     snprintf(count, sizeof(count), "%d", fl_worker.cf->ingest.batch);
     if (!ing.group_ready) {
         rc = fl_redis_cmd(ing.wr, 0, on_group, NULL,
-                          "XGROUP CREATE %s %s 0 MKSTREAM", ing.stream,
-                          GROUP);
+                          "XGROUP CREATE %s %s 0 MKSTREAM", ing.stream, GROUP);
     } else if (ing.recover_own) {
         rc = fl_redis_cmd(ing.wr, 0, on_pending, NULL,
-                          "XPENDING %s %s - + %s %s", ing.stream, GROUP,
-                          count, ing.consumer);
+                          "XPENDING %s %s - + %s %s", ing.stream, GROUP, count,
+                          ing.consumer);
     } else if (fl_now_ms() >= ing.next_claim_ms) {
         ing.next_claim_ms =
             fl_now_ms() + fl_worker.cf->ingest.claim_idle_ms / 2;
@@ -966,8 +1170,9 @@ static void step(void)
     } else {
         snprintf(block, sizeof(block), "%lld",
                  (long long)fl_worker.cf->ingest.block_ms);
-        rc = fl_redis_cmd(ing.rd, fl_worker.cf->ingest.block_ms +
-                                      fl_worker.cf->redis.command_timeout_ms,
+        rc = fl_redis_cmd(ing.rd,
+                          fl_worker.cf->ingest.block_ms +
+                              fl_worker.cf->redis.command_timeout_ms,
                           on_read, NULL,
                           "XREADGROUP GROUP %s %s COUNT %s BLOCK %s "
                           "STREAMS %s >",
@@ -1092,10 +1297,10 @@ static int ingest_init(fl_worker_t *w)
     snprintf(ing.dead, sizeof(ing.dead), "%sdead", cf->redis.prefix);
     snprintf(ing.consumer, sizeof(ing.consumer), "%s-w%d", cf->node_id,
              w->slot);
-    snprintf(ing.shadow_prefix, sizeof(ing.shadow_prefix), "%sshadow:",
-             cf->redis.prefix);
-    snprintf(ing.channel_prefix, sizeof(ing.channel_prefix), "%stele:",
-             cf->redis.prefix);
+    snprintf(ing.shadow_prefix, sizeof(ing.shadow_prefix),
+             "%sshadow:", cf->redis.prefix);
+    snprintf(ing.channel_prefix, sizeof(ing.channel_prefix),
+             "%stele:", cf->redis.prefix);
     ing.retry_ms = RETRY_MIN_MS;
     fl_pg_batch_init(&ing.b.pgb);
 
@@ -1130,8 +1335,8 @@ static void ingest_destroy(fl_worker_t *w)
 {
     (void)w;
     ing.stopping = 1;
-    ing.phase = P_IDLE;      /* callbacks below must not start work */
-    fl_pool_free(ing.pool);  /* runs job_done of finished jobs */
+    ing.phase = P_IDLE;     /* callbacks below must not start work */
+    fl_pool_free(ing.pool); /* runs job_done of finished jobs */
     fl_redis_free(ing.rd);
     fl_redis_free(ing.wr);
     fl_pg_free(ing.pg);

@@ -585,6 +585,14 @@ int fl_redis_cmdargv(fl_redis_t *r, int64_t timeout_ms, fl_redis_cb cb,
     return rc;
 }
 
+int fl_redis_cmdraw(fl_redis_t *r, int64_t timeout_ms, fl_redis_cb cb, void *ud,
+                    const char *buf, size_t len)
+{
+    if (!fl_redis_connected(r))
+        return FL_ERROR;
+    return cmd_send(r, timeout_ms, cb, ud, 0, buf, len);
+}
+
 /* Free the context (pending callbacks get NULL) and r. Only outside
  * hiredis's call chain and outside r's callbacks. */
 static void redis_destroy(fl_redis_t *r)

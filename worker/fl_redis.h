@@ -46,6 +46,11 @@ int fl_redis_cmdargv(fl_redis_t *r, int64_t timeout_ms, fl_redis_cb cb,
                      void *ud, int argc, const char **argv,
                      const size_t *argvlen);
 
+/* Send a command already in the protocol's form (RESP, e.g. built on a
+ * pool thread); buf is copied. Same contract as fl_redis_cmd(). */
+int fl_redis_cmdraw(fl_redis_t *r, int64_t timeout_ms, fl_redis_cb cb, void *ud,
+                    const char *buf, size_t len);
+
 /* Commands sent and not yet answered. */
 int fl_redis_pending(const fl_redis_t *r);
 
