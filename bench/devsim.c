@@ -30,12 +30,29 @@
  * payload's ts. This measures the broker's own QoS 1 delivery ceiling to a
  * subscriber that does no work.
  *
+ * Intake floor (--subscribe --lib paho --xadd HOST:PORT): the broker
+ * ceiling of a subscriber that does fleetd's mandatory per-message work:
+ * paho + XADD before PUBACK. messageArrived, on paho's one receive thread,
+ * sends the command worker/fl_mqtt.c sends for every message,
+ *
+ *     XADD <stream> MAXLEN ~ <maxlen> * t <topic> p <payload> r <arrival ms>
+ *
+ * synchronously (blocking hiredis context, one per paho client, argv form
+ * so topic and payload go over as they are), checks that the reply is the
+ * entry id, and only then returns 1, which is when paho sends the PUBACK.
+ * A failed XADD is printed and counted, and retried once on a new
+ * connection; the message is acknowledged either way (fleetd would retry
+ * until it succeeds; a benchmark reports the error instead of stalling).
+ *
  * Both modes end with one machine-readable line on stdout:
  *     RESULT mode=publish sent=... acked=... errors=... rate=... ...
  *     RESULT mode=subscribe received=... rate=... lat_p50_ms=... ...
+ * The subscriber's line also has cpu_s (its own user + system CPU-seconds,
+ * all threads) and, with --xadd, xadd= (entries added) and xadd_errors=.
  * Progress goes to stderr once a second (-Q: none).
  * Exit status: 0; 1 when a connection or subscription failed, a publish
- * failed, or a PUBACK is still missing at the end; 2 on a usage error.
+ * or an XADD failed, or a PUBACK is still missing at the end; 2 on a usage
+ * error.
  *
  * Two client libraries (--lib):
  *   mosquitto (default): libmosquitto (Debian libmosquitto-dev) driven by
@@ -49,10 +66,12 @@
  *     paho publishes at most ~15k msg/s at 76 us of CPU per message;
  *     libmosquitto 43k msg/s at 22 us, which leaves the cores to the
  *     broker and fleetd. paho is kept to measure the ceiling of a paho
- *     subscriber (what fleetd's intake can reach at best).
+ *     subscriber (what fleetd's intake can reach at best), with or
+ *     without the XADD.
  *
  * Build: cc -O2 -Wall -Wextra bench/devsim.c -o build/bench/devsim \
- *            -lmosquitto -lpaho-mqtt3a -lpthread
+ *            -lmosquitto -lpaho-mqtt3a -lhiredis -lpthread
+ *        (or make -C bench)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -70,7 +89,9 @@
 #include <unistd.h>
 
 #include <MQTTAsync.h>
+#include <hiredis/hiredis.h>
 #include <mosquitto.h>
+#include <sys/resource.h>
 
 #define LAT_BUCKETS 120001 /* 1 ms buckets, 0 .. 120 s; above: last one */
 
@@ -85,6 +106,7 @@ typedef struct {
     atomic_uint_fast64_t sent;    /* handed to the library */
     atomic_uint_fast64_t acked;   /* PUBACK with a success reason */
     atomic_uint_fast64_t failed;  /* refused, or failed by the library */
+    redisContext     *redis;      /* --xadd: used on paho's receive thread */
 } conn_t;
 
 static struct {
@@ -109,6 +131,11 @@ static struct {
     double      idle;
     int         receive_max;
     int         quiet;
+    const char *xadd; /* --xadd HOST:PORT, NULL = no XADD */
+    char        xadd_host[256];
+    int         xadd_port;
+    const char *xadd_stream;
+    char        xadd_maxlen[24];
 } opt = {
     .uri = "tcp://127.0.0.1:1883",
     .devices = 1000,
@@ -125,6 +152,8 @@ static struct {
     .share = "bench",
     .idle = 3,
     .receive_max = 1000,
+    .xadd_stream = "bench:ingest",
+    .xadd_maxlen = "1000000",
 };
 
 static volatile sig_atomic_t stop_flag;
@@ -137,6 +166,8 @@ static atomic_int_fast64_t  rx_first_ms = -1;
 static atomic_int_fast64_t  rx_last_ms;
 static atomic_uint_fast64_t rx_no_ts;
 static atomic_uint          lat_hist[LAT_BUCKETS];
+static atomic_uint_fast64_t xadd_ok;
+static atomic_uint_fast64_t xadd_errors;
 
 static void on_signal(int sig)
 {
@@ -355,12 +386,104 @@ static void paho_on_sub_fail5(void *ctx, MQTTAsync_failureData5 *r)
     atomic_store(&c->subscribed, -1);
 }
 
-/* Returning 1 lets paho send the PUBACK. */
+/* ---- --xadd: fleetd's per-message XADD (paho receive thread) ----------- */
+
+/* A blocking connection for c, with fleetd's default timeouts (redis.
+ * connect_timeout 2 s, redis.command_timeout 5 s) and TCP keepalive. */
+static int xadd_connect(conn_t *c)
+{
+    struct timeval connect_tv = {2, 0}, command_tv = {5, 0};
+
+    c->redis = redisConnectWithTimeout(opt.xadd_host, opt.xadd_port,
+                                       connect_tv);
+    if (c->redis == NULL || c->redis->err) {
+        fprintf(stderr, "devsim: connect() to redis %s:%d failed: %s\n",
+                opt.xadd_host, opt.xadd_port,
+                c->redis ? c->redis->errstr : "cannot allocate a context");
+        goto fail;
+    }
+    if (redisSetTimeout(c->redis, command_tv) != REDIS_OK ||
+        redisEnableKeepAlive(c->redis) != REDIS_OK) {
+        fprintf(stderr, "devsim: setsockopt() on redis %s:%d failed: %s\n",
+                opt.xadd_host, opt.xadd_port, c->redis->errstr);
+        goto fail;
+    }
+    return 0;
+fail:
+    if (c->redis)
+        redisFree(c->redis);
+    c->redis = NULL;
+    return -1;
+}
+
+/*
+ * What worker/fl_mqtt.c on_message() does for a message within
+ * limits.max_payload_bytes: r is the arrival time (wall ms) taken before
+ * the command. On an error: print, count, drop the connection and try once
+ * more on a new one.
+ */
+static void xadd_message(conn_t *c, const char *topic, size_t tlen,
+                         const void *payload, size_t plen)
+{
+    char        rx[24];
+    const char *argv[12];
+    size_t      lens[12];
+    int         argc = 0;
+    redisReply *r;
+
+    snprintf(rx, sizeof(rx), "%" PRId64, wall_ms());
+#define ARG(s, n) (argv[argc] = (s), lens[argc] = (n), argc++)
+    ARG("XADD", 4);
+    ARG(opt.xadd_stream, strlen(opt.xadd_stream));
+    ARG("MAXLEN", 6);
+    ARG("~", 1);
+    ARG(opt.xadd_maxlen, strlen(opt.xadd_maxlen));
+    ARG("*", 1);
+    ARG("t", 1);
+    ARG(topic, tlen);
+    ARG("p", 1);
+    ARG(plen ? (const char *)payload : "", plen);
+    ARG("r", 1);
+    ARG(rx, strlen(rx));
+#undef ARG
+
+    for (int attempt = 0; attempt < 2; attempt++) {
+        const char *why;
+
+        if (c->redis == NULL && xadd_connect(c) != 0) {
+            atomic_fetch_add_explicit(&xadd_errors, 1, memory_order_relaxed);
+            continue;
+        }
+        r = redisCommandArgv(c->redis, argc, argv, lens);
+        if (r != NULL && r->type == REDIS_REPLY_STRING) {
+            freeReplyObject(r);
+            atomic_fetch_add_explicit(&xadd_ok, 1, memory_order_relaxed);
+            return;
+        }
+        why = r == NULL                      ? c->redis->errstr
+              : r->type == REDIS_REPLY_ERROR ? r->str
+                                             : "unexpected reply";
+        /* the first ten: a dead Redis would print one line per message */
+        if (atomic_fetch_add_explicit(&xadd_errors, 1, memory_order_relaxed) <
+            10)
+            fprintf(stderr, "devsim: XADD %s to redis %s:%d failed: %s\n",
+                    opt.xadd_stream, opt.xadd_host, opt.xadd_port, why);
+        if (r)
+            freeReplyObject(r);
+        redisFree(c->redis);
+        c->redis = NULL;
+    }
+}
+
+/* Returning 1 lets paho send the PUBACK: with --xadd, after the XADD. */
 static int paho_on_message(void *ctx, char *topic, int topic_len,
                            MQTTAsync_message *m)
 {
-    (void)ctx;
-    (void)topic_len;
+    if (opt.subscribe && opt.xadd)
+        xadd_message(ctx, topic,
+                     topic_len > 0 ? (size_t)topic_len : strlen(topic),
+                     m->payload,
+                     m->payloadlen > 0 ? (size_t)m->payloadlen : 0);
     if (opt.subscribe)
         count_message(m->payload, (size_t)m->payloadlen);
     MQTTAsync_freeMessage(&m);
@@ -378,6 +501,9 @@ static int paho_connect(conn_t *c)
     MQTTProperty              p;
     int                       rc;
 
+    /* Redis first: without it the subscriber would only measure paho */
+    if (opt.subscribe && opt.xadd && xadd_connect(c) != 0)
+        return -1;
     co.MQTTVersion = opt.version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
     /* publishes queued before paho's send thread writes them */
     co.maxBufferedMessages = opt.window + 1000;
@@ -506,9 +632,14 @@ static void paho_close(void)
             break;
         sleep_s(0.01);
     }
-    for (int i = 0; i < opt.conns; i++)
+    for (int i = 0; i < opt.conns; i++) {
         if (conns[i].paho)
             MQTTAsync_destroy(&conns[i].paho);
+        /* no callback can run any more */
+        if (conns[i].redis)
+            redisFree(conns[i].redis);
+        conns[i].redis = NULL;
+    }
 }
 
 static const backend_t paho_backend = {
@@ -1021,6 +1152,9 @@ static int run_subscribe(void)
     uint64_t last_count = 0, prev = 0, n = 0;
     int64_t  first, last;
     int      rc = 0;
+    struct rusage ru;
+    double   cpu = -1;
+    char     xadd[80] = "";
 
     if (opt.share[0])
         snprintf(filter, sizeof(filter), "$share/%s/%s", opt.share,
@@ -1062,9 +1196,12 @@ static int run_subscribe(void)
         be->service(0.005);
     }
     /* the driver waits for this line before it starts publishing */
-    printf("devsim: subscribed %s on %d connection(s), %s, MQTT %s, QoS %d\n",
+    printf("devsim: subscribed %s on %d connection(s), %s, MQTT %s, QoS %d"
+           "%s%s%s%s\n",
            filter, opt.conns, opt.paho ? "paho" : "libmosquitto",
-           opt.version == 5 ? "5" : "3.1.1", opt.qos);
+           opt.version == 5 ? "5" : "3.1.1", opt.qos,
+           opt.xadd ? ", XADD to " : "", opt.xadd ? opt.xadd_stream : "",
+           opt.xadd ? " at " : "", opt.xadd ? opt.xadd : "");
     fflush(stdout);
 
     t0 = mono_s();
@@ -1097,19 +1234,27 @@ static int run_subscribe(void)
     n = atomic_load(&rx_count);
     first = atomic_load(&rx_first_ms);
     last = atomic_load(&rx_last_ms);
-    if (lost_connections() > 0)
+    if (lost_connections() > 0 || atomic_load(&xadd_errors) > 0)
         rc = 1;
+    /* the whole process, every thread, since it started: what a subscriber
+     * costs per message (the driver divides by received) */
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        cpu = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
+              (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+    if (opt.xadd)
+        snprintf(xadd, sizeof(xadd), " xadd=%" PRIu64 " xadd_errors=%" PRIu64,
+                 atomic_load(&xadd_ok), atomic_load(&xadd_errors));
     printf("RESULT mode=subscribe received=%" PRIu64 " elapsed_s=%.3f"
            " rate=%.1f first_ms=%" PRId64 " last_ms=%" PRId64
            " lat_p50_ms=%" PRId64 " lat_p99_ms=%" PRId64
            " lat_max_ms=%" PRId64 " no_ts=%" PRIu64 " connections=%d"
-           " lost_connections=%d lib=%s\n",
+           " lost_connections=%d lib=%s cpu_s=%.3f%s\n",
            n, n > 1 ? (last - first) / 1000.0 : 0.0,
            n > 1 && last > first ? (double)(n - 1) * 1000.0 / (last - first)
                                  : 0.0,
            first, last, lat_quantile(0.50), lat_quantile(0.99),
            lat_quantile(1.0), atomic_load(&rx_no_ts), opt.conns,
-           lost_connections(), opt.paho ? "paho" : "mosquitto");
+           lost_connections(), opt.paho ? "paho" : "mosquitto", cpu, xadd);
     fflush(stdout);
     close_all();
     return rc;
@@ -1143,6 +1288,11 @@ static void usage(FILE *f)
 "  -e, --expect N         subscribe: stop after N messages\n"
 "  -i, --idle S           subscribe: stop S s after the last message (3)\n"
 "      --receive-max N    subscribe, MQTT 5: Receive Maximum (1000)\n"
+"      --xadd HOST:PORT   subscribe, paho: XADD every message to this Redis\n"
+"                         before returning from messageArrived (fleetd's\n"
+"                         intake: the PUBACK follows the XADD)\n"
+"      --xadd-stream KEY  stream for --xadd (bench:ingest)\n"
+"      --xadd-maxlen N    XADD ... MAXLEN ~ N (1000000)\n"
 "  -Q, --quiet            no progress lines on stderr\n"
 "  -h, --help\n"
 "Ends with one line on stdout: RESULT mode=... key=value ...\n");
@@ -1223,6 +1373,9 @@ int main(int argc, char **argv)
         {"expect", required_argument, NULL, 'e'},
         {"idle", required_argument, NULL, 'i'},
         {"receive-max", required_argument, NULL, 'R'},
+        {"xadd", required_argument, NULL, 'X'},
+        {"xadd-stream", required_argument, NULL, 'K'},
+        {"xadd-maxlen", required_argument, NULL, 'M'},
         {"quiet", no_argument, NULL, 'Q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -1297,6 +1450,19 @@ int main(int argc, char **argv)
             if (parse_num("--receive-max", optarg, 1, 65535, &v)) return 2;
             opt.receive_max = (int)v;
             break;
+        case 'X': opt.xadd = optarg; break;
+        case 'K':
+            if (!optarg[0]) {
+                fprintf(stderr, "devsim: --xadd-stream must not be empty\n");
+                return 2;
+            }
+            opt.xadd_stream = optarg;
+            break;
+        case 'M':
+            if (parse_num("--xadd-maxlen", optarg, 1, 1e15, &v)) return 2;
+            snprintf(opt.xadd_maxlen, sizeof(opt.xadd_maxlen), "%" PRIu64,
+                     (uint64_t)v);
+            break;
         case 'Q': opt.quiet = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -1309,6 +1475,24 @@ int main(int argc, char **argv)
     }
     if (parse_uri(opt.uri) != 0)
         return 2;
+    if (opt.xadd) {
+        const char *colon = strrchr(opt.xadd, ':');
+        size_t      hl = colon ? (size_t)(colon - opt.xadd) : 0;
+
+        if (!opt.subscribe || !opt.paho) {
+            fprintf(stderr, "devsim: --xadd needs --subscribe --lib paho\n");
+            return 2;
+        }
+        if (!colon || hl == 0 || hl >= sizeof(opt.xadd_host) ||
+            parse_num("the --xadd port", colon + 1, 1, 65535, &v)) {
+            fprintf(stderr, "devsim: --xadd is HOST:PORT, not '%s'\n",
+                    opt.xadd);
+            return 2;
+        }
+        memcpy(opt.xadd_host, opt.xadd, hl);
+        opt.xadd_host[hl] = '\0';
+        opt.xadd_port = (int)v;
+    }
     if (opt.conns < 0)
         opt.conns = opt.subscribe ? 1 : 10;
     if (opt.version < 0)
