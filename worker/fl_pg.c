@@ -28,40 +28,91 @@
  * one: when it falls due during a write it runs right after it, before
  * the next write starts.
  *
- * A write is one query string and one round trip:
+ * A write. The fast path is one query string and one round trip:
  *
- *   BEGIN; [CREATE TEMP TABLE IF NOT EXISTS fleetd_staging ...;]
- *   COPY fleetd_staging FROM STDIN;        <- the batch, in 64 KiB chunks
- *   SAVEPOINT fl_w;
- *   INSERT INTO telemetry SELECT .. FROM fleetd_staging
- *     ORDER BY device_id, metric, ts_ms ON CONFLICT DO NOTHING;
+ *   BEGIN;
+ *   COPY telemetry (ts, value, value_bool, device_id, metric, value_text,
+ *                   unit) FROM STDIN;     <- the batch, in 64 KiB chunks
  *   COMMIT
  *
- * The staging table (ON COMMIT DELETE ROWS) is created once per
- * connection. ORDER BY the key makes concurrent writers of overlapping
- * rows (a redelivered batch on two workers) take their index locks in the
- * same order, so they wait for each other instead of deadlocking. The
- * batch's callback runs after the COMMIT's answer: the caller acknowledges
- * the stream entries only then (see synchronous_commit in the README).
+ * COPY straight into the partitioned table: tuple routing puts every row
+ * into its partition, the primary key refuses a row that is already
+ * stored. Nearly every batch is new rows in partitions that upkeep made,
+ * and for those this is the whole write. It fails on two things only:
+ *   - 23505 unique_violation: a row of the batch is stored already. A
+ *     batch written again after a crash, a claim or a lost COMMIT answer,
+ *     a message that the broker delivered twice (QoS 1), a device that
+ *     sent the same metric and ts twice;
+ *   - 23514 without a constraint name (missing_partition()): a row
+ *     outside the partitions that upkeep made, see below.
+ * Then the same batch (the same bytes: the COPY rows have the telemetry
+ * table's columns, so one buffer serves both paths) is written again
+ * through the staging table, in a new transaction (OP_WRITE_STAGE):
+ *
+ *   ROLLBACK;                               <- ends the failed fast path
+ *   BEGIN; [CREATE TEMP TABLE IF NOT EXISTS fleetd_staging2 ...;]
+ *   COPY fleetd_staging2 FROM STDIN;        <- the batch again
+ *   SAVEPOINT fl_w;
+ *   INSERT INTO telemetry SELECT .. FROM fleetd_staging2
+ *     ORDER BY device_id, metric, ts ON CONFLICT DO NOTHING;
+ *   COMMIT
+ *
+ * which skips the rows that exist and creates missing partitions. The
+ * ROLLBACK rides in front of the new transaction in the same query string
+ * (one round trip less); it is left out when the failed string left no
+ * transaction open. Why falling back is safe: the fast path's transaction
+ * is rolled back whole, so it stored nothing, and the caller acknowledges
+ * nothing before the write's callback, which runs once, with the result
+ * of the path that ended the write. A fast path that fails costs only
+ * time: one round trip and the batch sent twice. Any other error of the
+ * fast path is the write's result as below (a CHECK violation, 23514 with
+ * a constraint name, is the rows' fault: the staging path would refuse
+ * them too).
+ *
+ * The staging table (ON COMMIT DELETE ROWS) is created by the first
+ * fallback of a connection. Its columns changed with the fast path (ts is
+ * a timestamptz now, it was epoch ms in fleetd_staging): it has a new
+ * name, so that a session that somehow kept the old table (a connection
+ * pooler handing on a session of an older fleetd) cannot COPY the new rows
+ * into the old columns.
+ *
+ * Concurrent writers of overlapping rows: a batch redelivered after
+ * claim_idle while its first consumer is still alive, so two workers write
+ * the same keys at the same moment. A COPY that meets a key that another
+ * transaction inserted and has not committed waits for it; when that one
+ * commits, the COPY fails with 23505 and the batch takes the slow path.
+ * Two fast paths insert in batch order, so each can wait for a key the
+ * other holds: PostgreSQL breaks the cycle after deadlock_timeout by
+ * failing one with 40P01. Class 40 (deadlock, serialization failure) is
+ * FL_PG_DOWN, not FL_PG_REJECTED: the caller keeps the batch and writes it
+ * again after its backoff, and that write finds the other's rows
+ * committed (23505, slow path). The slow path's ORDER BY the key makes
+ * slow-path writers take their index locks in the same order, so they
+ * wait for each other instead of deadlocking; a fast path against a slow
+ * one can still deadlock, with the same outcome. The batch's callback
+ * runs after the COMMIT's answer: the caller acknowledges the stream
+ * entries only then (see synchronous_commit in the README).
  *
  * Missing partition. There is no DEFAULT partition: a row outside the
  * partitions that upkeep made (late data from a device that was offline,
- * a clock ahead) fails the INSERT with 23514 "no partition of relation
- * found for row". The write then rolls back to the savepoint, creates the
- * partitions that the staged rows need (fleetd_partition_ensure: only
- * buckets not wholly older than retention_days; rows of older buckets are
- * counted, logged and not stored - retention would drop them at the next
- * upkeep anyway), and runs the INSERT again, in the same transaction. A
- * second 23514 is FL_PG_REJECTED. Why not a DEFAULT partition: rows that
- * land in it are never dropped by retention, and once it holds rows every
- * new partition must scan it under an ACCESS EXCLUSIVE lock (and cannot be
+ * a clock ahead) fails the fast path's COPY and then the staging path's
+ * INSERT with 23514 "no partition of relation found for row". The write
+ * then rolls back to the savepoint, creates the partitions that the
+ * staged rows need (fleetd_partition_ensure: only buckets not wholly older
+ * than retention_days; rows of older buckets are counted, logged and not
+ * stored - retention would drop them at the next upkeep anyway), and runs
+ * the INSERT again, in the same transaction (OP_WRITE_RETRY). A second
+ * 23514 is FL_PG_REJECTED. Why not a DEFAULT partition: rows that land in
+ * it are never dropped by retention, and once it holds rows every new
+ * partition must scan it under an ACCESS EXCLUSIVE lock (and cannot be
  * created at all if the default holds rows of its range).
  *
- * Errors: SQLSTATE classes 22 (data exception), 23 (integrity) and 54
- * (program limit) are FL_PG_REJECTED, the rows themselves are refused;
- * anything else is FL_PG_DOWN (retry later). A lost connection, a query
- * timeout, class 08 (connection), 57P (operator intervention) and XX
- * (internal) also drop the connection and reconnect.
+ * Errors (but the two that send a fast path to the staging path):
+ * SQLSTATE classes 22 (data exception), 23 (integrity) and 54 (program
+ * limit) are FL_PG_REJECTED, the rows themselves are refused; anything
+ * else, class 40 included, is FL_PG_DOWN (retry later). A lost
+ * connection, a query timeout, class 08 (connection), 57P (operator
+ * intervention) and XX (internal) also drop the connection and reconnect.
  *
  * on_state(pg, 0) runs when a connection that was up is lost, and also
  * when the very first attempt fails (so the owner can tell "down" from
@@ -95,6 +146,12 @@
 #define ERRLEN          512
 #define MAX_TUPLES      4 /* tuple results kept per op */
 
+/* the columns of a COPY row (fl_pg_batch_add): telemetry's, in its order */
+#define COPY_COLUMNS \
+    "ts, value, value_bool, device_id, metric, value_text, unit"
+#define STAGING      "fleetd_staging2" /* see "The staging table" above */
+#define SQL_ROLLBACK "ROLLBACK;\n"
+
 typedef enum { S_DOWN, S_CONNECTING, S_SETUP, S_READY } pg_state_t;
 
 typedef enum {
@@ -103,7 +160,9 @@ typedef enum {
     OP_MIGRATE_APPLY,  /* one migration + its fleetd_migrations row */
     OP_MIGRATE_COMMIT, /* COMMIT */
     OP_UPKEEP,         /* fleetd_partition_upkeep() */
-    OP_WRITE,          /* BEGIN; COPY; SAVEPOINT; INSERT; COMMIT */
+    OP_WRITE,          /* BEGIN; COPY telemetry; COMMIT (the fast path) */
+    OP_WRITE_STAGE,    /* [ROLLBACK;] BEGIN; COPY staging; SAVEPOINT;
+                          INSERT; COMMIT */
     OP_WRITE_RETRY,    /* ROLLBACK TO SAVEPOINT; ensure; INSERT; COMMIT */
     OP_ROLLBACK,       /* after a failed write */
 } pg_op_t;
@@ -125,8 +184,9 @@ struct fl_pg_s {
     /* SQL built once from the config */
     char *sql_setup;
     char *sql_upkeep;
-    char *sql_write;        /* staging table exists */
-    char *sql_write_create; /* creates it first */
+    char *sql_write;        /* the fast path */
+    char *sql_stage;        /* staging path, the staging table exists */
+    char *sql_stage_create; /* creates it first */
     char *sql_retry;
 
     PGconn       *conn;
@@ -155,7 +215,7 @@ struct fl_pg_s {
     PGresult *tuples[MAX_TUPLES];
     int       ntuples;
     int       savepoint; /* the SAVEPOINT ran: the INSERT was reached */
-    long long inserted;  /* INSERT's row count */
+    long long inserted;  /* rows the COPY (fast path) or INSERT stored */
     int       copying;   /* COPY IN started */
     int       copy_done; /* all data and the end sent and flushed */
     int       copy_end;  /* PQputCopyEnd accepted */
@@ -283,7 +343,9 @@ static int missing_partition(const PGresult *res)
 }
 
 /* FL_PG_REJECTED when the rows themselves are refused; *reconnect set
- * when the error says the session is no good. */
+ * when the error says the session is no good. Class 40 (40P01 deadlock,
+ * 40001 serialization failure) is FL_PG_DOWN without a reconnect: the
+ * same rows succeed when written again (see "Concurrent writers"). */
 static fl_pg_result_t classify(const PGresult *res, int *reconnect)
 {
     *reconnect = 0;
@@ -537,8 +599,7 @@ static void write_start(fl_pg_t *pg)
 {
     pg->wstarted = 1;
     pg->wstart_us = fl_now_us();
-    op_send(pg, OP_WRITE,
-            pg->staging_ready ? pg->sql_write : pg->sql_write_create);
+    op_send(pg, OP_WRITE, pg->sql_write);
 }
 
 /* Hand the result to the write's owner. The connection is idle (or gone)
@@ -577,7 +638,8 @@ static void write_failed(fl_pg_t *pg, fl_pg_result_t res)
     if (res != FL_PG_REJECTED)
         res = classify(pg->err, &reconnect);
     pg->wres = res;
-    pg->staging_ready = 0; /* its CREATE may have been rolled back */
+    if (pg->op != OP_WRITE)
+        pg->staging_ready = 0; /* its CREATE may have been rolled back */
     fl_error("write of %zu rows to postgres %s %s: %s", pg->wb->rows, pg->addr,
              res == FL_PG_REJECTED ? "refused" : "failed", pg->werr);
     if (reconnect) {
@@ -593,22 +655,61 @@ static void write_failed(fl_pg_t *pg, fl_pg_result_t res)
     write_finish(pg, res, pg->werr);
 }
 
+/* The fast path failed with pg->err, 23505 or a missing partition: write
+ * the same batch through the staging table, in a new transaction whose
+ * query string starts with the ROLLBACK of the failed one. */
+static void stage_start(fl_pg_t *pg)
+{
+    const char *sql = pg->staging_ready ? pg->sql_stage : pg->sql_stage_create;
+    char        msg[ERRLEN];
+
+    switch (PQtransactionStatus(pg->conn)) {
+    case PQTRANS_INERROR:
+    case PQTRANS_INTRANS: break;
+    case PQTRANS_IDLE: sql += sizeof(SQL_ROLLBACK) - 1; break;
+    default:
+        /* no answer to go by: the session is in an unknown state */
+        result_error(msg, sizeof(msg), pg->err);
+        conn_drop(pg, msg);
+        return;
+    }
+    if (sqlstate_is(pg->err, "23505")) {
+        result_error(msg, sizeof(msg), pg->err);
+        fl_info("postgres %s: a batch of %zu rows holds rows that are "
+                "stored already (%s); writing it again, skipping those",
+                pg->addr, pg->wb->rows, msg);
+    } else {
+        fl_debug("postgres %s: a row of a batch of %zu has no partition; "
+                 "writing it again through the staging table",
+                 pg->addr, pg->wb->rows);
+    }
+    op_send(pg, OP_WRITE_STAGE, sql);
+}
+
 static void write_done(fl_pg_t *pg)
 {
     int64_t us = fl_now_us() - pg->wstart_us;
+    pg_op_t op = pg->op;
 
     if (pg->err) {
-        if (pg->op == OP_WRITE && pg->savepoint && missing_partition(pg->err)) {
+        if (op == OP_WRITE &&
+            (sqlstate_is(pg->err, "23505") || missing_partition(pg->err))) {
+            stage_start(pg);
+            return;
+        }
+        if (op == OP_WRITE_STAGE && pg->savepoint &&
+            missing_partition(pg->err)) {
             op_send(pg, OP_WRITE_RETRY, pg->sql_retry);
             return;
         }
-        write_failed(pg, pg->op == OP_WRITE_RETRY && missing_partition(pg->err)
+        write_failed(pg, op == OP_WRITE_RETRY && missing_partition(pg->err)
                              ? FL_PG_REJECTED
                              : FL_PG_DOWN);
         return;
     }
-    pg->staging_ready = 1;
-    if (pg->op == OP_WRITE_RETRY && pg->ntuples >= 2) {
+    if (op != OP_WRITE)
+        pg->staging_ready = 1;
+    if (op == OP_WRITE_RETRY && pg->ntuples >= 2) {
         const char *created = PQgetvalue(pg->tuples[0], 0, 0);
         long long   skipped = atoll(PQgetvalue(pg->tuples[1], 0, 0));
 
@@ -621,9 +722,10 @@ static void write_done(fl_pg_t *pg)
                     "postgres.retention_days (%d)",
                     pg->addr, skipped, pg->wb->rows, pg->retention_days);
     }
-    fl_debug("postgres %s: batch of %zu rows committed (%lld new) in "
+    fl_debug("postgres %s: batch of %zu rows committed (%lld new%s) in "
              "%" PRId64 " us",
-             pg->addr, pg->wb->rows, pg->inserted, us);
+             pg->addr, pg->wb->rows, pg->inserted,
+             op == OP_WRITE ? "" : ", through the staging table", us);
     pg->op = OP_NONE;
     write_finish(pg, FL_PG_OK, NULL);
 }
@@ -702,6 +804,7 @@ static void op_complete(fl_pg_t *pg)
             pg_next(pg);
         break;
     case OP_WRITE:
+    case OP_WRITE_STAGE:
     case OP_WRITE_RETRY: write_done(pg); break;
     case OP_ROLLBACK: rollback_done(pg); break;
     }
@@ -747,7 +850,9 @@ static void results_read(fl_pg_t *pg)
         case PGRES_COMMAND_OK:
             if (strcmp(PQcmdStatus(res), "SAVEPOINT") == 0)
                 pg->savepoint = 1;
-            else if (strncmp(PQcmdStatus(res), "INSERT ", 7) == 0)
+            else if (strncmp(PQcmdStatus(res), "INSERT ", 7) == 0 ||
+                     (pg->op == OP_WRITE &&
+                      strncmp(PQcmdStatus(res), "COPY ", 5) == 0))
                 pg->inserted = atoll(PQcmdTuples(res));
             PQclear(res);
             break;
@@ -1059,6 +1164,8 @@ void fl_pg_batch_init(fl_pg_batch_t *b)
         abort();
     }
     b->rows = 0;
+    b->ts_sec = INT64_MIN;
+    b->ts_len = 0;
 }
 
 void fl_pg_batch_reset(fl_pg_batch_t *b)
@@ -1171,10 +1278,107 @@ static void row_double(row_t *r, double v)
     }
 }
 
+/* Days since 1970-01-01 -> proleptic Gregorian year, month, day, for any
+ * day count (negative ones too). Counted in 400-year eras of 146,097 days
+ * from 0000-03-01, so that the leap day is the last day of a year. */
+static void civil_from_days(int64_t days, int64_t *y, int *m, int *d)
+{
+    int64_t z = days + 719468; /* days since 0000-03-01 */
+    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
+    int64_t doe = z - era * 146097; /* 0..146096 */
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100); /* 0..365 */
+    int64_t mp = (5 * doy + 2) / 153; /* 0 = March .. 11 = February */
+
+    *d = (int)(doy - (153 * mp + 2) / 5 + 1);
+    *m = (int)(mp < 10 ? mp + 3 : mp - 9);
+    *y = yoe + era * 400 + (*m <= 2);
+}
+
+static char *put2(char *p, int v)
+{
+    p[0] = (char)('0' + v / 10);
+    p[1] = (char)('0' + v % 10);
+    return p + 2;
+}
+
+/* "YYYY-MM-DD HH:MM:SS" of epoch second sec, UTC, into b's cache. The
+ * year has at least four digits; a year before 1 is written as PostgreSQL
+ * does, as 1 - year with " BC" after the zone (ts_bc). Years that
+ * PostgreSQL cannot store still format, and the server refuses them
+ * (22008, the row's fault), as it refused to_timestamp() of them before. */
+static void ts_second(fl_pg_batch_t *b, int64_t sec)
+{
+    int64_t  days = sec / 86400, rem = sec % 86400, y;
+    uint64_t uy;
+    int      m, d, n = 0;
+    char     tmp[24], *p = b->ts_text;
+
+    if (rem < 0) {
+        rem += 86400;
+        days--;
+    }
+    civil_from_days(days, &y, &m, &d);
+    b->ts_bc = y <= 0;
+    uy = b->ts_bc ? (uint64_t)1 - (uint64_t)y : (uint64_t)y;
+    do {
+        tmp[n++] = (char)('0' + uy % 10);
+        uy /= 10;
+    } while (uy);
+    while (n < 4)
+        tmp[n++] = '0';
+    while (n)
+        *p++ = tmp[--n];
+    *p++ = '-';
+    p = put2(p, m);
+    *p++ = '-';
+    p = put2(p, d);
+    *p++ = ' ';
+    p = put2(p, (int)(rem / 3600));
+    *p++ = ':';
+    p = put2(p, (int)(rem / 60 % 60));
+    *p++ = ':';
+    p = put2(p, (int)(rem % 60));
+    b->ts_len = (size_t)(p - b->ts_text);
+    b->ts_sec = sec;
+}
+
+/* A timestamptz in ISO format, UTC, to the millisecond:
+ * "2026-11-29 04:00:00.123+00". The server reads ISO year-month-day
+ * whatever the session's DateStyle, and the explicit zone whatever its
+ * TimeZone. Rows of one batch mostly share their second: its text is
+ * cached in the batch, only the milliseconds are formatted per row. */
+static void row_ts(row_t *r, fl_pg_batch_t *b, int64_t ts_ms)
+{
+    int64_t sec = ts_ms / 1000;
+    int     ms = (int)(ts_ms % 1000);
+    char    frac[7];
+
+    if (ms < 0) {
+        ms += 1000;
+        sec--;
+    }
+    if (sec != b->ts_sec || b->ts_len == 0)
+        ts_second(b, sec);
+    row_put(r, b->ts_text, b->ts_len);
+    frac[0] = '.';
+    frac[1] = (char)('0' + ms / 100);
+    frac[2] = (char)('0' + ms / 10 % 10);
+    frac[3] = (char)('0' + ms % 10);
+    frac[4] = '+';
+    frac[5] = '0';
+    frac[6] = '0';
+    row_put(r, frac, sizeof(frac));
+    if (b->ts_bc)
+        row_lit(r, " BC");
+}
+
 /*
- * Columns of fleetd_staging: device_id, metric, ts_ms, value, value_bool,
- * value_text, unit. One row per metric of every point; exactly one of the
- * three value columns is set, the others are \N.
+ * Columns of the telemetry table, in its order: ts, value, value_bool,
+ * device_id, metric, value_text, unit (COPY_COLUMNS). One row per metric
+ * of every point; exactly one of the three value columns is set, the
+ * others are \N. The fast path copies these rows into telemetry, the
+ * staging path into fleetd_staging2, which has the same columns.
  */
 void fl_pg_batch_add(fl_pg_batch_t *b, const char *device,
                      const fl_telemetry_t *t)
@@ -1188,29 +1392,35 @@ void fl_pg_batch_add(fl_pg_batch_t *b, const char *device,
 
         for (size_t j = 0; j < p->nmetrics; j++) {
             const fl_metric_t *m = &p->metrics[j];
+            const char        *str = NULL;
 
+            row_ts(&r, b, p->ts_ms);
+            switch (m->type) {
+            case FL_METRIC_NUM:
+                row_lit(&r, "\t");
+                row_double(&r, m->num);
+                row_lit(&r, "\t\\N\t");
+                break;
+            case FL_METRIC_BOOL:
+                if (m->b)
+                    row_lit(&r, "\t\\N\tt\t");
+                else
+                    row_lit(&r, "\t\\N\tf\t");
+                break;
+            default:
+                row_lit(&r, "\t\\N\t\\N\t");
+                str = m->str ? m->str : "";
+                break;
+            }
             row_text(&r, device);
             row_lit(&r, "\t");
             row_text(&r, m->name);
             row_lit(&r, "\t");
-            row_int(&r, p->ts_ms);
-            row_lit(&r, "\t");
-            switch (m->type) {
-            case FL_METRIC_NUM:
-                row_double(&r, m->num);
-                row_lit(&r, "\t\\N\t\\N\t");
-                break;
-            case FL_METRIC_BOOL:
-                if (m->b)
-                    row_lit(&r, "\\N\tt\t\\N\t");
-                else
-                    row_lit(&r, "\\N\tf\t\\N\t");
-                break;
-            default:
-                row_lit(&r, "\\N\t\\N\t");
-                row_text(&r, m->str ? m->str : "");
+            if (str) {
+                row_text(&r, str);
                 row_lit(&r, "\t");
-                break;
+            } else {
+                row_lit(&r, "\\N\t");
             }
             if (m->unit)
                 row_text(&r, m->unit);
@@ -1228,25 +1438,21 @@ void fl_pg_batch_add(fl_pg_batch_t *b, const char *device,
 /* The INSERT from the staging table; where (may be "") filters rows. */
 static char *insert_sql(const char *where)
 {
-    return str_printf(
-        "INSERT INTO telemetry (ts, value, value_bool, device_id, metric, "
-        "value_text, unit)\n"
-        "SELECT to_timestamp(ts_ms::float8 / 1000), value, value_bool, "
-        "device_id, metric, value_text, unit\n"
-        "FROM fleetd_staging%s\n"
-        "ORDER BY device_id, metric, ts_ms\n"
-        "ON CONFLICT DO NOTHING",
-        where);
+    return str_printf("INSERT INTO telemetry (" COPY_COLUMNS ")\n"
+                      "SELECT " COPY_COLUMNS " FROM " STAGING "%s\n"
+                      "ORDER BY device_id, metric, ts\n"
+                      "ON CONFLICT DO NOTHING",
+                      where);
 }
 
 static void build_sql(fl_pg_t *pg, const fl_config_t *cf)
 {
     static const char staging[] =
-        "CREATE TEMP TABLE IF NOT EXISTS fleetd_staging (device_id text, "
-        "metric text, ts_ms bigint, value double precision, value_bool "
-        "boolean, value_text text, unit text) ON COMMIT DELETE ROWS;\n";
+        "CREATE TEMP TABLE IF NOT EXISTS " STAGING " (ts timestamptz, "
+        "value double precision, value_bool boolean, device_id text, "
+        "metric text, value_text text, unit text) ON COMMIT DELETE ROWS;\n";
     char   *ins = insert_sql("");
-    char   *ins_kept, *where, *expired;
+    char   *ins_kept, *where, *bucket, *expired;
     int64_t iv = pg->iv_ms;
 
     pg->sql_setup =
@@ -1262,38 +1468,50 @@ static void build_sql(fl_pg_t *pg, const fl_config_t *cf)
     pg->sql_upkeep = str_printf(
         "SELECT action, item FROM fleetd_partition_upkeep(%" PRId64 ", %d, %d)",
         iv, cf->postgres.partitions_ahead, pg->retention_days);
-    pg->sql_write = str_printf("BEGIN;\n"
-                               "COPY fleetd_staging FROM STDIN;\n"
+    pg->sql_write = fl_strdup("BEGIN;\n"
+                              "COPY telemetry (" COPY_COLUMNS ") FROM STDIN;\n"
+                              "COMMIT");
+    /* both start with SQL_ROLLBACK, which stage_start() may skip */
+    pg->sql_stage = str_printf("%s"
+                               "BEGIN;\n"
+                               "COPY " STAGING " FROM STDIN;\n"
                                "SAVEPOINT fl_w;\n"
                                "%s;\n"
                                "COMMIT",
-                               ins);
-    pg->sql_write_create = str_printf("BEGIN;\n"
+                               SQL_ROLLBACK, ins);
+    pg->sql_stage_create = str_printf("%s"
+                                      "BEGIN;\n"
                                       "%s"
-                                      "COPY fleetd_staging FROM STDIN;\n"
+                                      "COPY " STAGING " FROM STDIN;\n"
                                       "SAVEPOINT fl_w;\n"
                                       "%s;\n"
                                       "COMMIT",
-                                      staging, ins);
+                                      SQL_ROLLBACK, staging, ins);
+    /* the partition bucket of a row, as fleetd_partition_ensure() counts
+     * them: floor(epoch ms / interval ms); the ms are exact (ts holds whole
+     * ms), the numeric division floors right for times before 1970 too */
+    bucket = str_printf("floor((extract(epoch FROM ts) * 1000)::bigint / "
+                        "%" PRId64 ".0)::bigint",
+                        iv);
     /* a bucket is expired when it ends before now - retention_days */
-    expired = str_printf("(ts_ms / %" PRId64 " + 1) * %" PRId64
-                         " <= extract(epoch FROM now() - "
+    expired = str_printf("(%s + 1) * %" PRId64 " <= extract(epoch FROM now() - "
                          "make_interval(days => %d)) * 1000",
-                         iv, iv, pg->retention_days);
+                         bucket, iv, pg->retention_days);
     where = str_printf("\nWHERE NOT (%s)", expired);
     ins_kept = insert_sql(where);
-    pg->sql_retry = str_printf("ROLLBACK TO SAVEPOINT fl_w;\n"
-                               "SELECT coalesce(string_agg(p, ' '), '') FROM "
-                               "fleetd_partition_ensure(%" PRId64
-                               ", %d, ARRAY(SELECT DISTINCT "
-                               "ts_ms / %" PRId64 " FROM fleetd_staging)) p;\n"
-                               "SELECT count(*) FROM fleetd_staging WHERE %s;\n"
-                               "%s;\n"
-                               "COMMIT",
-                               iv, pg->retention_days, iv, expired, ins_kept);
+    pg->sql_retry =
+        str_printf("ROLLBACK TO SAVEPOINT fl_w;\n"
+                   "SELECT coalesce(string_agg(p, ' '), '') FROM "
+                   "fleetd_partition_ensure(%" PRId64
+                   ", %d, ARRAY(SELECT DISTINCT %s FROM " STAGING ")) p;\n"
+                   "SELECT count(*) FROM " STAGING " WHERE %s;\n"
+                   "%s;\n"
+                   "COMMIT",
+                   iv, pg->retention_days, bucket, expired, ins_kept);
     free(ins);
     free(ins_kept);
     free(where);
+    free(bucket);
     free(expired);
 }
 
@@ -1376,7 +1594,8 @@ static void pg_destroy(fl_pg_t *pg)
     free(pg->sql_setup);
     free(pg->sql_upkeep);
     free(pg->sql_write);
-    free(pg->sql_write_create);
+    free(pg->sql_stage);
+    free(pg->sql_stage_create);
     free(pg->sql_retry);
     free(pg);
 }

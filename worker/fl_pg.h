@@ -10,10 +10,13 @@
  * for now .. now + partitions_ahead intervals; every partition_interval it
  * creates the next ones and drops those older than retention_days.
  *
- * A batch is a set of telemetry rows written in one transaction through
- * COPY into a temporary staging table and one INSERT .. ON CONFLICT DO
- * NOTHING into the telemetry table, so a batch that is written twice
- * (redelivery after a crash) adds no duplicate row.
+ * A batch is a set of telemetry rows written in one transaction with
+ * COPY straight into the telemetry table. When that fails because some of
+ * the rows are stored already (a batch written twice: redelivery after a
+ * crash) or a row has no partition, the batch is written again, in a new
+ * transaction, through a temporary staging table and one INSERT .. ON
+ * CONFLICT DO NOTHING (missing partitions are created when it needs
+ * them): a batch written twice adds no duplicate row (see fl_pg.c).
  */
 #ifndef FL_PG_H
 #define FL_PG_H
@@ -30,6 +33,11 @@ typedef struct fl_pg_s fl_pg_t;
 typedef struct {
     struct evbuffer *copy;
     size_t           rows;
+    /* fl_pg.c's cache: the formatted second of the last row's ts */
+    int64_t ts_sec;
+    size_t  ts_len;
+    int     ts_bc;
+    char    ts_text[32];
 } fl_pg_batch_t;
 
 void fl_pg_batch_init(fl_pg_batch_t *b);

@@ -12,6 +12,7 @@ device ids, node_id and MQTT share group (ingest_util.py says why).
 
 import datetime
 import json
+import re
 import threading
 import time
 
@@ -315,6 +316,56 @@ def test_strings_go_to_value_text(ingest):
     assert_shadow(ctx, dev, {"status": "ok", "note": note, "blank": ""}, ts=t)
 
 
+# -------------------------------------------------------------- fan-out
+
+@pytest.mark.timeout(60)
+def test_fanout_publishes_websocket_form(ingest):
+    """Every stored point is published on {prefix}tele:{shard} in the
+    WebSocket form of CONTRACT.md section 4, one message per point, with
+    the point's own values (batch, strings with escapes, booleans)."""
+    ctx = ingest()
+    dev = ctx.dev("fan")
+    t = recent_ts()
+    note = "line\nbreak \"q\" \u00e9 \x01"
+    rc = ctx.rd_service.client(decode_responses=True)
+    ps = rc.pubsub()
+    ps.psubscribe(ctx.prefix + "tele:*")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:          # the psubscribe reply
+        m = ps.get_message(timeout=0.5)
+        if m and m["type"] == "psubscribe":
+            break
+    ctx.send(dev, [{"ts": t, "values": {"temp": 21.5, "on": True,
+                                        "note": note}},
+                   {"ts": t + 1000, "values": {"temp": 1e-7,
+                                               "n": 12345678901}}])
+    got = []
+    deadline = time.monotonic() + 15
+    while len(got) < 2 and time.monotonic() < deadline:
+        m = ps.get_message(timeout=0.5)
+        if not m or m["type"] != "pmessage":
+            continue
+        msg = json.loads(m["data"])
+        if msg.get("device") == dev:
+            got.append((m["channel"], msg))
+    ps.close()
+    rc.close()
+    assert len(got) == 2, "published for %s: %r (rows %r, dead %r)" % (
+        dev, got, ctx.rows(dev), ctx.dead_for_devices([dev]))
+    (ch0, a), (ch1, b) = got
+    assert ch0 == ch1 and ch0.startswith(ctx.prefix + "tele:"), (ch0, ch1)
+    assert 0 <= int(ch0.rsplit(":", 1)[1]) < 16, ch0
+    for msg in (a, b):
+        assert sorted(msg) == ["device", "id", "ts", "type", "values"], msg
+        assert msg["type"] == "telemetry" and msg["device"] == dev, msg
+    assert a["ts"] == t and b["ts"] == t + 1000, (a, b)
+    assert same_json(a["values"], {"temp": 21.5, "on": True, "note": note}), a
+    assert same_json(b["values"], {"temp": 1e-7, "n": 12345678901}), b
+    # the stream entry's id; the second point of the message gets ":1"
+    assert re.fullmatch(r"[0-9]+-[0-9]+", a["id"]), a["id"]
+    assert b["id"] == a["id"] + ":1", (a["id"], b["id"])
+
+
 # --------------------------------------------------------------- shadow
 
 @pytest.mark.timeout(60)
@@ -585,3 +636,109 @@ def test_healthz_reports_dependencies_and_queue(ingest):
                      what="queue.pending back to 0 when idle")
     assert ctx.f.healthz()["queue"]["length"] >= 1 or \
         ctx.redis.xlen(ctx.stream_key) == 0, ctx.f.healthz()["queue"]
+
+
+# ----------------------------------------------- written twice, late, old
+#
+# fl_pg.c writes a batch with COPY straight into telemetry and falls back
+# to the staging table (INSERT .. ON CONFLICT DO NOTHING, partitions made
+# on demand) when the COPY meets a row that is stored already or a row
+# without a partition. These make both happen for real.
+
+def _entry(topic, payload, rx_ms):
+    """Stream entry fields as fl_mqtt.c writes them."""
+    return {"t": topic, "p": to_bytes(payload), "r": str(rx_ms)}
+
+
+def _pending(ctx):
+    try:
+        return ctx.redis.xpending(ctx.stream_key, "fleetd")["pending"]
+    except Exception as e:  # noqa: BLE001 - the group may not exist yet
+        return repr(e)
+
+
+@pytest.mark.timeout(90)
+def test_batch_written_again_adds_no_rows_and_is_acknowledged(ingest):
+    """Entries whose rows are committed already go through the consumer
+    again (copies of them appended to the stream, as a redelivery after a
+    crash between COMMIT and XACK would do), together with new ones in the
+    same batch: the new rows are stored once, the old ones not again, and
+    every entry is acknowledged."""
+    ctx = ingest(prefix="it%s:" % uniq())
+    dev = ctx.dev("again")
+    topic = ctx.topic(dev)
+    base = recent_ts(60000)
+    n_old, n_new = 20, 5
+    for i in range(n_old):
+        ctx.send(dev, {"ts": base + i, "a": i, "b": i % 2 == 0, "c": "s%d" % i})
+    ctx.wait_rows(dev, 3 * n_old)
+    stack.wait_until(lambda: _pending(ctx) == 0, 10,
+                     what="the first entries acknowledged")
+    old = [f for _, f in ctx.redis.xrange(ctx.stream_key, "-", "+")
+           if f.get(b"t") == topic.encode()]
+    assert len(old) == n_old, old
+    mark = ctx.dead_mark()
+    log0 = len(ctx.f.log_text())
+
+    # one MULTI: the consumer's next XREADGROUP sees all of them at once
+    pipe = ctx.redis.pipeline(transaction=True)
+    for f in old:
+        pipe.xadd(ctx.stream_key, f)
+    for i in range(n_new):
+        pipe.xadd(ctx.stream_key, _entry(topic, {"ts": base + 1000 + i,
+                                                 "a": 100 + i}, now_ms()))
+    pipe.execute()
+
+    ctx.wait_rows(dev, 3 * n_old + n_new)
+    stack.wait_until(lambda: _pending(ctx) == 0, 20,
+                     what="every entry acknowledged (pending %r)" % _pending(ctx))
+    time.sleep(0.3)
+    expected = [(m, base + i, kv) for i in range(n_old) for m, kv in (
+        ("a", num(i)), ("b", boolean(i % 2 == 0)), ("c", text("s%d" % i)))]
+    expected += [("a", base + 1000 + i, num(100 + i)) for i in range(n_new)]
+    diffs = check_rows(ctx.rows(dev), expected)
+    assert not diffs, "rows of %s differ:\n  %s\n%s" % (
+        dev, "\n  ".join(diffs), ctx.diagnostics())
+    assert ctx.redis.xlen(ctx.stream_key) >= 2 * n_old + n_new
+    assert ctx.dead_since(mark) == [], ctx.dead_since(mark)
+    log = ctx.f.log_text()[log0:]
+    assert "stored already" in log, \
+        "the fast path did not fall back to the staging table:\n%s" % \
+        stack.tail(log, 40)
+
+
+@pytest.mark.timeout(90)
+def test_late_rows_get_a_partition_and_expired_rows_are_skipped(ingest):
+    """One message with a point in a day that has no partition (late data),
+    a point older than retention_days (30 by default) and a recent one: the
+    partition is created and the late row stored, the expired row is left
+    out (and logged), the recent one stored, the entry acknowledged."""
+    ctx = ingest(prefix="it%s:" % uniq())
+    dev = ctx.dev("late")
+    day = 86400000
+    have = {int(r[0]) for r in ctx.query(
+        "SELECT (extract(epoch FROM lo) * 1000)::bigint FROM fleetd_partitions()")}
+    today = now_ms() // day * day
+    # a day well inside the retention that no partition covers yet
+    late_day = next((d for d in (today - k * day for k in range(5, 25))
+                     if d not in have), None)
+    assert late_day is not None, "every day of the last 25 has a partition"
+    late = late_day + 12345
+    old = today - 40 * day + 777
+    recent = recent_ts()
+    mark = ctx.dead_mark()
+    log0 = len(ctx.f.log_text())
+    ctx.send(dev, [{"ts": late, "x": 1}, {"ts": old, "x": 2},
+                   {"ts": recent, "x": 3}])
+    rows = ctx.wait_rows(dev, 2)
+    stack.wait_until(lambda: _pending(ctx) == 0, 20,
+                     what="the entry acknowledged (pending %r)" % _pending(ctx))
+    time.sleep(0.3)
+    rows = ctx.rows(dev)
+    diffs = check_rows(rows, [("x", late, num(1)), ("x", recent, num(3))])
+    assert not diffs, "rows of %s differ:\n  %s\n%s" % (
+        dev, "\n  ".join(diffs), ctx.diagnostics())
+    assert ctx.dead_since(mark) == [], ctx.dead_since(mark)
+    log = ctx.f.log_text()[log0:]
+    assert "created partition" in log and "older than postgres.retention_days" \
+        in log, stack.tail(log, 40)
