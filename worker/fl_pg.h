@@ -16,7 +16,8 @@
  * crash) or a row has no partition, the batch is written again, in a new
  * transaction, through a temporary staging table and one INSERT .. ON
  * CONFLICT DO NOTHING (missing partitions are created when it needs
- * them): a batch written twice adds no duplicate row (see fl_pg.c).
+ * them): a batch written twice adds no duplicate row (see fl_pg.c). The
+ * rows are built by fl_pg_batch_add() (fl_copy.h).
  */
 #ifndef FL_PG_H
 #define FL_PG_H
@@ -25,27 +26,10 @@
 #include <event2/event.h>
 
 #include "fl_config.h"
+#include "fl_copy.h" /* fl_pg_batch_t: the rows of a write */
 #include "fl_payload.h"
 
 typedef struct fl_pg_s fl_pg_t;
-
-/* Rows of one write, accumulated in COPY text format. */
-typedef struct {
-    struct evbuffer *copy;
-    size_t           rows;
-    /* fl_pg.c's cache: the formatted second of the last row's ts */
-    int64_t ts_sec;
-    size_t  ts_len;
-    int     ts_bc;
-    char    ts_text[32];
-} fl_pg_batch_t;
-
-void fl_pg_batch_init(fl_pg_batch_t *b);
-void fl_pg_batch_reset(fl_pg_batch_t *b);
-void fl_pg_batch_free(fl_pg_batch_t *b);
-/* Append one row per metric of every point of t for device. */
-void fl_pg_batch_add(fl_pg_batch_t *b, const char *device,
-                     const fl_telemetry_t *t);
 
 typedef enum {
     FL_PG_OK = 0,

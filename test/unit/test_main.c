@@ -77,6 +77,17 @@ void test_payload_rej_values(void);
 void test_payload_rej_duplicates(void);
 void test_payload_reject_names(void);
 
+void test_copy_text_escapes(void);
+void test_copy_text_roundtrip(void);
+void test_copy_numbers(void);
+void test_copy_numbers_roundtrip(void);
+void test_copy_bool(void);
+void test_copy_layout(void);
+void test_copy_ts(void);
+void test_copy_ts_gmtime(void);
+void test_copy_ts_cache(void);
+void test_copy_rows(void);
+
 static const fl_test_t tests[] = {
     {"hist_empty", test_hist_empty},
     {"hist_single", test_hist_single},
@@ -139,6 +150,17 @@ static const fl_test_t tests[] = {
     {"payload_rej_values", test_payload_rej_values},
     {"payload_rej_duplicates", test_payload_rej_duplicates},
     {"payload_reject_names", test_payload_reject_names},
+
+    {"copy_text_escapes", test_copy_text_escapes},
+    {"copy_text_roundtrip", test_copy_text_roundtrip},
+    {"copy_numbers", test_copy_numbers},
+    {"copy_numbers_roundtrip", test_copy_numbers_roundtrip},
+    {"copy_bool", test_copy_bool},
+    {"copy_layout", test_copy_layout},
+    {"copy_ts", test_copy_ts},
+    {"copy_ts_gmtime", test_copy_ts_gmtime},
+    {"copy_ts_cache", test_copy_ts_cache},
+    {"copy_rows", test_copy_rows},
 };
 
 static int current_failures;
