@@ -15,7 +15,7 @@
 #define FL_AGAIN -2
 #define FL_DONE  -4
 
-#define FL_VERSION "0.2.0"
+#define FL_VERSION "0.2.1"
 
 #define fl_nelem(a)  (sizeof(a) / sizeof((a)[0]))
 #define fl_min(a, b) ((a) < (b) ? (a) : (b))
