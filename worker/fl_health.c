@@ -442,5 +442,5 @@ static int health_init(fl_worker_t *w)
 }
 
 const fl_module_t fl_health_module = {
-    "health", health_init, NULL, NULL, NULL,
+    "health", health_init, NULL, NULL, NULL, NULL,
 };

@@ -835,5 +835,5 @@ static void http_destroy(fl_worker_t *w)
 }
 
 const fl_module_t fl_http_module = {
-    "http", http_init, http_stop, http_busy, http_destroy,
+    "http", http_init, http_stop, http_busy, http_destroy, NULL,
 };

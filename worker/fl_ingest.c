@@ -1259,6 +1259,7 @@ static void on_redis_state(fl_redis_t *r, int up, void *ud)
     if (up) {
         /* whatever was in hand when it went away is pending in Redis */
         ing.recover_own = 1;
+        fl_worker_ready_check();
         step();
     }
 }
@@ -1269,6 +1270,7 @@ static void on_pg_state(fl_pg_t *pg, int up, void *ud)
     fl_shm_store(fl_worker.stats->dep[FL_DEP_POSTGRES],
                  up ? FL_DEP_UP : FL_DEP_DOWN);
     if (up) {
+        fl_worker_ready_check();
         if (ing.phase == P_STORING)
             kick(0);
         else
@@ -1331,6 +1333,15 @@ static int ingest_busy(fl_worker_t *w)
     return ing.phase != P_IDLE;
 }
 
+/* Ready once both Redis connections and PostgreSQL (migrated) have been
+ * up: a reload does not hand the node to workers that cannot store. */
+static int ingest_ready(fl_worker_t *w)
+{
+    (void)w;
+    return fl_redis_connected(ing.rd) && fl_redis_connected(ing.wr) &&
+           fl_pg_ready(ing.pg);
+}
+
 static void ingest_destroy(fl_worker_t *w)
 {
     (void)w;
@@ -1348,5 +1359,6 @@ static void ingest_destroy(fl_worker_t *w)
 }
 
 const fl_module_t fl_ingest_module = {
-    "ingest", ingest_init, ingest_stop, ingest_busy, ingest_destroy,
+    "ingest",    ingest_init,    ingest_stop,
+    ingest_busy, ingest_destroy, ingest_ready,
 };

@@ -69,5 +69,5 @@ static void lag_destroy(fl_worker_t *w)
 }
 
 const fl_module_t fl_lag_module = {
-    "lag", lag_init, NULL, NULL, lag_destroy,
+    "lag", lag_init, NULL, NULL, lag_destroy, NULL,
 };

@@ -1644,5 +1644,8 @@ static void mqtt_destroy(fl_worker_t *w)
 }
 
 const fl_module_t fl_mqtt_module = {
-    "mqtt", mqtt_init, mqtt_stop, mqtt_busy, mqtt_destroy,
+    /* no ready(): a reload's new worker connects only once the old one
+     * of its slot has disconnected, which happens when the old one is
+     * drained, i.e. after the new one is ready */
+    "mqtt", mqtt_init, mqtt_stop, mqtt_busy, mqtt_destroy, NULL,
 };

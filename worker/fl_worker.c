@@ -70,6 +70,22 @@ void fl_worker_drain_check(void)
         evtimer_add(ev_drain, &tv);
 }
 
+void fl_worker_ready_check(void)
+{
+    fl_worker_t *w = &fl_worker;
+
+    if (w->ready || w->draining || !w->inited)
+        return;
+    for (int i = 0; fl_modules[i]; i++) {
+        if (fl_modules[i]->ready && !fl_modules[i]->ready(w))
+            return;
+    }
+    w->ready = 1;
+    fl_shm_store(w->stats->ready, 1);
+    fl_shm_store(w->stats->state, FL_W_READY);
+    fl_debug("worker ready");
+}
+
 static void on_drain_tick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what, (void)arg;
@@ -148,9 +164,8 @@ int fl_worker_main(fl_config_t *cf, int slot, uint32_t generation, int entry,
     }
 
     if (rc == 0) {
-        fl_shm_store(w->stats->ready, 1);
-        fl_shm_store(w->stats->state, FL_W_READY);
-        fl_debug("worker ready");
+        w->inited = 1;
+        fl_worker_ready_check();
         event_base_dispatch(w->base);
         fl_info("worker stopped");
     }

@@ -287,3 +287,39 @@ def test_fewer_workers_after_restart_loses_nothing(ingest):
     run_on(pub, 4)
     summary = verify_sequence(ctx, pub, timeout=60, t0=t0)
     print("3 -> 2 workers: %r\n%s" % (summary, pub.timeline(t0)))
+
+
+@pytest.mark.timeout(90)
+def test_reload_to_unreachable_redis_keeps_old_workers(ingest):
+    """A reload whose new workers cannot reach Redis (the operator typed a
+    wrong port) is refused after worker_ready_timeout: a worker is ready
+    only once its Redis and PostgreSQL connections have been up. The old
+    generation keeps serving and storing; fixing the config and reloading
+    again goes through."""
+    ctx = ingest(extra={"worker_ready_timeout": "3s"})
+    f = ctx.f
+    h0 = f.healthz()
+    old_pids = sorted(w["pid"] for w in h0["workers"])
+    good = f.extra
+    f.write_config(extra=stack.deep_merge(
+        good, {"redis": {"port": stack.free_port()}}))
+    f.signal(signal.SIGHUP)
+    stack.wait_until(lambda: f.metric("fleetd_reloads_failed_total") == 1, 15,
+                     what="the reload refused")
+    assert "not ready within worker_ready_timeout" in f.log_text()
+    h = f.healthz()
+    assert h["generation"] == h0["generation"], h
+    assert sorted(w["pid"] for w in h["workers"]) == old_pids, h["workers"]
+    assert all(w["state"] == "ready" for w in h["workers"]), h["workers"]
+    dev = ctx.dev("after-bad-reload")
+    t = int(time.time() * 1000) - 1000
+    ctx.send(dev, {"ts": t, "temp": 1.5})
+    assert len(ctx.wait_rows(dev, 1, timeout=15)) == 1
+    # fixed again, a reload goes through and the new workers store
+    f.write_config(extra=good)
+    f.signal(signal.SIGHUP)
+    f.wait_ready(20, generation_above=h0["generation"])
+    assert not set(f.worker_pids()) & set(old_pids)
+    dev2 = ctx.dev("after-good-reload")
+    ctx.send(dev2, {"ts": t, "temp": 2.5})
+    assert len(ctx.wait_rows(dev2, 1, timeout=15)) == 1
