@@ -34,7 +34,7 @@ FLEETD_SRC := $(COMMON_SRC) $(MASTER_SRC) $(WORKER_SRC)
 FLEETD_OBJ := $(FLEETD_SRC:%.c=$(BUILD)/obj/%.o)
 UNIT_SRC   := $(wildcard test/unit/*.c)
 # pure-logic worker files that the unit tests exercise
-UNIT_WORKER := worker/fl_payload.c worker/fl_copy.c
+UNIT_WORKER := worker/fl_payload.c worker/fl_scan.c worker/fl_copy.c
 UNIT_OBJ   := $(UNIT_SRC:%.c=$(BUILD)/obj/%.o) \
               $(COMMON_SRC:%.c=$(BUILD)/obj/%.o) \
               $(UNIT_WORKER:%.c=$(BUILD)/obj/%.o)
@@ -72,7 +72,7 @@ asan:
 
 # the HTTP harness drives the real connection code with the health routes
 FUZZ_HTTP_SRC := worker/fl_http.c worker/fl_health.c worker/fl_worker.c \
-                 worker/fl_payload.c
+                 worker/fl_payload.c worker/fl_scan.c
 FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Icommon -Iworker
 fuzz: $(BUILD)/fuzz_config $(BUILD)/fuzz_http $(BUILD)/fuzz_payload
 	@mkdir -p $(BUILD)/corpus/config $(BUILD)/corpus/http $(BUILD)/corpus/payload
@@ -80,9 +80,10 @@ fuzz: $(BUILD)/fuzz_config $(BUILD)/fuzz_http $(BUILD)/fuzz_payload
 	$(BUILD)/fuzz_http -max_total_time=$(FUZZ_SECONDS) $(BUILD)/corpus/http test/fuzz/corpus/http
 	$(BUILD)/fuzz_payload -max_total_time=$(FUZZ_SECONDS) $(BUILD)/corpus/payload test/fuzz/corpus/payload
 
-$(BUILD)/fuzz_payload: test/fuzz/fuzz_payload.c worker/fl_payload.c common/fl_core.c $(HEADERS)
+FUZZ_PAYLOAD_SRC := worker/fl_payload.c worker/fl_scan.c common/fl_core.c
+$(BUILD)/fuzz_payload: test/fuzz/fuzz_payload.c $(FUZZ_PAYLOAD_SRC) $(HEADERS)
 	@mkdir -p $(BUILD)
-	clang $(FUZZ_FLAGS) -o $@ test/fuzz/fuzz_payload.c worker/fl_payload.c common/fl_core.c $(shell pkg-config --libs libcjson)
+	clang $(FUZZ_FLAGS) -o $@ test/fuzz/fuzz_payload.c $(FUZZ_PAYLOAD_SRC) $(shell pkg-config --libs libcjson)
 
 $(BUILD)/fuzz_config: test/fuzz/fuzz_config.c $(COMMON_SRC) $(HEADERS)
 	@mkdir -p $(BUILD)

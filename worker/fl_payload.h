@@ -79,6 +79,7 @@
 #include <stdint.h>
 
 #include "fl_core.h"
+#include "fl_scan.h" /* fl_utf8_valid() */
 
 #define FL_DEVICE_ID_MAX     64
 #define FL_REJECT_MSGLEN     192
@@ -213,9 +214,5 @@ void fl_telemetry_free(fl_telemetry_t *out);
  * FL_REJECT_NONE, "unknown" outside the enum). Static strings. */
 const char *fl_reject_name(fl_reject_reason_t reason);
 const char *fl_payload_form_name(fl_payload_form_t form);
-
-/* 1 when buf[0..len) is well-formed UTF-8 (Unicode 15 table 3-7: no
- * overlong forms, no surrogates, nothing above U+10FFFF), else 0. */
-int fl_utf8_valid(const void *buf, size_t len);
 
 #endif

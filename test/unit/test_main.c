@@ -77,6 +77,21 @@ void test_payload_rej_values(void);
 void test_payload_rej_duplicates(void);
 void test_payload_reject_names(void);
 
+void test_scan_utf8_seq(void);
+void test_scan_utf8_valid(void);
+void test_scan_ws(void);
+void test_scan_values(void);
+void test_scan_trailing(void);
+void test_scan_commas(void);
+void test_scan_strings(void);
+void test_scan_unicode_escapes(void);
+void test_scan_numbers(void);
+void test_scan_nonfinite(void);
+void test_scan_number_length(void);
+void test_scan_depth(void);
+void test_scan_first_error(void);
+void test_scan_message_buffer(void);
+
 void test_copy_text_escapes(void);
 void test_copy_text_roundtrip(void);
 void test_copy_numbers(void);
@@ -150,6 +165,21 @@ static const fl_test_t tests[] = {
     {"payload_rej_values", test_payload_rej_values},
     {"payload_rej_duplicates", test_payload_rej_duplicates},
     {"payload_reject_names", test_payload_reject_names},
+
+    {"scan_utf8_seq", test_scan_utf8_seq},
+    {"scan_utf8_valid", test_scan_utf8_valid},
+    {"scan_ws", test_scan_ws},
+    {"scan_values", test_scan_values},
+    {"scan_trailing", test_scan_trailing},
+    {"scan_commas", test_scan_commas},
+    {"scan_strings", test_scan_strings},
+    {"scan_unicode_escapes", test_scan_unicode_escapes},
+    {"scan_numbers", test_scan_numbers},
+    {"scan_nonfinite", test_scan_nonfinite},
+    {"scan_number_length", test_scan_number_length},
+    {"scan_depth", test_scan_depth},
+    {"scan_first_error", test_scan_first_error},
+    {"scan_message_buffer", test_scan_message_buffer},
 
     {"copy_text_escapes", test_copy_text_escapes},
     {"copy_text_roundtrip", test_copy_text_roundtrip},
