@@ -34,7 +34,7 @@ FLEETD_SRC := $(COMMON_SRC) $(MASTER_SRC) $(WORKER_SRC)
 FLEETD_OBJ := $(FLEETD_SRC:%.c=$(BUILD)/obj/%.o)
 UNIT_SRC   := $(wildcard test/unit/*.c)
 # pure-logic worker files that the unit tests exercise
-UNIT_WORKER := worker/fl_payload.c worker/fl_scan.c worker/fl_copy.c
+UNIT_WORKER := worker/fl_payload.c worker/fl_scan.c worker/fl_copy.c worker/fl_enc.c
 UNIT_OBJ   := $(UNIT_SRC:%.c=$(BUILD)/obj/%.o) \
               $(COMMON_SRC:%.c=$(BUILD)/obj/%.o) \
               $(UNIT_WORKER:%.c=$(BUILD)/obj/%.o)

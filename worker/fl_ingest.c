@@ -45,6 +45,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "fl_enc.h"
 #include "fl_log.h"
 #include "fl_payload.h"
 #include "fl_pg.h"
@@ -385,165 +386,45 @@ static uint32_t shard_of(const char *device)
     return h % (uint32_t)fl_worker.cf->redis.channel_shards;
 }
 
-/* A growing byte string (RESP command or JSON text). */
-typedef struct {
-    char  *p;
-    size_t len, cap;
-} sbuf_t;
-
-static void sb_reserve(sbuf_t *b, size_t n)
-{
-    if (b->len + n <= b->cap)
-        return;
-    b->cap = fl_max(b->cap * 2, b->len + n + 256);
-    b->p = fl_realloc(b->p, b->cap);
-}
-
-static void sb_put(sbuf_t *b, const char *s, size_t n)
-{
-    sb_reserve(b, n);
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-}
-
-#define sb_lit(b, s) sb_put(b, s, sizeof(s) - 1)
-
-static void sb_i64(sbuf_t *b, int64_t v)
-{
-    char tmp[24];
-    int  n = snprintf(tmp, sizeof(tmp), "%" PRId64, v);
-
-    sb_put(b, tmp, (size_t)n);
-}
-
-/* A finite double as JSON, shortest of 15 or 17 digits that reads back
- * the same (the parser rejects NaN and infinities). */
-static void sb_num(sbuf_t *b, double d)
-{
-    char tmp[32];
-    int  n = snprintf(tmp, sizeof(tmp), "%.15g", d);
-
-    if (strtod(tmp, NULL) != d)
-        n = snprintf(tmp, sizeof(tmp), "%.17g", d);
-    sb_put(b, tmp, (size_t)n);
-}
-
-/* s (valid UTF-8, the parser checked) as a JSON string. */
-static void sb_jstr(sbuf_t *b, const char *s)
-{
-    static const char hex[] = "0123456789abcdef";
-    const char       *run = s;
-
-    sb_lit(b, "\"");
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        char          esc[6] = {'\\', 'u', '0', '0', 0, 0};
-
-        if (c >= 0x20 && c != '"' && c != '\\')
-            continue;
-        sb_put(b, run, (size_t)(s - run));
-        run = s + 1;
-        switch (c) {
-        case '"': sb_lit(b, "\\\""); break;
-        case '\\': sb_lit(b, "\\\\"); break;
-        case '\n': sb_lit(b, "\\n"); break;
-        case '\r': sb_lit(b, "\\r"); break;
-        case '\t': sb_lit(b, "\\t"); break;
-        default:
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 15];
-            sb_put(b, esc, 6);
-        }
-    }
-    sb_put(b, run, (size_t)(s - run));
-    sb_lit(b, "\"");
-}
-
-static void sb_metric(sbuf_t *b, const fl_metric_t *m)
+static void metric_json(fl_sbuf_t *b, const fl_metric_t *m)
 {
     switch (m->type) {
     case FL_METRIC_BOOL:
         if (m->b)
-            sb_lit(b, "true");
+            fl_sb_lit(b, "true");
         else
-            sb_lit(b, "false");
+            fl_sb_lit(b, "false");
         break;
-    case FL_METRIC_STR: sb_jstr(b, m->str ? m->str : ""); break;
-    default: sb_num(b, m->num); break;
+    case FL_METRIC_STR: fl_sb_jstr(b, m->str ? m->str : ""); break;
+    default: fl_sb_num(b, m->num); break;
     }
 }
 
-/* A RESP command: the arguments go to body; the "*argc" header is put
- * in front by resp_finish(), once argc is known. */
-typedef struct {
-    sbuf_t body;
-    int    argc;
-} resp_t;
-
-static void resp_arg(resp_t *r, const char *s, size_t n)
-{
-    char hdr[24];
-    int  h = snprintf(hdr, sizeof(hdr), "$%zu\r\n", n);
-
-    sb_reserve(&r->body, (size_t)h + n + 2);
-    sb_put(&r->body, hdr, (size_t)h);
-    sb_put(&r->body, s, n);
-    sb_lit(&r->body, "\r\n");
-    r->argc++;
-}
-
-static void resp_str(resp_t *r, const char *s)
-{
-    resp_arg(r, s, strlen(s));
-}
-
-static void resp_i64(resp_t *r, int64_t v)
-{
-    char tmp[24];
-    int  n = snprintf(tmp, sizeof(tmp), "%" PRId64, v);
-
-    resp_arg(r, tmp, (size_t)n);
-}
-
-static char *resp_finish(resp_t *r, size_t *len)
-{
-    char  hdr[24];
-    int   h = snprintf(hdr, sizeof(hdr), "*%d\r\n", r->argc);
-    char *out = fl_alloc((size_t)h + r->body.len);
-
-    memcpy(out, hdr, (size_t)h);
-    memcpy(out + h, r->body.p, r->body.len);
-    *len = (size_t)h + r->body.len;
-    free(r->body.p);
-    memset(r, 0, sizeof(*r));
-    return out;
-}
-
 /* The WebSocket form of point p of e (CONTRACT.md section 4). */
-static void point_json(sbuf_t *b, const entry_t *e, size_t p)
+static void point_json(fl_sbuf_t *b, const entry_t *e, size_t p)
 {
     const fl_point_t *pt = &e->tele.points[p];
 
     b->len = 0;
-    sb_lit(b, "{\"type\":\"telemetry\",\"id\":\"");
-    sb_put(b, e->id, strlen(e->id)); /* digits and a dash */
+    fl_sb_lit(b, "{\"type\":\"telemetry\",\"id\":\"");
+    fl_sb_put(b, e->id, strlen(e->id)); /* digits and a dash */
     if (p > 0) {
-        sb_lit(b, ":");
-        sb_i64(b, (int64_t)p);
+        fl_sb_lit(b, ":");
+        fl_sb_i64(b, (int64_t)p);
     }
-    sb_lit(b, "\",\"device\":");
-    sb_jstr(b, e->device);
-    sb_lit(b, ",\"ts\":");
-    sb_i64(b, pt->ts_ms);
-    sb_lit(b, ",\"values\":{");
+    fl_sb_lit(b, "\",\"device\":");
+    fl_sb_jstr(b, e->device);
+    fl_sb_lit(b, ",\"ts\":");
+    fl_sb_i64(b, pt->ts_ms);
+    fl_sb_lit(b, ",\"values\":{");
     for (size_t m = 0; m < pt->nmetrics; m++) {
         if (m > 0)
-            sb_lit(b, ",");
-        sb_jstr(b, pt->metrics[m].name);
-        sb_lit(b, ":");
-        sb_metric(b, &pt->metrics[m]);
+            fl_sb_lit(b, ",");
+        fl_sb_jstr(b, pt->metrics[m].name);
+        fl_sb_lit(b, ":");
+        metric_json(b, &pt->metrics[m]);
     }
-    sb_lit(b, "}}");
+    fl_sb_lit(b, "}}");
 }
 
 /*
@@ -555,8 +436,8 @@ static void point_json(sbuf_t *b, const entry_t *e, size_t p)
 static void chunk_build_cmd(chunk_t *c)
 {
     const fl_config_t *cf = fl_worker.cf;
-    resp_t             keys = {0}, args = {0}, r = {0};
-    sbuf_t             js = {0};
+    fl_resp_t          keys = {0}, args = {0}, r = {0};
+    fl_sbuf_t          js = {0};
     char               key[200], channel[160];
     int                nkeys = 0;
 
@@ -570,69 +451,67 @@ static void chunk_build_cmd(chunk_t *c)
         if (e->kind != E_TELEMETRY && e->kind != E_STATE)
             continue;
         snprintf(key, sizeof(key), "%s%s", ing.shadow_prefix, e->device);
-        resp_str(&keys, key);
+        fl_resp_str(&keys, key);
         nkeys++;
         if (e->kind == E_STATE) {
             cJSON *it;
 
-            resp_str(&args, "s");
-            resp_i64(&args, e->rx_ms);
-            resp_i64(&args, cJSON_GetArraySize(e->state));
+            fl_resp_str(&args, "s");
+            fl_resp_i64(&args, e->rx_ms);
+            fl_resp_i64(&args, cJSON_GetArraySize(e->state));
             cJSON_ArrayForEach(it, e->state)
             {
-                resp_str(&args, it->string);
+                fl_resp_str(&args, it->string);
                 if (cJSON_IsNull(it)) {
-                    resp_arg(&args, "", 0);
+                    fl_resp_arg(&args, "", 0);
                 } else {
                     char *v = cJSON_PrintUnformatted(it);
-                    resp_str(&args, v);
+                    fl_resp_str(&args, v);
                     cJSON_free(v);
                 }
             }
-            resp_i64(&args, 0);
+            fl_resp_i64(&args, 0);
             continue;
         }
-        resp_str(&args, "t");
-        resp_i64(&args, e->rx_ms);
-        resp_i64(&args, (int64_t)e->tele.nmetrics);
+        fl_resp_str(&args, "t");
+        fl_resp_i64(&args, e->rx_ms);
+        fl_resp_i64(&args, (int64_t)e->tele.nmetrics);
         for (size_t p = 0; p < e->tele.npoints; p++) {
             const fl_point_t *pt = &e->tele.points[p];
 
             for (size_t m = 0; m < pt->nmetrics; m++) {
-                resp_str(&args, pt->metrics[m].name);
-                resp_i64(&args, pt->ts_ms);
+                fl_resp_str(&args, pt->metrics[m].name);
+                fl_resp_i64(&args, pt->ts_ms);
                 js.len = 0;
-                sb_metric(&js, &pt->metrics[m]);
-                resp_arg(&args, js.p, js.len);
+                metric_json(&js, &pt->metrics[m]);
+                fl_resp_arg(&args, js.p, js.len);
             }
         }
         snprintf(channel, sizeof(channel), "%s%u", ing.channel_prefix,
                  shard_of(e->device));
-        resp_i64(&args, (int64_t)e->tele.npoints);
-        resp_str(&args, channel);
+        fl_resp_i64(&args, (int64_t)e->tele.npoints);
+        fl_resp_str(&args, channel);
         for (size_t p = 0; p < e->tele.npoints; p++) {
             point_json(&js, e, p);
-            resp_arg(&args, js.p, js.len);
+            fl_resp_arg(&args, js.p, js.len);
         }
         c->published += e->tele.npoints;
     }
-    free(js.p);
+    fl_sb_free(&js);
     if (nkeys == 0) {
-        free(keys.body.p);
-        free(args.body.p);
+        fl_resp_free(&keys);
+        fl_resp_free(&args);
         return;
     }
-    resp_str(&r, c->sha[0] ? "EVALSHA" : "EVAL");
-    resp_str(&r, c->sha[0] ? c->sha : shadow_lua);
-    resp_i64(&r, nkeys);
-    sb_put(&r.body, keys.body.p, keys.body.len);
-    r.argc += keys.argc;
-    resp_i64(&r, cf->redis.shadow_ttl_ms);
-    sb_put(&r.body, args.body.p, args.body.len);
-    r.argc += args.argc;
-    free(keys.body.p);
-    free(args.body.p);
-    c->cmd = resp_finish(&r, &c->cmdlen);
+    fl_resp_str(&r, c->sha[0] ? "EVALSHA" : "EVAL");
+    fl_resp_str(&r, c->sha[0] ? c->sha : shadow_lua);
+    fl_resp_i64(&r, nkeys);
+    fl_resp_append(&r, &keys);
+    fl_resp_i64(&r, cf->redis.shadow_ttl_ms);
+    fl_resp_append(&r, &args);
+    fl_resp_free(&keys);
+    fl_resp_free(&args);
+    c->cmd = fl_resp_finish(&r, &c->cmdlen);
 }
 
 static void chunk_work(void *arg)

@@ -103,6 +103,14 @@ void test_copy_ts_gmtime(void);
 void test_copy_ts_cache(void);
 void test_copy_rows(void);
 
+void test_enc_json_strings(void);
+void test_enc_json_strings_long(void);
+void test_enc_json_numbers(void);
+void test_enc_i64(void);
+void test_enc_resp(void);
+void test_enc_resp_append(void);
+void test_enc_resp_large(void);
+
 static const fl_test_t tests[] = {
     {"hist_empty", test_hist_empty},
     {"hist_single", test_hist_single},
@@ -191,6 +199,13 @@ static const fl_test_t tests[] = {
     {"copy_ts_gmtime", test_copy_ts_gmtime},
     {"copy_ts_cache", test_copy_ts_cache},
     {"copy_rows", test_copy_rows},
+    {"enc_json_strings", test_enc_json_strings},
+    {"enc_json_strings_long", test_enc_json_strings_long},
+    {"enc_json_numbers", test_enc_json_numbers},
+    {"enc_i64", test_enc_i64},
+    {"enc_resp", test_enc_resp},
+    {"enc_resp_append", test_enc_resp_append},
+    {"enc_resp_large", test_enc_resp_large},
 };
 
 static int current_failures;
