@@ -7,7 +7,9 @@
  * consumes that stream in the consumer group "fleetd" as consumer
  * {node_id}-w{slot}, one batch at a time:
  *
- *   read      XREADGROUP COUNT ingest.batch BLOCK ingest.block ">"
+ *   read      XREADGROUP COUNT ingest.batch BLOCK ingest.block ">", then
+ *             more reads for up to ingest.linger while the batch is not
+ *             full (flush by size or by age)
  *   prepare   on the thread pool, CHUNK_ENTRIES entries per job:
  *             fl_payload_parse, the COPY rows, and one shadow/fan-out
  *             script call per chunk in the protocol's form; the loop only
@@ -59,6 +61,7 @@
 #define SAMPLE_MS     1000
 #define DEAD_PAYLOAD  1024 /* bytes of a payload kept in a dead letter */
 #define CHUNK_ENTRIES 256  /* entries per pool job (and per script call) */
+#define LINGER_BELOW  64   /* a first read this big is stored at once */
 
 _Static_assert(FL_REJECT_COUNT <= FL_SHM_REJECT_REASONS,
                "fl_shm_worker_t.ingest_rejected is too small");
@@ -110,13 +113,14 @@ typedef struct {
     int           n;
     chunk_t      *chunks;
     int           nchunks;
-    int           jobs;    /* pool jobs outstanding */
-    int           rebuild; /* jobs rebuild the script calls only */
-    int           replies; /* publish replies outstanding */
-    int           failed;  /* a publish command failed */
-    int           isolate; /* storing one entry at a time */
-    int           next;    /* isolate: the entry being stored */
-    size_t        rows;    /* committed rows of this batch */
+    int           jobs;     /* pool jobs outstanding */
+    int           rebuild;  /* jobs rebuild the script calls only */
+    int           lingered; /* the linger wait is over or under way */
+    int           replies;  /* publish replies outstanding */
+    int           failed;   /* a publish command failed */
+    int           isolate;  /* storing one entry at a time */
+    int           next;     /* isolate: the entry being stored */
+    size_t        rows;     /* committed rows of this batch */
     int64_t       read_us;
     fl_pg_batch_t pgb;
 } batch_t;
@@ -857,8 +861,30 @@ static void ack_batch(void)
 
 /* ---- reading ---- */
 
+static void on_read(fl_redis_t *r, redisReply *reply, void *ud);
+
+/* XREADGROUP of up to count new entries, waiting up to block_ms (< 0:
+ * not at all). */
+static int read_new(int count, int64_t block_ms)
+{
+    int64_t timeout =
+        fl_max(block_ms, (int64_t)0) + fl_worker.cf->redis.command_timeout_ms;
+
+    if (block_ms < 0)
+        return fl_redis_cmd(ing.rd, timeout, on_read, NULL,
+                            "XREADGROUP GROUP %s %s COUNT %d STREAMS %s >",
+                            GROUP, ing.consumer, count, ing.stream);
+    return fl_redis_cmd(
+        ing.rd, timeout, on_read, NULL,
+        "XREADGROUP GROUP %s %s COUNT %d BLOCK %lld STREAMS %s >", GROUP,
+        ing.consumer, count, (long long)block_ms, ing.stream);
+}
+
 static void on_read(fl_redis_t *r, redisReply *reply, void *ud)
 {
+    const fl_config_t *cf = fl_worker.cf;
+    int                n0;
+
     (void)r, (void)ud;
 
     if (ing.phase != P_READING)
@@ -868,10 +894,18 @@ static void on_read(fl_redis_t *r, redisReply *reply, void *ud)
             ing.group_ready = 0; /* the stream was deleted: recreate */
         else if (reply)
             fl_error("XREADGROUP on %s failed: %s", ing.stream, reply->str);
+        if (ing.b.n > 0) {
+            /* entries of an earlier read of this batch are in hand (and
+             * pending on us): store them; if Redis is gone the publish
+             * step fails and they are taken back through recovery */
+            parse_batch();
+            return;
+        }
         ing.phase = P_IDLE;
         kick(RETRY_MIN_MS);
         return;
     }
+    n0 = ing.b.n;
     /* nil: BLOCK timed out with nothing new */
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0) {
         const redisReply *s = reply->element[0];
@@ -883,8 +917,31 @@ static void on_read(fl_redis_t *r, redisReply *reply, void *ud)
         step();
         return;
     }
-    fl_shm_add(fl_worker.stats->ingest_read, ing.b.n);
-    ing.b.read_us = fl_now_us(); /* not the time spent blocked waiting */
+    fl_shm_add(fl_worker.stats->ingest_read, ing.b.n - n0);
+    if (n0 == 0)
+        ing.b.read_us = fl_now_us(); /* not the time spent blocked waiting */
+    /* Linger: a batch whose first read brought only a few entries waits
+     * for the rest of ingest.linger, then takes what came meanwhile in
+     * one more read (without BLOCK), so that at moderate rates a
+     * transaction, a script call and an XACK carry tens of messages
+     * rather than a handful: flush by size or by age. A first read of
+     * LINGER_BELOW entries or more means a backlog: the batch already
+     * pays for itself, and waiting would only add to the backlog (the
+     * consumer is one batch at a time). */
+    if (!ing.stopping && n0 == 0 && !ing.b.lingered &&
+        ing.b.n < fl_min(cf->ingest.batch, LINGER_BELOW) &&
+        cf->ingest.linger_ms > 0) {
+        int64_t left_ms =
+            cf->ingest.linger_ms - (fl_now_us() - ing.b.read_us) / 1000;
+
+        ing.b.lingered = 1;
+        if (left_ms >= 1) {
+            kick(left_ms); /* on_kick() reads what came meanwhile */
+            return;
+        }
+        if (read_new(cf->ingest.batch - ing.b.n, -1) == FL_OK)
+            return;
+    }
     parse_batch();
 }
 
@@ -1015,7 +1072,7 @@ static void on_group(fl_redis_t *r, redisReply *reply, void *ud)
  */
 static void step(void)
 {
-    char block[24], count[24], cnt_pending[24];
+    char count[24], cnt_pending[24];
     int  rc;
 
     if (ing.phase != P_IDLE)
@@ -1047,15 +1104,8 @@ static void step(void)
                           "XPENDING %s %s IDLE %s - + %s", ing.stream, GROUP,
                           cnt_pending, count);
     } else {
-        snprintf(block, sizeof(block), "%lld",
-                 (long long)fl_worker.cf->ingest.block_ms);
-        rc = fl_redis_cmd(ing.rd,
-                          fl_worker.cf->ingest.block_ms +
-                              fl_worker.cf->redis.command_timeout_ms,
-                          on_read, NULL,
-                          "XREADGROUP GROUP %s %s COUNT %s BLOCK %s "
-                          "STREAMS %s >",
-                          GROUP, ing.consumer, count, block, ing.stream);
+        rc =
+            read_new(fl_worker.cf->ingest.batch, fl_worker.cf->ingest.block_ms);
     }
     if (rc != FL_OK) {
         ing.phase = P_IDLE;
@@ -1067,6 +1117,13 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what, (void)arg;
 
+    if (ing.phase == P_READING && ing.b.lingered && ing.b.n > 0) {
+        /* the linger is over: what came meanwhile, then store */
+        if (ing.stopping ||
+            read_new(fl_worker.cf->ingest.batch - ing.b.n, -1) != FL_OK)
+            parse_batch();
+        return;
+    }
     if (ing.phase == P_STORING)
         store_batch();
     else

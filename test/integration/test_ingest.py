@@ -742,3 +742,30 @@ def test_late_rows_get_a_partition_and_expired_rows_are_skipped(ingest):
     log = ctx.f.log_text()[log0:]
     assert "created partition" in log and "older than postgres.retention_days" \
         in log, stack.tail(log, 40)
+
+
+@pytest.mark.timeout(60)
+def test_linger_gathers_a_trickle_into_one_batch(ingest):
+    """ingest.linger: a batch whose first read brought a few entries keeps
+    gathering for the linger time, so messages that trickle in are stored
+    in one transaction (one batch), not one each; and none waits much
+    longer than the linger."""
+    ctx = ingest(extra={"ingest": {"linger": "1500ms"}}, workers=1,
+                 prefix="lg%s:" % uniq())
+    dev = ctx.dev("linger")
+    t = recent_ts()
+    before = ctx.f.metric("fleetd_ingest_batches_total")
+    t0 = time.monotonic()
+    for i in range(5):
+        ctx.send(dev, {"ts": t + i, "temp": i})
+        time.sleep(0.05)
+    sent = time.monotonic() - t0
+    assert sent < 1.2, "publishing took %.2fs, too slow for the test" % sent
+    assert len(ctx.wait_rows(dev, 5, timeout=15)) == 5
+    stored = time.monotonic() - t0
+    stack.wait_until(lambda: ctx.f.metric("fleetd_ingest_batches_total")
+                     >= before + 1, 5, what="the batch counted")
+    time.sleep(0.3)
+    assert ctx.f.metric("fleetd_ingest_batches_total") == before + 1, \
+        "5 messages within %.2fs were not stored as one batch" % sent
+    assert stored < 1.5 + 3.0, "stored %.2fs after the first send" % stored
