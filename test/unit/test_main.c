@@ -10,6 +10,7 @@
  */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "fl_core.h"
@@ -221,6 +222,19 @@ void fl_test_fail(const char *file, int line, const char *fmt, ...)
     va_end(ap);
     fputc('\n', stdout);
     fflush(stdout);
+}
+
+char *fl_test_repeat(const char *prefix, char c, size_t n, const char *suffix)
+{
+    size_t p = strlen(prefix), s = strlen(suffix);
+    char  *buf = malloc(p + n + s + 1);
+
+    if (buf == NULL)
+        abort();
+    memcpy(buf, prefix, p);
+    memset(buf + p, c, n);
+    memcpy(buf + p + n, suffix, s + 1);
+    return buf;
 }
 
 int fl_test_failures(void)

@@ -90,18 +90,6 @@ static int64_t ts_of(const char *file, int line, const char *json)
 
 #define TS_OF(json) ts_of(__FILE__, __LINE__, json)
 
-/* A malloc'd string: prefix, n times c, suffix. */
-static char *repeat(const char *prefix, char c, size_t n, const char *suffix)
-{
-    size_t p = strlen(prefix), s = strlen(suffix);
-    char  *buf = malloc(p + n + s + 1);
-
-    memcpy(buf, prefix, p);
-    memset(buf + p, c, n);
-    memcpy(buf + p + n, suffix, s + 1);
-    return buf;
-}
-
 void test_payload_topic(void)
 {
     char            dev[FL_DEVICE_ID_MAX + 1];
@@ -152,11 +140,11 @@ void test_payload_topic(void)
     FL_CHECK_STR(fl_reject_name(why.reason), "bad_device_id");
 
     /* 64 bytes is the longest id */
-    t = repeat("devices/", 'x', 64, "/telemetry");
+    t = fl_test_repeat("devices/", 'x', 64, "/telemetry");
     FL_CHECK_EQ_INT(fl_topic_parse(t, strlen(t), dev, &kind, &why), FL_OK);
     FL_CHECK_EQ_INT(strlen(dev), 64);
     free(t);
-    t = repeat("devices/", 'x', 65, "/telemetry");
+    t = fl_test_repeat("devices/", 'x', 65, "/telemetry");
     FL_CHECK_EQ_INT(fl_topic_parse(t, strlen(t), dev, &kind, &why), FL_ERROR);
     FL_CHECK_STR(fl_reject_name(why.reason), "bad_device_id");
     FL_CHECK_CONTAINS(why.msg, "65 bytes");
@@ -762,7 +750,7 @@ void test_payload_rej_too_large(void)
     fl_payload_limits_t lim;
     char               *big;
 
-    big = repeat("{\"a\": \"", 'x', 65536, "\"}");
+    big = fl_test_repeat("{\"a\": \"", 'x', 65536, "\"}");
     REJECTS(big, "too_large");
     free(big);
 
@@ -919,7 +907,7 @@ void test_payload_rej_deep(void)
     /* 10,000 levels of arrays, then of objects: refused at level 9, in
      * microseconds (the bound leaves room for a sanitizer build on a busy
      * machine), with no recursion */
-    arr = repeat("", '[', 10000, "");
+    arr = fl_test_repeat("", '[', 10000, "");
     deep = malloc(10000 * 5 + 2 + 10000 + 1);
     for (p = deep, i = 0; i < 10000; i++, p += 5)
         memcpy(p, "{\"a\":", 5);
@@ -948,7 +936,7 @@ void test_payload_rej_deep(void)
     /* the cap: max_depth above 64 is 64 */
     fl_payload_limits_default(&lim);
     lim.max_depth = 100000;
-    deep = repeat("", '[', 65, "");
+    deep = fl_test_repeat("", '[', 65, "");
     REJECTS_LIM(deep, &lim, "too_deep");
     free(deep);
     deep = malloc(64 * 5 + 2 + 64 + 1);
@@ -977,10 +965,10 @@ void test_payload_rej_numbers(void)
     REJECTS("{\"a\": inf}", "bad_number");
     REJECTS("[{\"a\": 1}, {\"b\": NaN}]", "bad_number");
     /* cJSON reads at most 63 characters of a number */
-    lit = repeat("{\"a\": 1.", '0', 62, "1}");
+    lit = fl_test_repeat("{\"a\": 1.", '0', 62, "1}");
     REJECTS(lit, "bad_number");
     free(lit);
-    lit = repeat("{\"a\": 1.", '0', 60, "1}");
+    lit = fl_test_repeat("{\"a\": 1.", '0', 60, "1}");
     {
         fl_telemetry_t t;
         fl_reject_t    why;
@@ -999,18 +987,18 @@ void test_payload_rej_names(void)
     char               *j;
 
     /* 128 bytes pass, 129 do not, 60,000 neither */
-    j = repeat("{\"", 'n', 128, "\": 1}");
+    j = fl_test_repeat("{\"", 'n', 128, "\": 1}");
     FL_CHECK_EQ_INT(parse(j, &t, &why), FL_OK);
     fl_telemetry_free(&t);
     free(j);
-    j = repeat("{\"", 'n', 129, "\": 1}");
+    j = fl_test_repeat("{\"", 'n', 129, "\": 1}");
     REJECTS(j, "name_too_long");
     free(j);
-    j = repeat("{\"", 'n', 60000, "\": 1}");
+    j = fl_test_repeat("{\"", 'n', 60000, "\": 1}");
     REJECTS(j, "name_too_long");
     free(j);
     /* after flattening: 100 + 1 + 28 */
-    j = repeat("{\"", 'p', 100, "\": {\"abcdefghijklmnopqrstuvwxyzab\": 1}}");
+    j = fl_test_repeat("{\"", 'p', 100, "\": {\"abcdefghijklmnopqrstuvwxyzab\": 1}}");
     REJECTS(j, "name_too_long");
     free(j);
 
@@ -1092,11 +1080,11 @@ void test_payload_rej_values(void)
     REJECTS("{\"a\": {\"b\": [{\"c\": 1}]}}", "array_value");
 
     /* 1024 bytes pass, 1025 do not; the limit is on unescaped bytes */
-    j = repeat("{\"a\": \"", 'x', 1024, "\"}");
+    j = fl_test_repeat("{\"a\": \"", 'x', 1024, "\"}");
     FL_CHECK_EQ_INT(parse(j, &t, &why), FL_OK);
     fl_telemetry_free(&t);
     free(j);
-    j = repeat("{\"a\": \"", 'x', 1025, "\"}");
+    j = fl_test_repeat("{\"a\": \"", 'x', 1025, "\"}");
     REJECTS(j, "string_too_long");
     free(j);
     j = malloc(1024 * 2 + 16);

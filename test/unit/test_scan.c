@@ -85,18 +85,6 @@ static void check_scan(const char *file, int line, const void *buf, size_t len,
 #define FAILS_N(buf, len, err, msg) \
     check_scan(__FILE__, __LINE__, buf, len, DEPTH, FL_SCAN_##err, msg, 0)
 
-/* prefix, n times c, suffix: a malloc'ed string */
-static char *repeat(const char *prefix, char c, size_t n, const char *suffix)
-{
-    size_t p = strlen(prefix), s = strlen(suffix);
-    char  *buf = malloc(p + n + s + 1);
-
-    memcpy(buf, prefix, p);
-    memset(buf + p, c, n);
-    memcpy(buf + p + n, suffix, s + 1);
-    return buf;
-}
-
 #define SEQ(s, n) fl_utf8_seq((const unsigned char *)(s), n)
 
 void test_scan_utf8_seq(void)
@@ -562,29 +550,29 @@ void test_scan_number_length(void)
     char *s;
 
     /* at most 63 characters, sign, point and exponent included */
-    s = repeat("", '1', 63, "");
+    s = fl_test_repeat("", '1', 63, "");
     OK(s, 1);
     free(s);
-    s = repeat("", '1', 64, "");
+    s = fl_test_repeat("", '1', 64, "");
     FAILS(s, BAD_NUMBER, "byte 0: number literal longer than 63 characters");
     free(s);
-    s = repeat("-", '1', 62, "");
+    s = fl_test_repeat("-", '1', 62, "");
     OK(s, 1);
     free(s);
-    s = repeat("-", '1', 63, "");
+    s = fl_test_repeat("-", '1', 63, "");
     FAILS(s, BAD_NUMBER, "byte 0: number literal longer than 63 characters");
     free(s);
-    s = repeat("0.", '0', 57, "e+10");
+    s = fl_test_repeat("0.", '0', 57, "e+10");
     OK(s, 1);
     free(s);
-    s = repeat("0.", '0', 58, "e+10");
+    s = fl_test_repeat("0.", '0', 58, "e+10");
     FAILS(s, BAD_NUMBER, "byte 0: number literal longer than 63 characters");
     free(s);
-    s = repeat("{\"a\":[1, ", '2', 64, "]}");
+    s = fl_test_repeat("{\"a\":[1, ", '2', 64, "]}");
     FAILS(s, BAD_NUMBER, "byte 9: number literal longer than 63 characters");
     free(s);
     /* the grammar is checked first */
-    s = repeat("", '1', 70, ".");
+    s = fl_test_repeat("", '1', 70, ".");
     FAILS(s, INVALID_JSON,
           "byte 71: unexpected end of input, expected a digit after '.'");
     free(s);
@@ -624,22 +612,22 @@ void test_scan_depth(void)
                 "byte 2: unexpected 'x', expected a value");
 
     /* 64 is the most: one bit per open container in a uint64_t */
-    s = repeat("", '[', 64, "");
-    p = repeat(s, ']', 64, "");
+    s = fl_test_repeat("", '[', 64, "");
+    p = fl_test_repeat(s, ']', 64, "");
     DEPTH_OK(p, 64, 0);
     free(p);
-    p = repeat(s, '[', 1, "");
+    p = fl_test_repeat(s, '[', 1, "");
     DEPTH_FAILS(p, 64, TOO_DEEP, "byte 64: nesting deeper than 64");
     free(p);
     free(s);
 
     /* an object at depth 64 (bit 63), arrays around it: its closing
      * bracket is checked against its own kind */
-    s = repeat("", '[', 63, "{\"a\":1}");
-    p = repeat(s, ']', 63, "");
+    s = fl_test_repeat("", '[', 63, "{\"a\":1}");
+    p = fl_test_repeat(s, ']', 63, "");
     DEPTH_OK(p, 64, 1);
     free(p);
-    p = repeat("", '[', 63, "{\"a\":1]");
+    p = fl_test_repeat("", '[', 63, "{\"a\":1]");
     DEPTH_FAILS(p, 64, INVALID_JSON,
                 "byte 69: unexpected ']', expected ',' or '}'");
     free(p);
@@ -664,10 +652,10 @@ void test_scan_depth(void)
     free(s);
 
     /* 10,000 deep fails at the first bracket too many, not the end */
-    s = repeat("", '[', 10000, "");
+    s = fl_test_repeat("", '[', 10000, "");
     DEPTH_FAILS(s, 8, TOO_DEEP, "byte 8: nesting deeper than 8");
     free(s);
-    s = repeat("{\"a\":", '[', 10000, "");
+    s = fl_test_repeat("{\"a\":", '[', 10000, "");
     DEPTH_FAILS(s, 8, TOO_DEEP, "byte 12: nesting deeper than 8");
     free(s);
 }

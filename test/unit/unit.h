@@ -24,6 +24,9 @@ typedef struct {
 void fl_test_fail(const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
+/* A malloc'd string: prefix, n times c, suffix. */
+char *fl_test_repeat(const char *prefix, char c, size_t n, const char *suffix);
+
 /* Failures recorded by the current test so far. */
 int fl_test_failures(void);
 
