@@ -998,7 +998,8 @@ void test_payload_rej_names(void)
     REJECTS(j, "name_too_long");
     free(j);
     /* after flattening: 100 + 1 + 28 */
-    j = fl_test_repeat("{\"", 'p', 100, "\": {\"abcdefghijklmnopqrstuvwxyzab\": 1}}");
+    j = fl_test_repeat("{\"", 'p', 100,
+                       "\": {\"abcdefghijklmnopqrstuvwxyzab\": 1}}");
     REJECTS(j, "name_too_long");
     free(j);
 
