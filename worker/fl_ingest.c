@@ -838,25 +838,32 @@ static void on_acked(fl_redis_t *r, redisReply *reply, void *ud)
     step();
 }
 
-static void ack_batch(void)
+/* Send head[0 .. nhead) followed by the id of every entry of the batch
+ * (XACK, XCLAIM). */
+static int cmd_with_ids(const char *const *head, int nhead, fl_redis_cb cb)
 {
-    const char **argv = fl_alloc((3 + ing.b.n) * sizeof(char *));
-    size_t      *len = fl_alloc((3 + ing.b.n) * sizeof(size_t));
-    int          argc = 0;
+    int          argc = nhead + ing.b.n, rc;
+    const char **argv = fl_alloc((size_t)argc * sizeof(char *));
+    size_t      *len = fl_alloc((size_t)argc * sizeof(size_t));
 
-    ing.phase = P_ACKING;
-    argv[argc++] = "XACK";
-    argv[argc++] = ing.stream;
-    argv[argc++] = GROUP;
-    for (int i = 0; i < ing.b.n; i++)
-        argv[argc++] = ing.b.e[i].id;
-    for (int i = 0; i < argc; i++)
+    for (int i = 0; i < argc; i++) {
+        argv[i] = i < nhead ? head[i] : ing.b.e[i - nhead].id;
         len[i] = strlen(argv[i]);
-    if (ing.b.n == 0 ||
-        fl_redis_cmdargv(ing.wr, 0, on_acked, NULL, argc, argv, len) != FL_OK)
-        on_acked(ing.wr, NULL, NULL);
+    }
+    rc = fl_redis_cmdargv(ing.wr, 0, cb, NULL, argc, argv, len);
     free(argv);
     free(len);
+    return rc;
+}
+
+static void ack_batch(void)
+{
+    const char *head[] = {"XACK", ing.stream, GROUP};
+
+    ing.phase = P_ACKING;
+    if (ing.b.n == 0 ||
+        cmd_with_ids(head, (int)fl_nelem(head), on_acked) != FL_OK)
+        on_acked(ing.wr, NULL, NULL);
 }
 
 /* ---- reading ---- */
@@ -990,10 +997,7 @@ static void on_claimed(fl_redis_t *r, redisReply *reply, void *ud)
  */
 static void on_pending(fl_redis_t *r, redisReply *reply, void *ud)
 {
-    const char **argv;
-    size_t      *len;
-    int          argc = 0;
-    char         idle[24];
+    char idle[24];
 
     (void)r, (void)ud;
     if (ing.phase != P_READING)
@@ -1023,28 +1027,18 @@ static void on_pending(fl_redis_t *r, redisReply *reply, void *ud)
         ing.b.e[ing.b.n].deliveries = it->element[3]->integer + 1;
         ing.b.n++;
     }
-    argv = fl_alloc((6 + ing.b.n) * sizeof(char *));
-    len = fl_alloc((6 + ing.b.n) * sizeof(size_t));
     snprintf(idle, sizeof(idle), "%lld",
              ing.recover_own ? 0LL
                              : (long long)fl_worker.cf->ingest.claim_idle_ms);
-    argv[argc++] = "XCLAIM";
-    argv[argc++] = ing.stream;
-    argv[argc++] = GROUP;
-    argv[argc++] = ing.consumer;
-    argv[argc++] = idle;
-    for (int i = 0; i < ing.b.n; i++)
-        argv[argc++] = ing.b.e[i].id;
-    for (int i = 0; i < argc; i++)
-        len[i] = strlen(argv[i]);
-    if (fl_redis_cmdargv(ing.wr, 0, on_claimed, NULL, argc, argv, len) !=
-        FL_OK) {
-        batch_clear();
-        ing.phase = P_IDLE;
-        kick(RETRY_MIN_MS);
+    {
+        const char *head[] = {"XCLAIM", ing.stream, GROUP, ing.consumer, idle};
+
+        if (cmd_with_ids(head, (int)fl_nelem(head), on_claimed) != FL_OK) {
+            batch_clear();
+            ing.phase = P_IDLE;
+            kick(RETRY_MIN_MS);
+        }
     }
-    free(argv);
-    free(len);
 }
 
 static void on_group(fl_redis_t *r, redisReply *reply, void *ud)
