@@ -115,7 +115,7 @@ typedef struct {
     int           nchunks;
     int           jobs;     /* pool jobs outstanding */
     int           rebuild;  /* jobs rebuild the script calls only */
-    int           lingered; /* the linger wait is over or under way */
+    int           lingered; /* the kick timer is the linger's */
     int           replies;  /* publish replies outstanding */
     int           failed;   /* a publish command failed */
     int           isolate;  /* storing one entry at a time */
@@ -935,7 +935,7 @@ static void on_read(fl_redis_t *r, redisReply *reply, void *ud)
      * LINGER_BELOW entries or more means a backlog: the batch already
      * pays for itself, and waiting would only add to the backlog (the
      * consumer is one batch at a time). */
-    if (!ing.stopping && n0 == 0 && !ing.b.lingered &&
+    if (!ing.stopping && n0 == 0 &&
         ing.b.n < fl_min(cf->ingest.batch, LINGER_BELOW) &&
         cf->ingest.linger_ms > 0) {
         int64_t left_ms =
