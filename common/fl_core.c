@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <pthread.h>
 
 #include "fl_core.h"
 
@@ -72,4 +73,25 @@ char *fl_strdup(const char *s)
 
     memcpy(p, s, n);
     return p;
+}
+
+static const char *fl_hooks;
+static pthread_once_t fl_hooks_once = PTHREAD_ONCE_INIT;
+
+static void fl_hooks_load(void)
+{
+    fl_hooks = getenv("FLEETD_TEST_HOOKS");
+}
+
+int64_t fl_test_hook(const char *name)
+{
+    size_t      n = strlen(name);
+    const char *p;
+
+    pthread_once(&fl_hooks_once, fl_hooks_load);
+    for (p = fl_hooks; p && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL) {
+        if (strncmp(p, name, n) == 0 && p[n] == '=')
+            return strtoll(p + n + 1, NULL, 10);
+    }
+    return -1;
 }

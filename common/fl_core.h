@@ -27,6 +27,15 @@
 #else
 #define fl_unused
 #define fl_printf(f, a)
+/*
+ * Test hooks: FLEETD_TEST_HOOKS="name=value,name=value" in the
+ * environment. Returns the value of name, or -1 when it is not set.
+ * Integration tests use them to hold a process inside a window they must
+ * reach (for example between a commit and its acknowledgement); nothing
+ * reads them unless the variable is set. Read once, cached.
+ */
+int64_t fl_test_hook(const char *name);
+
 #endif
 
 /* Monotonic clock in milliseconds / microseconds; wall clock in ms. */
@@ -40,5 +49,14 @@ void *fl_alloc(size_t n);
 void *fl_calloc(size_t n, size_t size);
 void *fl_realloc(void *p, size_t n);
 char *fl_strdup(const char *s);
+
+/*
+ * Test hooks: FLEETD_TEST_HOOKS="name=value,name=value" in the
+ * environment. Returns the value of name, or -1 when it is not set.
+ * Integration tests use them to hold a process inside a window they must
+ * reach (for example between a commit and its acknowledgement); nothing
+ * reads them unless the variable is set. Read once, cached.
+ */
+int64_t fl_test_hook(const char *name);
 
 #endif

@@ -37,6 +37,8 @@ typedef enum {
 #define FL_SHM_STATUS_CODES 600
 /* ingest rejections by fl_reject_reason_t (worker/fl_payload.h) */
 #define FL_SHM_REJECT_REASONS 32
+/* points dead-lettered out of a message that is otherwise stored */
+enum { FL_POINT_TOO_OLD = 0, FL_POINT_IN_FUTURE, FL_SHM_POINT_REASONS };
 
 /* Dependency states published by the modules that own a connection. */
 typedef enum {
@@ -80,6 +82,9 @@ typedef struct {
     volatile uint64_t mqtt_oversize;     /* dead-lettered at intake */
     volatile uint64_t mqtt_enqueue_failures; /* XADD failed: not acked */
     volatile uint64_t mqtt_connects;
+    volatile uint64_t mqtt_duplicates;   /* broker redeliveries (DUP) of
+                                            messages already in the stream:
+                                            acknowledged, not appended */
 
     /* stream consumer (fl_ingest.c) */
     volatile uint64_t ingest_read;       /* stream entries read */
@@ -87,7 +92,13 @@ typedef struct {
     volatile uint64_t ingest_state;      /* state messages merged */
     volatile uint64_t ingest_rejected[FL_SHM_REJECT_REASONS];
     volatile uint64_t ingest_stored;     /* messages committed */
-    volatile uint64_t ingest_rows;       /* rows committed */
+    volatile uint64_t ingest_rows;       /* rows inserted (new keys) */
+    volatile uint64_t ingest_overwritten; /* points that met another
+                                             message's point with the same
+                                             key and another value */
+    volatile uint64_t ingest_duplicates; /* points whose key already held
+                                            the same value (replays) */
+    volatile uint64_t ingest_points_dead[FL_SHM_POINT_REASONS];
     volatile uint64_t ingest_batches;
     volatile uint64_t ingest_dead_lettered;
     volatile uint64_t ingest_claimed;    /* taken over from dead consumers */

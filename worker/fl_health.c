@@ -263,14 +263,29 @@ static void ingest_metrics(struct evbuffer *b,
           "Stream appends that failed (message not acknowledged).",
           mqtt_enqueue_failures),
         C("mqtt_connects_total", "Connections to the broker.", mqtt_connects),
+        C("mqtt_duplicates_total",
+          "Broker redeliveries of messages already in the stream, "
+          "acknowledged and not appended again.",
+          mqtt_duplicates),
         C("ingest_read_total", "Stream entries read.", ingest_read),
         C("ingest_accepted_total", "Telemetry messages parsed.",
           ingest_accepted),
         C("ingest_state_total", "Reported-state messages merged.",
           ingest_state),
-        C("ingest_stored_total", "Telemetry messages committed.",
-          ingest_stored),
-        C("ingest_rows_total", "Telemetry rows committed.", ingest_rows),
+        C("ingest_stored_total",
+          "Telemetry messages whose points were committed.", ingest_stored),
+        C("ingest_rows_total",
+          "Telemetry rows inserted: new (device, metric, ts) keys.",
+          ingest_rows),
+        C("ingest_overwritten_total",
+          "Points that met a point of another message with the same "
+          "device, metric and ts and another value (the later one in "
+          "queue order is kept).",
+          ingest_overwritten),
+        C("ingest_duplicates_total",
+          "Points whose device, metric and ts already held the same value "
+          "(an entry stored again, a repeated message).",
+          ingest_duplicates),
         C("ingest_batches_total", "Batches committed.", ingest_batches),
         C("ingest_dead_lettered_total", "Entries moved to the dead-letter "
           "stream.", ingest_dead_lettered),
@@ -301,6 +316,22 @@ static void ingest_metrics(struct evbuffer *b,
         }
         evbuffer_add_printf(b, "fleetd_ingest_rejected_total{reason=\"%s\"} "
                             "%llu\n", fl_reject_name((fl_reject_reason_t)r),
+                            (unsigned long long)sum);
+    }
+
+    evbuffer_add_printf(b, "# HELP fleetd_ingest_points_dead_lettered_total "
+                        "Points dead-lettered out of messages whose other "
+                        "points were stored, by reason.\n"
+                        "# TYPE fleetd_ingest_points_dead_lettered_total "
+                        "counter\n");
+    for (int r = 0; r < FL_SHM_POINT_REASONS; r++) {
+        uint64_t sum = 0;
+        for (int i = 0; i < n; i++)
+            sum += fl_shm_load(cur[i]->ingest_points_dead[r]);
+        evbuffer_add_printf(b,
+                            "fleetd_ingest_points_dead_lettered_total{reason="
+                            "\"%s\"} %llu\n",
+                            r == FL_POINT_TOO_OLD ? "too_old" : "in_future",
                             (unsigned long long)sum);
     }
 
