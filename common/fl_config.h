@@ -59,39 +59,39 @@ typedef struct {
         char        *password;
         fl_strlist_t topics;
         int          qos;
-        char        *client_id;     /* "" = fleetd-{node_id}-w{slot} */
-        char        *share_group;   /* "" = plain (non-shared) subscription */
+        char        *client_id;   /* "" = fleetd-{node_id}-w{slot} */
+        char        *share_group; /* "" = plain (non-shared) subscription */
         int64_t      keepalive_ms;
         int64_t      session_expiry_ms;
         int64_t      connect_timeout_ms;
         int64_t      reconnect_max_ms;
-        int          receive_max;   /* MQTT 5 Receive Maximum */
-        char        *ca_file;       /* TLS (ssl:// or mqtts:// uri) */
+        int          receive_max; /* MQTT 5 Receive Maximum */
+        char        *ca_file;     /* TLS (ssl:// or mqtts:// uri) */
         char        *cert_file;
         char        *key_file;
-        int          tls_insecure;  /* skip server certificate checks */
+        int          tls_insecure; /* skip server certificate checks */
     } mqtt;
 
     struct {
-        char    *host;
-        int      port;
-        char    *password;
-        char    *prefix;            /* every key and channel starts so */
-        int64_t  stream_maxlen;     /* approximate MAXLEN of the stream */
-        int64_t  dead_letter_maxlen;
-        int64_t  shadow_ttl_ms;
-        int      channel_shards;
-        int64_t  connect_timeout_ms;
-        int64_t  command_timeout_ms;
+        char   *host;
+        int     port;
+        char   *password;
+        char   *prefix;        /* every key and channel starts so */
+        int64_t stream_maxlen; /* approximate MAXLEN of the stream */
+        int64_t dead_letter_maxlen;
+        int64_t shadow_ttl_ms;
+        int     channel_shards;
+        int64_t connect_timeout_ms;
+        int64_t command_timeout_ms;
     } redis;
 
     struct {
-        char    *conninfo;
-        int      retention_days;
-        int64_t  connect_timeout_ms;
-        int64_t  partition_interval_ms;  /* 1h..30d */
-        int      partitions_ahead;
-        int      synchronous_commit;     /* bool */
+        char   *conninfo;
+        int     retention_days;
+        int64_t connect_timeout_ms;
+        int64_t partition_interval_ms; /* 1h..30d */
+        int     partitions_ahead;
+        int     synchronous_commit; /* bool */
     } postgres;
 
     struct {
@@ -99,25 +99,26 @@ typedef struct {
     } auth;
 
     struct {
-        int      batch;             /* stream entries read at once */
-        int64_t  block_ms;          /* XREADGROUP BLOCK */
-        int64_t  linger_ms;         /* a batch fills this long at most */
-        int64_t  claim_idle_ms;     /* pending this long: claimed */
-        int      max_deliveries;    /* then dead-lettered */
-        int      parse_threads;
-        int64_t  parse_inline_max;  /* bigger payloads go to the pool */
-        int64_t  online_window_ms;  /* online = seen within this */
+        int     batch;          /* stream entries read at once */
+        int64_t block_ms;       /* XREADGROUP BLOCK */
+        int64_t linger_ms;      /* a batch fills this long at most */
+        int64_t claim_idle_ms;  /* pending this long: claimed */
+        int     max_deliveries; /* then dead-lettered */
+        int     parse_threads;
+        int64_t parse_inline_max; /* bigger payloads go to the pool */
+        int64_t online_window_ms; /* online = seen within this */
     } ingest;
 
     struct {
-        int64_t  max_payload_bytes;
-        int64_t  ws_send_buffer;
-        int      max_metrics;
-        int      max_name_bytes;
-        int      max_depth;
-        int      max_batch;
-        int      max_string_bytes;
-        int64_t  max_future_ms;
+        int64_t max_payload_bytes;
+        int64_t ws_send_buffer;
+        int     max_metrics;
+        int     max_name_bytes;
+        int     max_depth;
+        int     max_batch;
+        int     max_string_bytes;
+        int64_t max_clock_skew_ms; /* points later than arrival + this
+                                      are dead-lettered (in_future) */
     } limits;
 } fl_config_t;
 

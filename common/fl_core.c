@@ -1,11 +1,11 @@
 /*
  * fl_core.c - clocks and allocation wrappers.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <pthread.h>
 
 #include "fl_core.h"
 
@@ -75,7 +75,7 @@ char *fl_strdup(const char *s)
     return p;
 }
 
-static const char *fl_hooks;
+static const char    *fl_hooks;
 static pthread_once_t fl_hooks_once = PTHREAD_ONCE_INIT;
 
 static void fl_hooks_load(void)
@@ -89,7 +89,8 @@ int64_t fl_test_hook(const char *name)
     const char *p;
 
     pthread_once(&fl_hooks_once, fl_hooks_load);
-    for (p = fl_hooks; p && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL) {
+    for (p = fl_hooks; p && *p;
+         p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL) {
         if (strncmp(p, name, n) == 0 && p[n] == '=')
             return strtoll(p + n + 1, NULL, 10);
     }

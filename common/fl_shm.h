@@ -37,8 +37,8 @@ typedef enum {
 #define FL_SHM_STATUS_CODES 600
 /* ingest rejections by fl_reject_reason_t (worker/fl_payload.h) */
 #define FL_SHM_REJECT_REASONS 32
-/* points dead-lettered out of a message that is otherwise stored */
-enum { FL_POINT_TOO_OLD = 0, FL_POINT_IN_FUTURE, FL_SHM_POINT_REASONS };
+/* rows (metric values) dead-lettered for their time */
+enum { FL_ROW_TOO_OLD = 0, FL_ROW_IN_FUTURE, FL_SHM_ROW_REASONS };
 
 /* Dependency states published by the modules that own a connection. */
 typedef enum {
@@ -74,39 +74,39 @@ typedef struct {
     volatile uint64_t http_bad_requests; /* parse errors before a status */
 
     /* dependencies as this worker sees them (fl_dep_state_t by FL_DEP_*) */
-    volatile int32_t  dep[4];
+    volatile int32_t dep[4];
 
     /* MQTT intake (fl_mqtt.c) */
-    volatile uint64_t mqtt_received;     /* messages delivered by the broker */
-    volatile uint64_t mqtt_enqueued;     /* in the stream, then acknowledged */
-    volatile uint64_t mqtt_oversize;     /* dead-lettered at intake */
+    volatile uint64_t mqtt_received; /* messages delivered by the broker */
+    volatile uint64_t mqtt_enqueued; /* in the stream, then acknowledged */
+    volatile uint64_t mqtt_oversize; /* dead-lettered at intake */
     volatile uint64_t mqtt_enqueue_failures; /* XADD failed: not acked */
     volatile uint64_t mqtt_connects;
-    volatile uint64_t mqtt_duplicates;   /* broker redeliveries (DUP) of
-                                            messages already in the stream:
-                                            acknowledged, not appended */
+    volatile uint64_t mqtt_duplicates; /* broker redeliveries (DUP) of
+                                          messages already in the stream:
+                                          acknowledged, not appended */
 
     /* stream consumer (fl_ingest.c) */
-    volatile uint64_t ingest_read;       /* stream entries read */
-    volatile uint64_t ingest_accepted;   /* telemetry messages parsed */
-    volatile uint64_t ingest_state;      /* state messages merged */
+    volatile uint64_t ingest_read;     /* stream entries read */
+    volatile uint64_t ingest_accepted; /* telemetry messages parsed */
+    volatile uint64_t ingest_state;    /* state messages merged */
     volatile uint64_t ingest_rejected[FL_SHM_REJECT_REASONS];
-    volatile uint64_t ingest_stored;     /* messages committed */
-    volatile uint64_t ingest_rows;       /* rows inserted (new keys) */
-    volatile uint64_t ingest_overwritten; /* points that met another
-                                             message's point with the same
+    volatile uint64_t ingest_stored;      /* messages committed */
+    volatile uint64_t ingest_rows;        /* rows inserted (new keys) */
+    volatile uint64_t ingest_overwritten; /* rows that met another
+                                             message's row with the same
                                              key and another value */
-    volatile uint64_t ingest_duplicates; /* points whose key already held
-                                            the same value (replays) */
-    volatile uint64_t ingest_points_dead[FL_SHM_POINT_REASONS];
+    volatile uint64_t ingest_duplicates;  /* rows whose key already held
+                                             the same value (replays) */
+    volatile uint64_t ingest_rows_dead[FL_SHM_ROW_REASONS];
     volatile uint64_t ingest_batches;
     volatile uint64_t ingest_dead_lettered;
-    volatile uint64_t ingest_claimed;    /* taken over from dead consumers */
+    volatile uint64_t ingest_claimed; /* taken over from dead consumers */
     volatile uint64_t ingest_pg_failures;
     volatile uint64_t ingest_published;
-    fl_hist_t         batch_rows;        /* rows per committed batch */
-    fl_hist_t         batch_latency_us;  /* read -> committed */
-    fl_hist_t         e2e_latency_us;    /* broker arrival -> committed */
+    fl_hist_t         batch_rows;       /* rows per committed batch */
+    fl_hist_t         batch_latency_us; /* read -> committed */
+    fl_hist_t         e2e_latency_us;   /* broker arrival -> committed */
 } fl_shm_worker_t;
 
 typedef struct {
@@ -118,10 +118,10 @@ typedef struct {
     volatile uint64_t reloads_failed;
     volatile int32_t  dep_state[4]; /* unused: see fl_shm_worker_t.dep */
     /* the ingest stream, sampled by the workers' consumers */
-    volatile int64_t  queue_length;
-    volatile int64_t  queue_pending;
-    volatile int64_t  queue_sampled_ms; /* 0: never sampled */
-    fl_shm_worker_t   w[FL_SHM_ENTRIES];
+    volatile int64_t queue_length;
+    volatile int64_t queue_pending;
+    volatile int64_t queue_sampled_ms; /* 0: never sampled */
+    fl_shm_worker_t  w[FL_SHM_ENTRIES];
 } fl_shm_t;
 
 enum { FL_DEP_MQTT = 0, FL_DEP_REDIS, FL_DEP_POSTGRES };

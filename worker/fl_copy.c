@@ -5,7 +5,7 @@
  * \n, columns separated by a tab, \N for NULL, and in a text column a
  * backslash, tab, newline or carriage return written as \\, \t, \n, \r
  * (row_text()). Numbers are written so that float8 reads back the same
- * double (row_double()), timestamps as ISO text in UTC to the millisecond
+ * double (row_double()), timestamps as ISO text in UTC to the microsecond
  * (row_ts()).
  */
 #include <math.h>
@@ -203,45 +203,49 @@ static void ts_second(fl_pg_batch_t *b, int64_t sec)
     b->ts_sec = sec;
 }
 
-/* A timestamptz in ISO format, UTC, to the millisecond:
- * "2026-11-29 04:00:00.123+00". The server reads ISO year-month-day
- * whatever the session's DateStyle, and the explicit zone whatever its
- * TimeZone. Rows of one batch mostly share their second: its text is
- * cached in the batch, only the milliseconds are formatted per row. */
-static void row_ts(row_t *r, fl_pg_batch_t *b, int64_t ts_ms)
+/* A timestamptz in ISO format, UTC, to the microsecond:
+ * "2026-11-29 04:00:00.123+00", or "...00.123456+00" when the time is not
+ * a whole millisecond. The server reads ISO year-month-day whatever the
+ * session's DateStyle, and the explicit zone whatever its TimeZone. Rows
+ * of one batch mostly share their second: its text is cached in the
+ * batch, only the fraction is formatted per row. */
+static void row_ts(row_t *r, fl_pg_batch_t *b, int64_t ts_us)
 {
-    int64_t sec = ts_ms / 1000;
-    int     ms = (int)(ts_ms % 1000);
-    char    frac[7];
+    int64_t sec = ts_us / 1000000;
+    int     us = (int)(ts_us % 1000000);
+    char    frac[10];
+    size_t  n = 0;
+    int     digits = 6, div = 100000;
 
-    if (ms < 0) {
-        ms += 1000;
+    if (us < 0) {
+        us += 1000000;
         sec--;
     }
     if (sec != b->ts_sec || b->ts_len == 0)
         ts_second(b, sec);
     row_put(r, b->ts_text, b->ts_len);
-    frac[0] = '.';
-    frac[1] = (char)('0' + ms / 100);
-    frac[2] = (char)('0' + ms / 10 % 10);
-    frac[3] = (char)('0' + ms % 10);
-    frac[4] = '+';
-    frac[5] = '0';
-    frac[6] = '0';
-    row_put(r, frac, sizeof(frac));
+    if (us % 1000 == 0)
+        digits = 3;
+    frac[n++] = '.';
+    for (int i = 0; i < digits; i++, div /= 10)
+        frac[n++] = (char)('0' + us / div % 10);
+    frac[n++] = '+';
+    frac[n++] = '0';
+    frac[n++] = '0';
+    row_put(r, frac, n);
     if (b->ts_bc)
         row_lit(r, " BC");
 }
 
 /*
- * Columns of the telemetry table, in its order: ts, value, value_bool,
- * device_id, metric, value_text, unit (FL_COPY_COLUMNS). One row per metric
- * of every point; exactly one of the three value columns is set, the
- * others are \N. The fast path copies these rows into telemetry, the
- * staging path into fleetd_staging2, which has the same columns.
+ * Columns of the telemetry table: ts, value, value_bool, device_id,
+ * metric, value_text, unit, src (FL_COPY_COLUMNS). One row per metric of
+ * every point; exactly one of the three value columns is set, the others
+ * are \N. The fast path copies these rows into telemetry, the staging
+ * path into a temporary table with the same columns.
  */
 void fl_pg_batch_add(fl_pg_batch_t *b, const char *device,
-                     const fl_telemetry_t *t)
+                     const fl_telemetry_t *t, int64_t src)
 {
     row_t r;
 
@@ -254,7 +258,7 @@ void fl_pg_batch_add(fl_pg_batch_t *b, const char *device,
             const fl_metric_t *m = &p->metrics[j];
             const char        *str = NULL;
 
-            row_ts(&r, b, p->ts_ms);
+            row_ts(&r, b, p->ts_us);
             switch (m->type) {
             case FL_METRIC_NUM:
                 row_lit(&r, "\t");
@@ -286,6 +290,8 @@ void fl_pg_batch_add(fl_pg_batch_t *b, const char *device,
                 row_text(&r, m->unit);
             else
                 row_lit(&r, "\\N");
+            row_lit(&r, "\t");
+            row_int(&r, src);
             row_lit(&r, "\n");
             b->rows++;
         }

@@ -2,12 +2,12 @@
  * fl_copy.h - telemetry rows in PostgreSQL's COPY text format.
  *
  * A batch is the rows of one write (fl_pg_write()): one line per metric of
- * every point, tab-separated columns in telemetry's order
- * (FL_COPY_COLUMNS), text fields escaped, NULL as \N, ts as UTC text to
- * the millisecond (see fl_copy.c). The buffer goes to the server as is,
- * by COPY telemetry (FL_COPY_COLUMNS) FROM STDIN or, on the staging path,
- * into a table with the same columns. Pure formatting: no connection, no
- * event loop, so the unit tests drive it directly.
+ * every point, tab-separated columns (FL_COPY_COLUMNS), text fields
+ * escaped, NULL as \N, ts as UTC text to the microsecond (see fl_copy.c). The
+ * buffer goes to the server as is, by COPY telemetry (FL_COPY_COLUMNS) FROM
+ * STDIN or, on the staging path, into a table with the same columns. Pure
+ * formatting: no connection, no event loop, so the unit tests drive it
+ * directly.
  */
 #ifndef FL_COPY_H
 #define FL_COPY_H
@@ -19,9 +19,11 @@
 
 #include "fl_payload.h"
 
-/* the columns of a COPY row (fl_pg_batch_add): telemetry's, in its order */
+/* the columns of a COPY row (fl_pg_batch_add). src orders the messages
+ * that wrote a row: the stream entry id as ms * 1000000 + seq (see
+ * fl_ingest.c), so that of two messages with one key the later wins. */
 #define FL_COPY_COLUMNS \
-    "ts, value, value_bool, device_id, metric, value_text, unit"
+    "ts, value, value_bool, device_id, metric, value_text, unit, src"
 
 /* Rows of one write, accumulated in COPY text format. */
 typedef struct {
@@ -38,8 +40,9 @@ void fl_pg_batch_init(fl_pg_batch_t *b);
 /* Empty the rows; the buffer is kept for the next batch. */
 void fl_pg_batch_reset(fl_pg_batch_t *b);
 void fl_pg_batch_free(fl_pg_batch_t *b);
-/* Append one row per metric of every point of t for device. */
+/* Append one row per metric of every point of t for device, written by
+ * the message src. */
 void fl_pg_batch_add(fl_pg_batch_t *b, const char *device,
-                     const fl_telemetry_t *t);
+                     const fl_telemetry_t *t, int64_t src);
 
 #endif

@@ -18,8 +18,8 @@
 #include <event2/buffer.h>
 
 #include "fl_http.h"
-#include "fl_payload.h"
 #include "fl_log.h"
+#include "fl_payload.h"
 #include "fl_worker.h"
 
 #define HEARTBEAT_STALE_MS 5000
@@ -135,8 +135,8 @@ static int healthz(fl_http_req_t *req, void *ud)
                                 dep_name(fl_shm_load(e->dep[FL_DEP_MQTT])));
         cJSON_AddStringToObject(dp, "redis",
                                 dep_name(fl_shm_load(e->dep[FL_DEP_REDIS])));
-        cJSON_AddStringToObject(
-            dp, "postgres", dep_name(fl_shm_load(e->dep[FL_DEP_POSTGRES])));
+        cJSON_AddStringToObject(dp, "postgres",
+                                dep_name(fl_shm_load(e->dep[FL_DEP_POSTGRES])));
         cJSON_AddItemToArray(ws, o);
     }
     if (kill(fl_shm_load(s->master_pid), 0) == -1)
@@ -204,8 +204,8 @@ static void per_worker_u64(struct evbuffer              *b,
 /* A histogram of microsecond values as a Prometheus histogram in
  * seconds (or in plain units when scale is 1), summed over workers. */
 static void hist_prom(struct evbuffer *b, const fl_shm_worker_t *const *cur,
-                      int n, const char *name, const char *help,
-                      size_t off, const double *bounds, int nb, double scale)
+                      int n, const char *name, const char *help, size_t off,
+                      const double *bounds, int nb, double scale)
 {
     fl_hist_t h;
 
@@ -218,33 +218,33 @@ static void hist_prom(struct evbuffer *b, const fl_shm_worker_t *const *cur,
         evbuffer_add_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, bounds[i],
                             (unsigned long long)fl_hist_count_le(
                                 &h, (uint64_t)(bounds[i] * scale)));
-    evbuffer_add_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %g\n"
-                        "%s_count %llu\n", name,
-                        (unsigned long long)h.count, name,
+    evbuffer_add_printf(b,
+                        "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %g\n"
+                        "%s_count %llu\n",
+                        name, (unsigned long long)h.count, name,
                         (double)h.sum / scale, name,
                         (unsigned long long)h.count);
 }
 
 static void node_counter(struct evbuffer *b, const fl_shm_worker_t *const *cur,
-                         int n, const char *name, const char *help,
-                         size_t off)
+                         int n, const char *name, const char *help, size_t off)
 {
     uint64_t sum = 0;
 
     for (int i = 0; i < n; i++)
-        sum += fl_shm_load(*(const volatile uint64_t *)((const char *)cur[i] +
-                                                        off));
+        sum += fl_shm_load(
+            *(const volatile uint64_t *)((const char *)cur[i] + off));
     evbuffer_add_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name,
                         help, name, name, (unsigned long long)sum);
 }
 
 /* MQTT intake and stream consumer series, node-wide. */
-static void ingest_metrics(struct evbuffer *b,
+static void ingest_metrics(struct evbuffer              *b,
                            const fl_shm_worker_t *const *cur, int n)
 {
-    static const double lat[] = {0.001, 0.002, 0.005, 0.01, 0.025, 0.05,
-                                 0.1,   0.25,  0.5,   1,    2.5,   5, 10};
-    static const double rows[] = {1,   10,   50,   100,  500,
+    static const double lat[] = {0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                 0.25,  0.5,   1,     2.5,  5,     10};
+    static const double rows[] = {1,    10,   50,   100,   500,
                                   1000, 2000, 5000, 10000, 50000};
     static const struct {
         const char *name, *help;
@@ -278,17 +278,19 @@ static void ingest_metrics(struct evbuffer *b,
           "Telemetry rows inserted: new (device, metric, ts) keys.",
           ingest_rows),
         C("ingest_overwritten_total",
-          "Points that met a point of another message with the same "
-          "device, metric and ts and another value (the later one in "
-          "queue order is kept).",
+          "Rows that met a row of another message with the same device, "
+          "metric and ts and another value (the later one in queue order "
+          "is kept).",
           ingest_overwritten),
         C("ingest_duplicates_total",
-          "Points whose device, metric and ts already held the same value "
+          "Rows whose device, metric and ts already held the same value "
           "(an entry stored again, a repeated message).",
           ingest_duplicates),
         C("ingest_batches_total", "Batches committed.", ingest_batches),
-        C("ingest_dead_lettered_total", "Entries moved to the dead-letter "
-          "stream.", ingest_dead_lettered),
+        C("ingest_dead_lettered_total",
+          "Entries moved to the dead-letter "
+          "stream.",
+          ingest_dead_lettered),
         C("ingest_claimed_total", "Pending entries taken over.",
           ingest_claimed),
         C("ingest_storage_failures_total",
@@ -304,8 +306,8 @@ static void ingest_metrics(struct evbuffer *b,
                      counters[i].off);
 
     evbuffer_add_printf(b, "# HELP fleetd_ingest_rejected_total Messages "
-                        "refused, by reason (dead-lettered).\n"
-                        "# TYPE fleetd_ingest_rejected_total counter\n");
+                           "refused, by reason (dead-lettered).\n"
+                           "# TYPE fleetd_ingest_rejected_total counter\n");
     for (int r = 1; r < FL_REJECT_COUNT; r++) {
         uint64_t sum = 0;
         for (int i = 0; i < n; i++) {
@@ -314,24 +316,26 @@ static void ingest_metrics(struct evbuffer *b,
             if (r == FL_REJECT_TOO_LARGE)
                 sum += fl_shm_load(cur[i]->mqtt_oversize);
         }
-        evbuffer_add_printf(b, "fleetd_ingest_rejected_total{reason=\"%s\"} "
-                            "%llu\n", fl_reject_name((fl_reject_reason_t)r),
+        evbuffer_add_printf(b,
+                            "fleetd_ingest_rejected_total{reason=\"%s\"} "
+                            "%llu\n",
+                            fl_reject_name((fl_reject_reason_t)r),
                             (unsigned long long)sum);
     }
 
-    evbuffer_add_printf(b, "# HELP fleetd_ingest_points_dead_lettered_total "
-                        "Points dead-lettered out of messages whose other "
-                        "points were stored, by reason.\n"
-                        "# TYPE fleetd_ingest_points_dead_lettered_total "
-                        "counter\n");
-    for (int r = 0; r < FL_SHM_POINT_REASONS; r++) {
+    evbuffer_add_printf(b, "# HELP fleetd_ingest_rows_dead_lettered_total "
+                           "Metric values not stored for their time (older "
+                           "than retention, or too far ahead), by reason.\n"
+                           "# TYPE fleetd_ingest_rows_dead_lettered_total "
+                           "counter\n");
+    for (int r = 0; r < FL_SHM_ROW_REASONS; r++) {
         uint64_t sum = 0;
         for (int i = 0; i < n; i++)
-            sum += fl_shm_load(cur[i]->ingest_points_dead[r]);
+            sum += fl_shm_load(cur[i]->ingest_rows_dead[r]);
         evbuffer_add_printf(b,
-                            "fleetd_ingest_points_dead_lettered_total{reason="
+                            "fleetd_ingest_rows_dead_lettered_total{reason="
                             "\"%s\"} %llu\n",
-                            r == FL_POINT_TOO_OLD ? "too_old" : "in_future",
+                            r == FL_ROW_TOO_OLD ? "too_old" : "in_future",
                             (unsigned long long)sum);
     }
 
@@ -344,10 +348,11 @@ static void ingest_metrics(struct evbuffer *b,
               offsetof(fl_shm_worker_t, batch_latency_us), lat,
               (int)fl_nelem(lat), 1e6);
     hist_prom(b, cur, n, "fleetd_ingest_batch_rows", "Rows per batch.",
-              offsetof(fl_shm_worker_t, batch_rows), rows,
-              (int)fl_nelem(rows), 1);
+              offsetof(fl_shm_worker_t, batch_rows), rows, (int)fl_nelem(rows),
+              1);
 
-    evbuffer_add_printf(b, "# HELP fleetd_queue_length Entries in the ingest "
+    evbuffer_add_printf(b,
+                        "# HELP fleetd_queue_length Entries in the ingest "
                         "stream.\n# TYPE fleetd_queue_length gauge\n"
                         "fleetd_queue_length %lld\n"
                         "# HELP fleetd_queue_pending Entries read and not yet "
@@ -355,15 +360,15 @@ static void ingest_metrics(struct evbuffer *b,
                         "fleetd_queue_pending %lld\n",
                         (long long)fl_shm_load(s->queue_length),
                         (long long)fl_shm_load(s->queue_pending));
-    evbuffer_add_printf(b, "# HELP fleetd_dependency_up 1 when every worker "
+    evbuffer_add_printf(b,
+                        "# HELP fleetd_dependency_up 1 when every worker "
                         "reaches the dependency.\n# TYPE fleetd_dependency_up "
                         "gauge\n");
     for (int d = FL_DEP_MQTT; d <= FL_DEP_POSTGRES; d++) {
         static const char *names[] = {"mqtt", "redis", "postgres"};
-        evbuffer_add_printf(b, "fleetd_dependency_up{dependency=\"%s\"} %d\n",
-                            names[d],
-                            dep_node(s, fl_shm_load(s->generation), d) ==
-                                FL_DEP_UP);
+        evbuffer_add_printf(
+            b, "fleetd_dependency_up{dependency=\"%s\"} %d\n", names[d],
+            dep_node(s, fl_shm_load(s->generation), d) == FL_DEP_UP);
     }
 }
 

@@ -15,8 +15,9 @@
  *             script call per chunk in the protocol's form; the loop only
  *             sends what the jobs built
  *   store     one transaction (fl_pg.c): COPY into the telemetry table,
- *             or through a staging table with ON CONFLICT DO NOTHING when
- *             a row is already there, so a batch written twice adds no row
+ *             or through a staging table when a key is already there: a
+ *             batch written twice adds no row, of two messages with one
+ *             key the later in the stream wins
  *   publish   dead letters (XADD {prefix}dead), then per chunk one EVALSHA
  *             of shadow_lua: the newest value per metric into each shadow,
  *             and a PUBLISH of each point on {prefix}tele:{shard}
@@ -24,6 +25,29 @@
  *
  * Nothing is acknowledged before it is committed: a crash anywhere leaves
  * the entries pending, and they are processed again (idempotently).
+ *
+ * Time of arrival. A point without a time of its own (no "ts", or a SenML
+ * time relative to now) takes the message's arrival time, and that must
+ * differ from every other message of the device, or a burst within one
+ * millisecond collapses into one row. The stream entry id "MS-SEQ" is
+ * unique and ordered across every worker and node that appends to the
+ * stream (Redis assigns it: MS its clock, SEQ counting entries within that
+ * millisecond), so the arrival time is MS * 1000 + SEQ microseconds:
+ * the millisecond Redis received the message, the microseconds its place
+ * in that millisecond. Unique as long as fewer than 1,000 entries share a
+ * millisecond of Redis's clock (Redis appends at most ~140,000/s on the
+ * machines measured; a step back of its clock makes it count on in the
+ * last millisecond and can exceed it - then two points could share a key,
+ * and the later one wins, counted as overwritten). The same id, as MS *
+ * 1000000 + SEQ, is the row's src: the order in which two messages with
+ * one key are resolved (fl_pg.c), and what tells an entry stored again
+ * from another message.
+ *
+ * Points outside the storable range are taken out of their message
+ * (fl_telemetry_cut()) and dead-lettered with reason too_old (older than
+ * postgres.retention_days at the time the batch is prepared) or in_future
+ * (later than arrival + limits.max_clock_skew); the rest of the message is
+ * stored.
  *
  * Pending entries: at start the worker takes back the entries its previous
  * life left pending (same consumer name); every claim_idle / 2 it claims
@@ -44,6 +68,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cjson/cJSON.h>
 
@@ -70,6 +95,8 @@ _Static_assert(FL_REJECT_COUNT <= FL_SHM_REJECT_REASONS,
 #define REASON_STORAGE    "storage_rejected"
 #define REASON_DELIVERIES "max_deliveries"
 #define REASON_TRIMMED    "trimmed"
+#define REASON_TOO_OLD    "too_old"
+#define REASON_IN_FUTURE  "in_future"
 
 typedef enum { E_TELEMETRY, E_STATE, E_DEAD, E_SKIP } entry_kind_t;
 
@@ -78,12 +105,15 @@ typedef struct {
     char          *topic;
     char          *payload;
     size_t         plen;
-    int64_t        rx_ms;
+    int64_t        rx_ms;      /* fleetd's clock at intake: latency, seen */
+    int64_t        arrival_us; /* from the id: MS * 1000 + SEQ (unique) */
+    int64_t        src;        /* from the id: MS * 1000000 + SEQ */
     int64_t        deliveries; /* from XPENDING; 0 = first delivery */
     entry_kind_t   kind;
     char           device[FL_DEVICE_ID_MAX + 1];
-    fl_telemetry_t tele;
-    cJSON         *state; /* E_STATE: the reported object */
+    fl_telemetry_t tele;        /* E_TELEMETRY: npoints 0 when all were cut */
+    fl_cut_t       old, future; /* points taken out for their time */
+    cJSON         *state;       /* E_STATE: the reported object */
     const char    *dead_reason;
     char           dead_msg[FL_REJECT_MSGLEN];
 } entry_t;
@@ -120,7 +150,7 @@ typedef struct {
     int           failed;   /* a publish command failed */
     int           isolate;  /* storing one entry at a time */
     int           next;     /* isolate: the entry being stored */
-    size_t        rows;     /* committed rows of this batch */
+    size_t        rows;     /* rows of this batch's committed writes */
     int64_t       read_us;
     fl_pg_batch_t pgb;
 } batch_t;
@@ -146,6 +176,8 @@ static struct {
     int64_t             next_claim_ms;
     struct event       *ev_kick; /* run the next step (timer) */
     struct event       *ev_sample;
+    struct event       *ev_hook;      /* FLEETD_TEST_HOOKS stall_before_xack */
+    int64_t             hook_xack_ms; /* -1: no hook */
 } ing;
 
 static void step(void);
@@ -259,6 +291,22 @@ static const redisReply *field(const redisReply *fields, const char *name)
     return NULL;
 }
 
+/* The entry id "MS-SEQ" as the message's arrival time and src (see "Time
+ * of arrival" at the top). */
+static void entry_times(entry_t *e)
+{
+    char     *end;
+    long long ms = strtoll(e->id, &end, 10);
+    long long seq = *end == '-' ? strtoll(end + 1, NULL, 10) : 0;
+
+    if (ms <= 0 || seq < 0) { /* not Redis's: never seen, but be total */
+        ms = fl_wall_ms();
+        seq = 0;
+    }
+    e->arrival_us = ms * 1000 + seq;
+    e->src = ms * 1000000 + fl_min(seq, 999999LL);
+}
+
 /*
  * Copy stream entries ([id, [field, value, ...]] each) from a reply into
  * the batch. Entries whose fields are gone (trimmed by MAXLEN before they
@@ -278,6 +326,7 @@ static void batch_add_entries(const redisReply *list)
             continue;
         memset(e, 0, sizeof(*e));
         snprintf(e->id, sizeof(e->id), "%s", it->element[0]->str);
+        entry_times(e);
         ing.b.n++;
         f = it->element[1];
         if (f->type != REDIS_REPLY_ARRAY) {
@@ -360,13 +409,22 @@ static void parse_entry(entry_t *e)
         return;
     }
     e->kind = E_TELEMETRY;
-    if (fl_payload_parse(e->payload, e->plen, e->rx_ms, &ing.lim, &e->tele,
+    if (fl_payload_parse(e->payload, e->plen, e->arrival_us, &ing.lim, &e->tele,
                          &why) != FL_OK) {
         dead(e, fl_reject_name(why.reason), why.msg);
         count_reject(e, why.reason);
         return;
     }
     fl_shm_add(fl_worker.stats->ingest_accepted, 1);
+    /* the storable range: retention as of now, the clock skew as of the
+     * message's arrival (the same for every delivery of the entry) */
+    fl_telemetry_cut(
+        &e->tele,
+        (fl_wall_ms() -
+         (int64_t)fl_worker.cf->postgres.retention_days * 86400000LL) *
+            1000,
+        e->arrival_us + fl_worker.cf->limits.max_clock_skew_ms * 1000, &e->old,
+        &e->future);
 }
 
 /* ---- preparing a batch on the pool ---- */
@@ -419,7 +477,7 @@ static void point_json(fl_sbuf_t *b, const entry_t *e, size_t p)
     fl_sb_lit(b, "\",\"device\":");
     fl_sb_jstr(b, e->device);
     fl_sb_lit(b, ",\"ts\":");
-    fl_sb_i64(b, pt->ts_ms);
+    fl_sb_i64(b, pt->ts_us / 1000);
     fl_sb_lit(b, ",\"values\":{");
     for (size_t m = 0; m < pt->nmetrics; m++) {
         if (m > 0)
@@ -452,7 +510,8 @@ static void chunk_build_cmd(chunk_t *c)
     for (int i = c->first; i < c->first + c->n; i++) {
         entry_t *e = &ing.b.e[i];
 
-        if (e->kind != E_TELEMETRY && e->kind != E_STATE)
+        if ((e->kind != E_TELEMETRY && e->kind != E_STATE) ||
+            (e->kind == E_TELEMETRY && e->tele.npoints == 0))
             continue;
         snprintf(key, sizeof(key), "%s%s", ing.shadow_prefix, e->device);
         fl_resp_str(&keys, key);
@@ -485,7 +544,7 @@ static void chunk_build_cmd(chunk_t *c)
 
             for (size_t m = 0; m < pt->nmetrics; m++) {
                 fl_resp_str(&args, pt->metrics[m].name);
-                fl_resp_i64(&args, pt->ts_ms);
+                fl_resp_i64(&args, pt->ts_us / 1000);
                 js.len = 0;
                 metric_json(&js, &pt->metrics[m]);
                 fl_resp_arg(&args, js.p, js.len);
@@ -530,7 +589,7 @@ static void chunk_work(void *arg)
                 continue;
             parse_entry(e);
             if (e->kind == E_TELEMETRY)
-                fl_pg_batch_add(&c->pgb, e->device, &e->tele);
+                fl_pg_batch_add(&c->pgb, e->device, &e->tele, e->src);
         }
     }
     chunk_build_cmd(c);
@@ -617,7 +676,7 @@ static void parse_batch(void)
 /* ---- storing ---- */
 
 static void on_stored(fl_pg_t *pg, fl_pg_result_t res, const char *err,
-                      void *ud);
+                      const fl_pg_counts_t *counts, void *ud);
 
 /* Storing one entry at a time (after PostgreSQL refused the batch): the
  * COPY buffer holds the single entry ing.b.next. */
@@ -626,7 +685,7 @@ static void fill_one(void)
     entry_t *e = &ing.b.e[ing.b.next];
 
     fl_pg_batch_reset(&ing.b.pgb);
-    fl_pg_batch_add(&ing.b.pgb, e->device, &e->tele);
+    fl_pg_batch_add(&ing.b.pgb, e->device, &e->tele, e->src);
 }
 
 static void store_batch(void)
@@ -659,8 +718,21 @@ static void store_batch(void)
     }
 }
 
+/* The counters of a committed write: they say what is in the table now,
+ * whatever happens to the batch later (a batch stored again after a
+ * failed publish step finds its rows there: duplicates). */
+static void count_write(const fl_pg_counts_t *c)
+{
+    fl_shm_worker_t *s = fl_worker.stats;
+
+    fl_shm_add(s->ingest_rows, c->inserted);
+    fl_shm_add(s->ingest_overwritten, c->updated + c->lost);
+    fl_shm_add(s->ingest_duplicates, c->duplicates);
+    fl_shm_add(s->ingest_rows_dead[FL_ROW_TOO_OLD], c->expired);
+}
+
 static void on_stored(fl_pg_t *pg, fl_pg_result_t res, const char *err,
-                      void *ud)
+                      const fl_pg_counts_t *counts, void *ud)
 {
     (void)pg, (void)ud;
 
@@ -669,7 +741,8 @@ static void on_stored(fl_pg_t *pg, fl_pg_result_t res, const char *err,
     if (res == FL_PG_OK) {
         ing.b.rows += ing.b.pgb.rows;
         ing.retry_ms = RETRY_MIN_MS;
-        fl_shm_add(fl_worker.stats->ingest_rows, ing.b.pgb.rows);
+        if (counts)
+            count_write(counts);
         if (ing.b.isolate) {
             ing.b.next++;
             store_batch();
@@ -706,7 +779,7 @@ static void on_stored(fl_pg_t *pg, fl_pg_result_t res, const char *err,
 static void on_published(fl_redis_t *r, redisReply *reply, void *ud);
 static void ack_batch(void);
 
-static int publish_dead(const entry_t *e)
+static int publish_dead(const entry_t *e, const char *reason, const char *msg)
 {
     char        rx[24], maxlen[24];
     size_t      plen = fl_min(e->plen, (size_t)DEAD_PAYLOAD);
@@ -714,8 +787,8 @@ static int publish_dead(const entry_t *e)
                           "MAXLEN",  "~",
                           maxlen,    "*",
                           "topic",   e->topic ? e->topic : "",
-                          "reason",  e->dead_reason,
-                          "error",   e->dead_msg,
+                          "reason",  reason,
+                          "error",   msg,
                           "payload", e->payload ? e->payload : "",
                           "rx",      rx,
                           "id",      e->id};
@@ -734,6 +807,48 @@ static int publish_dead(const entry_t *e)
     return FL_OK;
 }
 
+/* "2026-12-04T10:00:00.123Z" of an epoch us, into buf. */
+static void iso_time(char *buf, size_t len, int64_t us)
+{
+    time_t    sec = (time_t)(us / 1000000);
+    struct tm tm;
+
+    if (gmtime_r(&sec, &tm) == NULL ||
+        strftime(buf, len, "%Y-%m-%dT%H:%M:%S", &tm) == 0) {
+        snprintf(buf, len, "%lld us", (long long)us);
+        return;
+    }
+    snprintf(buf + strlen(buf), len - strlen(buf), ".%03dZ",
+             (int)(us / 1000 % 1000));
+}
+
+/* The dead letter of the points a message lost for their time (one per
+ * reason); the payload is the whole message's. */
+static int publish_cut(const entry_t *e, const fl_cut_t *c, int old)
+{
+    const fl_config_t *cf = fl_worker.cf;
+    char               first[48], msg[FL_REJECT_MSGLEN + 64];
+    size_t total = e->tele.npoints + e->old.npoints + e->future.npoints;
+
+    iso_time(first, sizeof(first), c->first_us);
+    if (old)
+        snprintf(msg, sizeof(msg),
+                 "%zu of %zu points older than postgres.retention_days (%d), "
+                 "the first at %s; %s",
+                 c->npoints, total, cf->postgres.retention_days, first,
+                 e->tele.npoints ? "the other points were stored"
+                                 : "nothing of the message was stored");
+    else
+        snprintf(msg, sizeof(msg),
+                 "%zu of %zu points later than arrival + "
+                 "limits.max_clock_skew (%lld s), the first at %s; %s",
+                 c->npoints, total,
+                 (long long)(cf->limits.max_clock_skew_ms / 1000), first,
+                 e->tele.npoints ? "the other points were stored"
+                                 : "nothing of the message was stored");
+    return publish_dead(e, old ? REASON_TOO_OLD : REASON_IN_FUTURE, msg);
+}
+
 /* Dead letters first, then each chunk's script call (prepared on the
  * pool); on_published() counts the replies. */
 static void publish_batch(void)
@@ -744,8 +859,16 @@ static void publish_batch(void)
     ing.b.replies = 0;
     ing.b.failed = 0;
     for (int i = 0; i < ing.b.n && ok; i++) {
-        if (ing.b.e[i].kind == E_DEAD)
-            ok = publish_dead(&ing.b.e[i]) == FL_OK;
+        const entry_t *e = &ing.b.e[i];
+
+        if (e->kind == E_DEAD) {
+            ok = publish_dead(e, e->dead_reason, e->dead_msg) == FL_OK;
+        } else if (e->kind == E_TELEMETRY) {
+            if (e->old.npoints)
+                ok = publish_cut(e, &e->old, 1) == FL_OK;
+            if (ok && e->future.npoints)
+                ok = publish_cut(e, &e->future, 0) == FL_OK;
+        }
     }
     for (int i = 0; i < ing.b.nchunks && ok; i++) {
         chunk_t *c = &ing.b.chunks[i];
@@ -795,7 +918,26 @@ static void on_published(fl_redis_t *r, redisReply *reply, void *ud)
         kick(RETRY_MIN_MS);
         return;
     }
+    if (ing.hook_xack_ms >= 0) {
+        /* test hook: hold the committed batch before its XACK, so that a
+         * test can kill the worker inside that window */
+        struct timeval tv = {ing.hook_xack_ms / 1000,
+                             (ing.hook_xack_ms % 1000) * 1000};
+
+        fl_warn("test hook stall_before_xack: a batch of %d entries is "
+                "committed, XACK in %lld ms",
+                ing.b.n, (long long)ing.hook_xack_ms);
+        evtimer_add(ing.ev_hook, &tv);
+        return;
+    }
     ack_batch();
+}
+
+static void on_hook(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what, (void)arg;
+    if (ing.phase == P_PUBLISHING)
+        ack_batch();
 }
 
 /* ---- acknowledging ---- */
@@ -816,6 +958,14 @@ static void on_acked(fl_redis_t *r, redisReply *reply, void *ud)
         for (int i = 0; i < ing.b.n; i++) {
             entry_t *e = &ing.b.e[i];
             if (e->kind == E_TELEMETRY) {
+                fl_shm_add(s->ingest_rows_dead[FL_ROW_TOO_OLD],
+                           e->old.nmetrics);
+                fl_shm_add(s->ingest_rows_dead[FL_ROW_IN_FUTURE],
+                           e->future.nmetrics);
+                if (e->tele.npoints == 0) {
+                    dead_n++; /* every point went to the dead letters */
+                    continue;
+                }
                 stored++;
                 fl_hist_record(&s->e2e_latency_us,
                                (uint64_t)fl_max(0, now_ms - e->rx_ms) * 1000);
@@ -1223,7 +1373,7 @@ static int ingest_init(fl_worker_t *w)
     ing.lim.max_depth = cf->limits.max_depth;
     ing.lim.max_batch = (size_t)cf->limits.max_batch;
     ing.lim.max_string_bytes = (size_t)cf->limits.max_string_bytes;
-    ing.lim.max_future_ms = cf->limits.max_future_ms;
+    ing.lim.max_future_ms = -1; /* per point: fl_telemetry_cut() */
 
     snprintf(ing.stream, sizeof(ing.stream), "%singest", cf->redis.prefix);
     snprintf(ing.dead, sizeof(ing.dead), "%sdead", cf->redis.prefix);
@@ -1239,6 +1389,8 @@ static int ingest_init(fl_worker_t *w)
     fl_shm_store(w->stats->dep[FL_DEP_REDIS], FL_DEP_CONNECTING);
     fl_shm_store(w->stats->dep[FL_DEP_POSTGRES], FL_DEP_CONNECTING);
     ing.ev_kick = evtimer_new(w->base, on_kick, NULL);
+    ing.ev_hook = evtimer_new(w->base, on_hook, NULL);
+    ing.hook_xack_ms = fl_test_hook("stall_before_xack");
     ing.ev_sample = event_new(w->base, -1, EV_PERSIST, on_sample, NULL);
     evtimer_add(ing.ev_sample, &sample);
     ing.pool = fl_pool_new(w->base, cf->ingest.parse_threads);
@@ -1285,6 +1437,7 @@ static void ingest_destroy(fl_worker_t *w)
     batch_clear();
     fl_pg_batch_free(&ing.b.pgb);
     event_free(ing.ev_kick);
+    event_free(ing.ev_hook);
     event_free(ing.ev_sample);
 }
 

@@ -27,9 +27,9 @@
 
 #include "fl_payload.h"
 
-#define FL_TS_MAX_MS   253402300799999LL /* 9999-12-31T23:59:59.999Z */
-#define FL_SENML_REL_S 268435456.0       /* 2^28: RFC 8428 section 4.5.3 */
-#define FL_QUOTE_MAX   40                /* bytes of a name in a message */
+#define FL_TS_MAX_US   253402300799999999LL /* 9999-12-31T23:59:59.999999Z */
+#define FL_SENML_REL_S 268435456.0          /* 2^28: RFC 8428 section 4.5.3 */
+#define FL_QUOTE_MAX   40                   /* bytes of a name in a message */
 #define FL_ARENA_ALIGN 8
 #define FL_ARENA_MIN   1024
 #define FL_NO_REC      ((size_t)-1)
@@ -344,12 +344,12 @@ static int fl_digits(const char *s, int n, int *v)
 }
 
 /*
- * RFC 3339 date-time (section 5.6) of len bytes into epoch ms. Accepts
+ * RFC 3339 date-time (section 5.6) of len bytes into epoch us. Accepts
  * 'T'/'t'/' ' between date and time, 'Z'/'z' or +hh:mm/-hh:mm, a second
  * of 60 (it becomes the next second), any number of fraction digits
- * (truncated to the millisecond).
+ * (truncated to the microsecond).
  */
-static int fl_rfc3339_ms(const char *s, size_t len, int64_t *out)
+static int fl_rfc3339_us(const char *s, size_t len, int64_t *out)
 {
     int    y, mo, d, h, mi, sec, oh = 0, om = 0, sign = 0, frac = 0;
     size_t i = 19, k;
@@ -364,12 +364,12 @@ static int fl_rfc3339_ms(const char *s, size_t len, int64_t *out)
         return FL_ERROR;
     if (s[i] == '.') {
         for (i++, k = 0; i < len && s[i] >= '0' && s[i] <= '9'; i++, k++) {
-            if (k < 3)
+            if (k < 6)
                 frac = frac * 10 + (s[i] - '0');
         }
         if (k == 0)
             return FL_ERROR;
-        for (; k < 3; k++)
+        for (; k < 6; k++)
             frac *= 10;
     }
     if (i < len && (s[i] == 'Z' || s[i] == 'z')) {
@@ -386,8 +386,8 @@ static int fl_rfc3339_ms(const char *s, size_t len, int64_t *out)
         return FL_ERROR;
 
     *out = (((fl_days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60 + sec) *
-               1000 +
-           frac - (int64_t)sign * (oh * 60 + om) * 60000;
+               1000000 +
+           frac - (int64_t)sign * (oh * 60 + om) * 60000000;
     return FL_OK;
 }
 
@@ -395,11 +395,11 @@ static int fl_rfc3339_ms(const char *s, size_t len, int64_t *out)
 
 typedef struct {
     const fl_payload_limits_t *lim;
-    int64_t                    now_ms;
-    int64_t                    ts_lo, ts_hi; /* accepted timestamps */
+    int64_t                    now_us;
+    int64_t                    ts_lo, ts_hi; /* accepted timestamps, us */
     fl_arena_blk_t            *arena;
     fl_metric_t               *m;  /* metrics in the order found */
-    int64_t                   *ts; /* their times */
+    int64_t                   *ts; /* their times, epoch us */
     size_t                     n, cap;
     char                      *name; /* name being built */
     size_t                     name_cap;
@@ -417,26 +417,28 @@ static char *fl_build_strdup(fl_build_t *b, const char *s, size_t n)
     return p;
 }
 
-/* Reject ms outside [ts_lo, ts_hi]; rec is the SenML record it comes
- * from, or FL_NO_REC for a "ts" field. */
-static int fl_ts_range(fl_build_t *b, double ms, size_t rec)
+/* Reject us (epoch microseconds) outside [ts_lo, ts_hi]; rec is the
+ * SenML record it comes from, or FL_NO_REC for a "ts" field. The message
+ * speaks milliseconds, the unit of "ts". */
+static int fl_ts_range(fl_build_t *b, double us, size_t rec)
 {
-    char what[40] = "ts";
+    char   what[40] = "ts";
+    double ms = us / 1000.0;
 
-    if (ms >= (double)b->ts_lo && ms <= (double)b->ts_hi)
+    if (us >= (double)b->ts_lo && us <= (double)b->ts_hi)
         return FL_OK;
     if (rec != FL_NO_REC)
         snprintf(what, sizeof(what), "record %zu: time", rec);
-    if (ms < (double)b->ts_lo)
+    if (us < (double)b->ts_lo)
         return fl_reject(b->why, FL_REJECT_BAD_TIMESTAMP,
                          "%s %.15g is before the earliest accepted %lld%s",
-                         what, ms, (long long)b->ts_lo,
+                         what, ms, (long long)(b->ts_lo / 1000),
                          rec == FL_NO_REC && ms >= 946684800.0 && ms < 1e11
                              ? " (seconds? ts is in milliseconds)"
                              : "");
     return fl_reject(b->why, FL_REJECT_BAD_TIMESTAMP,
                      "%s %.15g is after the latest accepted %lld", what, ms,
-                     (long long)b->ts_hi);
+                     (long long)(b->ts_hi / 1000));
 }
 
 /* "ts" of forms 1 and 2: integral epoch ms or an RFC 3339 string. */
@@ -450,7 +452,7 @@ static int fl_ts_json(fl_build_t *b, const cJSON *v, int64_t *out)
         if (!(d == d) || d - d != 0)
             return fl_reject(b->why, FL_REJECT_BAD_TIMESTAMP,
                              "ts is not a finite number");
-        if (fl_ts_range(b, d, FL_NO_REC) != FL_OK)
+        if (fl_ts_range(b, d * 1000.0, FL_NO_REC) != FL_OK)
             return FL_ERROR;
         *out = (int64_t)d;
         if ((double)*out != d)
@@ -458,10 +460,11 @@ static int fl_ts_json(fl_build_t *b, const cJSON *v, int64_t *out)
                              "ts %.3f is not an integer number of "
                              "milliseconds",
                              d);
+        *out *= 1000;
         return FL_OK;
     }
     if ((v->type & 0xff) == cJSON_String) {
-        if (fl_rfc3339_ms(v->valuestring, strlen(v->valuestring), out) != FL_OK)
+        if (fl_rfc3339_us(v->valuestring, strlen(v->valuestring), out) != FL_OK)
             return fl_reject(
                 b->why, FL_REJECT_BAD_TIMESTAMP,
                 "ts \"%s\" is not an RFC 3339 date-time",
@@ -630,7 +633,7 @@ static int fl_object(fl_build_t *b, const cJSON *obj, fl_payload_form_t *form)
 {
     const cJSON *c, *tsv = NULL, *values = NULL;
     size_t       nkeys = 0, nts = 0, start = b->n;
-    int64_t      ts = b->now_ms;
+    int64_t      ts = b->now_us;
 
     for (c = obj->child; c != NULL; c = c->next) {
         nkeys++;
@@ -786,22 +789,22 @@ static int fl_senml_fields(fl_build_t *b, const cJSON *rec, size_t i,
     return FL_OK;
 }
 
-/* Resolved SenML time t (seconds) into epoch ms: below 2^28 it is relative
- * to now (RFC 8428 section 4.5.3); rounded to the millisecond. */
+/* Resolved SenML time t (seconds) into epoch us: below 2^28 it is relative
+ * to now (RFC 8428 section 4.5.3); rounded to the microsecond. */
 static int fl_senml_time(fl_build_t *b, double t, size_t i, int64_t *out)
 {
-    double ms;
+    double us;
 
     if (!(t == t) || t - t != 0)
         return fl_reject(b->why, FL_REJECT_BAD_TIMESTAMP,
                          "record %zu: time is not finite", i);
-    ms = t * 1000.0;
+    us = t * 1000000.0;
     if (t < FL_SENML_REL_S)
-        ms += (double)b->now_ms;
+        us += (double)b->now_us;
     /* range first (in double), so the conversion cannot overflow */
-    if (fl_ts_range(b, ms, i) != FL_OK)
+    if (fl_ts_range(b, us, i) != FL_OK)
         return FL_ERROR;
-    *out = ms < 0 ? -(int64_t)(0.5 - ms) : (int64_t)(ms + 0.5);
+    *out = us < 0 ? -(int64_t)(0.5 - us) : (int64_t)(us + 0.5);
     if (*out < b->ts_lo || *out > b->ts_hi)
         return fl_ts_range(b, (double)*out + (*out < b->ts_lo ? -1 : 1), i);
     return FL_OK;
@@ -930,13 +933,18 @@ typedef struct {
     size_t  seq;
 } fl_sortent_t;
 
+/* ts in us; the message gives it in ms, the unit of "ts" */
 static int fl_duplicate(fl_build_t *b, const char *name, int64_t ts)
 {
-    char q[FL_QUOTE_MAX + 4];
+    char q[FL_QUOTE_MAX + 4], t[32];
 
+    if (ts % 1000 == 0)
+        snprintf(t, sizeof(t), "%lld", (long long)(ts / 1000));
+    else
+        snprintf(t, sizeof(t), "%.3f", (double)ts / 1000.0);
     return fl_reject(b->why, FL_REJECT_DUPLICATE_METRIC,
-                     "metric \"%s\" appears twice at ts %lld",
-                     fl_quote(q, name, strlen(name)), (long long)ts);
+                     "metric \"%s\" appears twice at ts %s",
+                     fl_quote(q, name, strlen(name)), t);
 }
 
 /*
@@ -1045,8 +1053,8 @@ static size_t fl_group_by_time(fl_build_t *b, fl_point_t *pts)
         }
     }
     for (i = 0; i < b->n; i++) {
-        if (np == 0 || pts[np - 1].ts_ms != b->ts[i]) {
-            pts[np].ts_ms = b->ts[i];
+        if (np == 0 || pts[np - 1].ts_us != b->ts[i]) {
+            pts[np].ts_us = b->ts[i];
             pts[np].metrics = &m[i];
             pts[np].nmetrics = 0;
             np++;
@@ -1090,7 +1098,7 @@ static int fl_walk(fl_build_t *b, const cJSON *root, fl_telemetry_t *out)
         if (fl_check_duplicates(b) != FL_OK)
             return FL_ERROR;
         pts = fl_arena_alloc(&b->arena, sizeof(*pts), 1);
-        pts[0].ts_ms = b->ts[0];
+        pts[0].ts_us = b->ts[0];
         pts[0].metrics = b->m;
         pts[0].nmetrics = b->n;
         out->points = pts;
@@ -1141,7 +1149,7 @@ static int fl_walk(fl_build_t *b, const cJSON *root, fl_telemetry_t *out)
             return fl_reject(b->why, b->why->reason, "batch element %zu: %s", i,
                              msg);
         }
-        pts[i].ts_ms = b->ts[start];
+        pts[i].ts_us = b->ts[start];
         pts[i].metrics = &b->m[start];
         pts[i].nmetrics = b->n - start;
     }
@@ -1152,7 +1160,7 @@ static int fl_walk(fl_build_t *b, const cJSON *root, fl_telemetry_t *out)
     return FL_OK;
 }
 
-int fl_payload_parse(const void *buf, size_t len, int64_t now_ms,
+int fl_payload_parse(const void *buf, size_t len, int64_t now_us,
                      const fl_payload_limits_t *lim, fl_telemetry_t *out,
                      fl_reject_t *why)
 {
@@ -1206,12 +1214,13 @@ int fl_payload_parse(const void *buf, size_t len, int64_t now_ms,
 
     memset(&b, 0, sizeof(b));
     b.lim = lim;
-    b.now_ms = now_ms;
+    b.now_us = now_us;
     b.why = why;
-    b.ts_lo = lim->min_ts_ms;
-    b.ts_hi = FL_TS_MAX_MS;
-    if (lim->max_future_ms >= 0 && now_ms < FL_TS_MAX_MS - lim->max_future_ms)
-        b.ts_hi = now_ms + lim->max_future_ms;
+    b.ts_lo = lim->min_ts_ms * 1000;
+    b.ts_hi = FL_TS_MAX_US;
+    if (lim->max_future_ms >= 0 &&
+        now_us < FL_TS_MAX_US - lim->max_future_ms * 1000)
+        b.ts_hi = now_us + lim->max_future_ms * 1000;
     /* every metric comes from a scalar of its own, a SenML record gives
      * at most two (value and sum) */
     b.cap = s.nvalues;
@@ -1256,4 +1265,40 @@ void fl_telemetry_free(fl_telemetry_t *out)
         return;
     fl_arena_free(out->arena);
     memset(out, 0, sizeof(*out));
+}
+
+static void fl_cut_add(fl_cut_t *c, const fl_point_t *p)
+{
+    if (c == NULL)
+        return;
+    if (c->npoints == 0)
+        c->first_us = p->ts_us;
+    c->npoints++;
+    c->nmetrics += p->nmetrics;
+}
+
+size_t fl_telemetry_cut(fl_telemetry_t *t, int64_t lo_us, int64_t hi_us,
+                        fl_cut_t *old, fl_cut_t *future)
+{
+    size_t i, kept = 0;
+
+    if (old)
+        memset(old, 0, sizeof(*old));
+    if (future)
+        memset(future, 0, sizeof(*future));
+    for (i = 0; i < t->npoints; i++) {
+        const fl_point_t *p = &t->points[i];
+
+        if (p->ts_us < lo_us) {
+            fl_cut_add(old, p);
+            t->nmetrics -= p->nmetrics;
+        } else if (p->ts_us > hi_us) {
+            fl_cut_add(future, p);
+            t->nmetrics -= p->nmetrics;
+        } else {
+            t->points[kept++] = *p;
+        }
+    }
+    t->npoints = kept;
+    return kept;
 }

@@ -36,17 +36,17 @@
  *     index naming that both devices and dashboards would agree on
  *   - "ts" (top level of the object only; nested "ts" is a metric): epoch
  *     milliseconds as an integral JSON number, or an RFC 3339 string
- *     "2025-11-28T22:46:40.123Z" / "...+01:00" ('T', 't' or ' ', 'Z' or
- *     'z', any number of fraction digits, truncated to the millisecond).
- *     Without "ts" the point is at now_ms.
+ *     "2025-11-28T22:46:40.123456Z" / "...+01:00" ('T', 't' or ' ', 'Z' or
+ *     'z', any number of fraction digits, truncated to the microsecond).
+ *     Without "ts" the point is at now_us.
  *
  * SenML (RFC 8428): labels bn bt bu bv bs bver n u v vs vb vd s t ut; the
  * metadata labels l, ct, bct are accepted and ignored; any other label is
  * bad_senml. Base fields apply from their record on until replaced.
  *   - name = bn + n, non-empty, RFC 8428 charset ([A-Za-z0-9] first, then
  *     [A-Za-z0-9_.:/-]); the device stays the topic's, bn is not stripped
- *   - time = bt + t in seconds (fractions allowed, rounded to the ms);
- *     below 2^28 it is relative to now_ms (0 or absent: now)
+ *   - time = bt + t in seconds (fractions allowed, rounded to the us);
+ *     below 2^28 it is relative to now_us (0 or absent: now)
  *   - v + bv is a number, vs a text value, vb a boolean, vd a text value
  *     (the base64 as sent); at most one of them per record
  *   - s + bs becomes the numeric metric "NAME.sum" (a different quantity
@@ -68,7 +68,13 @@
  *   - the same metric name twice at the same time (duplicate keys,
  *     {"a.b": 1, "a": {"b": 2}}, or two SenML records) is
  *     duplicate_metric rather than a silent "last one wins"
- *   - timestamps must lie in [min_ts_ms, now_ms + max_future_ms]
+ *   - timestamps must lie in [min_ts_ms, now + max_future_ms]
+ *
+ * Times are epoch microseconds (the resolution PostgreSQL stores): a
+ * point's time is exact to the millisecond when the payload gives one, and
+ * now_us (or now_us plus a SenML offset) when it does not. The caller
+ * passes an arrival time that no other message of the device has, so
+ * that two messages without a time never share one (see fl_ingest.c).
  *   - a leading UTF-8 byte order mark is ignored (RFC 8259 section 8.1);
  *     trailing bytes other than JSON whitespace are invalid_json
  */
@@ -163,7 +169,7 @@ typedef struct {
 } fl_metric_t;
 
 typedef struct {
-    int64_t      ts_ms; /* epoch milliseconds */
+    int64_t      ts_us; /* epoch microseconds */
     fl_metric_t *metrics;
     size_t       nmetrics; /* >= 1 */
 } fl_point_t;
@@ -195,20 +201,37 @@ int fl_device_id_valid(const char *id, size_t len);
 
 /*
  * Parse one telemetry payload of len bytes (need not be NUL-terminated).
- * now_ms is the wall clock (fl_wall_ms()): the time of points without one,
- * the origin of SenML relative times and of the future bound. lim NULL
- * means the defaults.
+ * now_us is the message's arrival time in epoch microseconds: the time of
+ * points without one, the origin of SenML relative times and of the future
+ * bound. lim NULL means the defaults.
  *
  * FL_OK: out holds the points; everything is in one arena that the caller
  * frees with fl_telemetry_free(out). FL_ERROR: out is left zeroed (freeing
  * it is harmless) and why (if not NULL) says why.
  */
-int fl_payload_parse(const void *buf, size_t len, int64_t now_ms,
+int fl_payload_parse(const void *buf, size_t len, int64_t now_us,
                      const fl_payload_limits_t *lim, fl_telemetry_t *out,
                      fl_reject_t *why);
 
 /* Free what fl_payload_parse() put in out and zero it. NULL is fine. */
 void fl_telemetry_free(fl_telemetry_t *out);
+
+/* What fl_telemetry_cut() took out on one side. */
+typedef struct {
+    size_t  npoints;
+    size_t  nmetrics;
+    int64_t first_us; /* ts_us of the first point taken out */
+} fl_cut_t;
+
+/*
+ * Take out of t the points before lo_us (counted in *old) and after hi_us
+ * (in *future): points a storage cannot keep (older than its retention)
+ * or should not (a clock too far ahead). The others keep their order and
+ * t->nmetrics follows. old and future are zeroed first; NULL is fine.
+ * Returns the points left (0: nothing of the message is stored).
+ */
+size_t fl_telemetry_cut(fl_telemetry_t *t, int64_t lo_us, int64_t hi_us,
+                        fl_cut_t *old, fl_cut_t *future);
 
 /* Stable snake_case names: "invalid_json", "too_deep", ... ("ok" for
  * FL_REJECT_NONE, "unknown" outside the enum). Static strings. */

@@ -39,10 +39,10 @@
  * into its partition, the primary key refuses a row that is already
  * stored. Nearly every batch is new rows in partitions that upkeep made,
  * and for those this is the whole write. It fails on two things only:
- *   - 23505 unique_violation: a row of the batch is stored already. A
- *     batch written again after a crash, a claim or a lost COMMIT answer,
- *     a message that the broker delivered twice (QoS 1), a device that
- *     sent the same metric and ts twice;
+ *   - 23505 unique_violation: a key of the batch is stored already, or
+ *     twice in the batch. A batch written again after a crash, a claim or
+ *     a lost COMMIT answer; a device that sent the same metric and ts
+ *     twice (a resend, or two readings with one timestamp);
  *   - 23514 without a constraint name (missing_partition()): a row
  *     outside the partitions that upkeep made, see below.
  * Then the same batch (the same bytes: the COPY rows have the telemetry
@@ -50,14 +50,24 @@
  * through the staging table, in a new transaction (OP_WRITE_STAGE):
  *
  *   ROLLBACK;                               <- ends the failed fast path
- *   BEGIN; [CREATE TEMP TABLE IF NOT EXISTS fleetd_staging2 ...;]
- *   COPY fleetd_staging2 FROM STDIN;        <- the batch again
+ *   BEGIN; [CREATE TEMP TABLE IF NOT EXISTS fleetd_staging3 ...;]
+ *   COPY fleetd_staging3 FROM STDIN;        <- the batch again
  *   SAVEPOINT fl_w;
- *   INSERT INTO telemetry SELECT .. FROM fleetd_staging2
- *     ORDER BY device_id, metric, ts ON CONFLICT DO NOTHING;
+ *   INSERT INTO telemetry SELECT DISTINCT ON (key) .. ORDER BY key,
+ *     src DESC ON CONFLICT DO NOTHING;      <- new keys, newest version
+ *   UPDATE telemetry .. FROM (the same) WHERE stored src < src AND the
+ *     value differs;                        <- a later message's value
+ *   SELECT count(*) .. staged rows whose key now holds another message's
+ *     other value;                          <- lost
  *   COMMIT
  *
- * which skips the rows that exist and creates missing partitions. The
+ * Of two messages with one key, the one later in the stream (greater
+ * src, see fl_copy.h) keeps it, whichever commits first; an entry written
+ * again (equal src) or a repeat of the same value changes nothing. Each
+ * statement takes its own snapshot (READ COMMITTED), so inserted and
+ * updated are exact even against a concurrent writer; rows staged - the
+ * three counts are the duplicates (fl_pg_counts_t). The path creates
+ * missing partitions too. The
  * ROLLBACK rides in front of the new transaction in the same query string
  * (one round trip less); it is left out when the failed string left no
  * transaction open. Why falling back is safe: the fast path's transaction
@@ -70,11 +80,11 @@
  * them too).
  *
  * The staging table (ON COMMIT DELETE ROWS) is created by the first
- * fallback of a connection. Its columns changed with the fast path (ts is
- * a timestamptz now, it was epoch ms in fleetd_staging): it has a new
- * name, so that a session that somehow kept the old table (a connection
- * pooler handing on a session of an older fleetd) cannot COPY the new rows
- * into the old columns.
+ * fallback of a connection. Its name changes with its columns
+ * (fleetd_staging: ts in epoch ms; fleetd_staging2: no src), so that a
+ * session that somehow kept an older table (a connection pooler handing on
+ * a session of an older fleetd) cannot COPY the new rows into the old
+ * columns.
  *
  * Concurrent writers of overlapping rows: a batch redelivered after
  * claim_idle while its first consumer is still alive, so two workers write
@@ -101,7 +111,7 @@
  * staged rows need (fleetd_partition_ensure: only buckets not wholly older
  * than retention_days; rows of older buckets are counted, logged and not
  * stored - retention would drop them at the next upkeep anyway), and runs
- * the INSERT again, in the same transaction (OP_WRITE_RETRY). A second
+ * the statements again, in the same transaction (OP_WRITE_RETRY). A second
  * 23514 is FL_PG_REJECTED. Why not a DEFAULT partition: rows that land in
  * it are never dropped by retention, and once it holds rows every new
  * partition must scan it under an ACCESS EXCLUSIVE lock (and cannot be
@@ -147,7 +157,7 @@
 
 /* the columns of a COPY row (fl_pg_batch_add, fl_copy.c) */
 #define COPY_COLUMNS FL_COPY_COLUMNS
-#define STAGING      "fleetd_staging2" /* see "The staging table" above */
+#define STAGING      "fleetd_staging3" /* see "The staging table" above */
 #define SQL_ROLLBACK "ROLLBACK;\n"
 
 typedef enum { S_DOWN, S_CONNECTING, S_SETUP, S_READY } pg_state_t;
@@ -214,6 +224,7 @@ struct fl_pg_s {
     int       ntuples;
     int       savepoint; /* the SAVEPOINT ran: the INSERT was reached */
     long long inserted;  /* rows the COPY (fast path) or INSERT stored */
+    long long updated;   /* rows the staging path's UPDATE changed */
     int       copying;   /* COPY IN started */
     int       copy_done; /* all data and the end sent and flushed */
     int       copy_end;  /* PQputCopyEnd accepted */
@@ -465,6 +476,7 @@ static int op_send(fl_pg_t *pg, pg_op_t op, const char *sql)
     results_clear(pg);
     pg->savepoint = 0;
     pg->inserted = -1;
+    pg->updated = 0;
     pg->copying = pg->copy_done = pg->copy_end = 0;
     pg->copy_off = 0;
     if (!PQsendQuery(pg->conn, sql)) {
@@ -603,7 +615,8 @@ static void write_start(fl_pg_t *pg)
 /* Hand the result to the write's owner. The connection is idle (or gone)
  * when this runs; pending upkeep starts before the callback, so that a
  * callback that writes again queues behind it. */
-static void write_finish(fl_pg_t *pg, fl_pg_result_t res, const char *err)
+static void write_finish(fl_pg_t *pg, fl_pg_result_t res, const char *err,
+                         const fl_pg_counts_t *counts)
 {
     fl_pg_write_cb cb = pg->wcb;
     void          *ud = pg->wud;
@@ -620,7 +633,7 @@ static void write_finish(fl_pg_t *pg, fl_pg_result_t res, const char *err)
         pg_next(pg);
     if (cb) {
         pg->nest++;
-        cb(pg, res, err ? msg : NULL, ud);
+        cb(pg, res, err ? msg : NULL, res == FL_PG_OK ? counts : NULL, ud);
         pg->nest--;
     }
 }
@@ -650,7 +663,7 @@ static void write_failed(fl_pg_t *pg, fl_pg_result_t res)
         return;
     }
     pg->op = OP_NONE;
-    write_finish(pg, res, pg->werr);
+    write_finish(pg, res, pg->werr, NULL);
 }
 
 /* The fast path failed with pg->err, 23505 or a missing partition: write
@@ -673,8 +686,9 @@ static void stage_start(fl_pg_t *pg)
     }
     if (sqlstate_is(pg->err, "23505")) {
         result_error(msg, sizeof(msg), pg->err);
-        fl_info("postgres %s: a batch of %zu rows holds rows that are "
-                "stored already (%s); writing it again, skipping those",
+        fl_info("postgres %s: a batch of %zu rows holds keys that are "
+                "stored already or repeated (%s); writing it through the "
+                "staging table",
                 pg->addr, pg->wb->rows, msg);
     } else {
         fl_debug("postgres %s: a row of a batch of %zu has no partition; "
@@ -686,8 +700,10 @@ static void stage_start(fl_pg_t *pg)
 
 static void write_done(fl_pg_t *pg)
 {
-    int64_t us = fl_now_us() - pg->wstart_us;
-    pg_op_t op = pg->op;
+    int64_t        us = fl_now_us() - pg->wstart_us;
+    pg_op_t        op = pg->op;
+    fl_pg_counts_t counts;
+    size_t         used;
 
     if (pg->err) {
         if (op == OP_WRITE &&
@@ -705,9 +721,18 @@ static void write_done(fl_pg_t *pg)
                              : FL_PG_DOWN);
         return;
     }
-    if (op != OP_WRITE)
+    memset(&counts, 0, sizeof(counts));
+    counts.inserted = pg->inserted > 0 ? (size_t)pg->inserted : 0;
+    if (op != OP_WRITE) {
+        /* the last result is the count of lost rows (upsert_sql) */
+        int lost_at = pg->ntuples - 1;
+
         pg->staging_ready = 1;
-    if (op == OP_WRITE_RETRY && pg->ntuples >= 2) {
+        counts.updated = pg->updated > 0 ? (size_t)pg->updated : 0;
+        if (lost_at >= 0 && PQntuples(pg->tuples[lost_at]) == 1)
+            counts.lost = (size_t)atoll(PQgetvalue(pg->tuples[lost_at], 0, 0));
+    }
+    if (op == OP_WRITE_RETRY && pg->ntuples >= 3) {
         const char *created = PQgetvalue(pg->tuples[0], 0, 0);
         long long   skipped = atoll(PQgetvalue(pg->tuples[1], 0, 0));
 
@@ -715,17 +740,23 @@ static void write_done(fl_pg_t *pg)
             fl_info("postgres %s: created partition(s) %s for rows outside "
                     "the prepared range",
                     pg->addr, created);
-        if (skipped > 0)
+        if (skipped > 0) {
+            counts.expired = (size_t)skipped;
             fl_warn("postgres %s: %lld of %zu rows not stored: older than "
-                    "postgres.retention_days (%d)",
+                    "postgres.retention_days (%d) when written",
                     pg->addr, skipped, pg->wb->rows, pg->retention_days);
+        }
     }
-    fl_debug("postgres %s: batch of %zu rows committed (%lld new%s) in "
-             "%" PRId64 " us",
-             pg->addr, pg->wb->rows, pg->inserted,
+    used = counts.inserted + counts.updated + counts.lost + counts.expired;
+    counts.duplicates = pg->wb->rows > used ? pg->wb->rows - used : 0;
+    fl_debug("postgres %s: batch of %zu rows committed (%zu new, %zu "
+             "updated, %zu lost, %zu duplicate, %zu expired%s) in %" PRId64
+             " us",
+             pg->addr, pg->wb->rows, counts.inserted, counts.updated,
+             counts.lost, counts.duplicates, counts.expired,
              op == OP_WRITE ? "" : ", through the staging table", us);
     pg->op = OP_NONE;
-    write_finish(pg, FL_PG_OK, NULL);
+    write_finish(pg, FL_PG_OK, NULL, &counts);
 }
 
 /* A failed ROLLBACK leaves the session in an unknown state: the write
@@ -740,7 +771,7 @@ static void rollback_done(fl_pg_t *pg)
         return;
     }
     pg->op = OP_NONE;
-    write_finish(pg, pg->wres, pg->werr);
+    write_finish(pg, pg->wres, pg->werr, NULL);
 }
 
 /* ---- results ---- */
@@ -852,6 +883,8 @@ static void results_read(fl_pg_t *pg)
                      (pg->op == OP_WRITE &&
                       strncmp(PQcmdStatus(res), "COPY ", 5) == 0))
                 pg->inserted = atoll(PQcmdTuples(res));
+            else if (strncmp(PQcmdStatus(res), "UPDATE ", 7) == 0)
+                pg->updated = atoll(PQcmdTuples(res));
             PQclear(res);
             break;
         case PGRES_EMPTY_QUERY: PQclear(res); break;
@@ -954,7 +987,7 @@ static void conn_drop(fl_pg_t *pg, const char *why)
     retry_later(pg);
 
     if (pg->wb) {
-        write_finish(pg, FL_PG_DOWN, msg);
+        write_finish(pg, FL_PG_DOWN, msg, NULL);
         if (pg->free_requested || gen != pg->gen)
             return;
     }
@@ -1154,14 +1187,43 @@ static void pg_next(fl_pg_t *pg)
 
 /* ---- API ---- */
 
-/* The INSERT from the staging table; where (may be "") filters rows. */
-static char *insert_sql(const char *where)
+/*
+ * The staged rows into telemetry, three statements (see "A write" at the
+ * top); cond (may be NULL) keeps only the staged rows it is true for. The
+ * newest version of each key goes in key order, so that staging writers
+ * take their index locks in the same order; the last statement's count is
+ * the lost rows, which write_done() reads from the last result.
+ */
+static char *upsert_sql(const char *cond)
 {
-    return str_printf("INSERT INTO telemetry (" COPY_COLUMNS ")\n"
-                      "SELECT " COPY_COLUMNS " FROM " STAGING "%s\n"
-                      "ORDER BY device_id, metric, ts\n"
-                      "ON CONFLICT DO NOTHING",
-                      where);
+    const char *w = cond ? "\n  WHERE " : "", *c = cond ? cond : "";
+    const char *a = cond ? " AND " : "";
+    char       *newest, *sql;
+
+    newest =
+        str_printf("SELECT DISTINCT ON (device_id, metric, ts) " COPY_COLUMNS
+                   "\n  FROM " STAGING "%s%s\n"
+                   "  ORDER BY device_id, metric, ts, src DESC",
+                   w, c);
+    sql = str_printf(
+        "INSERT INTO telemetry (" COPY_COLUMNS ")\n"
+        "SELECT " COPY_COLUMNS " FROM (%s) s\n"
+        "ON CONFLICT DO NOTHING;\n"
+        "UPDATE telemetry t SET value = s.value, value_bool = s.value_bool,\n"
+        "  value_text = s.value_text, unit = s.unit, src = s.src\n"
+        "FROM (%s) s\n"
+        "WHERE t.device_id = s.device_id AND t.metric = s.metric\n"
+        "  AND t.ts = s.ts AND coalesce(t.src, 0) < s.src\n"
+        "  AND (t.value, t.value_bool, t.value_text, t.unit) IS DISTINCT FROM\n"
+        "      (s.value, s.value_bool, s.value_text, s.unit);\n"
+        "SELECT count(*) FROM " STAGING " x\n"
+        "  JOIN telemetry t USING (device_id, metric, ts)\n"
+        "WHERE %s%scoalesce(t.src, 0) <> x.src\n"
+        "  AND (t.value, t.value_bool, t.value_text, t.unit) IS DISTINCT FROM\n"
+        "      (x.value, x.value_bool, x.value_text, x.unit)",
+        newest, newest, c, a);
+    free(newest);
+    return sql;
 }
 
 static void build_sql(fl_pg_t *pg, const fl_config_t *cf)
@@ -1169,9 +1231,10 @@ static void build_sql(fl_pg_t *pg, const fl_config_t *cf)
     static const char staging[] =
         "CREATE TEMP TABLE IF NOT EXISTS " STAGING " (ts timestamptz, "
         "value double precision, value_bool boolean, device_id text, "
-        "metric text, value_text text, unit text) ON COMMIT DELETE ROWS;\n";
-    char   *ins = insert_sql("");
-    char   *ins_kept, *where, *bucket, *expired;
+        "metric text, value_text text, unit text, src bigint) "
+        "ON COMMIT DELETE ROWS;\n";
+    char   *ins = upsert_sql(NULL);
+    char   *ins_kept, *keep, *bucket, *expired;
     int64_t iv = pg->iv_ms;
 
     pg->sql_setup =
@@ -1216,8 +1279,8 @@ static void build_sql(fl_pg_t *pg, const fl_config_t *cf)
     expired = str_printf("(%s + 1) * %" PRId64 " <= extract(epoch FROM now() - "
                          "make_interval(days => %d)) * 1000",
                          bucket, iv, pg->retention_days);
-    where = str_printf("\nWHERE NOT (%s)", expired);
-    ins_kept = insert_sql(where);
+    keep = str_printf("NOT (%s)", expired);
+    ins_kept = upsert_sql(keep);
     pg->sql_retry =
         str_printf("ROLLBACK TO SAVEPOINT fl_w;\n"
                    "SELECT coalesce(string_agg(p, ' '), '') FROM "
@@ -1229,7 +1292,7 @@ static void build_sql(fl_pg_t *pg, const fl_config_t *cf)
                    iv, pg->retention_days, bucket, expired, ins_kept);
     free(ins);
     free(ins_kept);
-    free(where);
+    free(keep);
     free(bucket);
     free(expired);
 }
@@ -1325,7 +1388,7 @@ void fl_pg_free(fl_pg_t *pg)
         return;
     pg->free_requested = 1;
     if (pg->wb)
-        write_finish(pg, FL_PG_DOWN, "connection closed");
+        write_finish(pg, FL_PG_DOWN, "connection closed", NULL);
     if (pg->nest > 0) {
         event_active(pg->ev_later, 0, 0);
         return;

@@ -12,12 +12,13 @@
  *
  * A batch is a set of telemetry rows written in one transaction with
  * COPY straight into the telemetry table. When that fails because some of
- * the rows are stored already (a batch written twice: redelivery after a
- * crash) or a row has no partition, the batch is written again, in a new
- * transaction, through a temporary staging table and one INSERT .. ON
- * CONFLICT DO NOTHING (missing partitions are created when it needs
- * them): a batch written twice adds no duplicate row (see fl_pg.c). The
- * rows are built by fl_pg_batch_add() (fl_copy.h).
+ * the keys (device, metric, ts) are stored already (a batch written
+ * twice, two messages with one ts) or a row has no partition, the batch is
+ * written again, in a new transaction, through a temporary staging table
+ * (missing partitions are created when it needs them): a key takes the
+ * value of the latest message (the greatest src), a batch written twice
+ * adds nothing, and the write reports what became of every row
+ * (fl_pg_counts_t). The rows are built by fl_pg_batch_add() (fl_copy.h).
  */
 #ifndef FL_PG_H
 #define FL_PG_H
@@ -38,17 +39,37 @@ typedef enum {
                        retrying the same rows will fail again */
 } fl_pg_result_t;
 
+/*
+ * What a committed write did with the rows of its batch; every row is in
+ * exactly one of these. Exact for inserted, updated and expired. lost and
+ * duplicates are told apart against what the transaction sees after its
+ * own writes, so a concurrent writer of the same keys (a claim while the
+ * first consumer is still alive) can move a row from one to the other.
+ */
+typedef struct {
+    size_t inserted;   /* new keys: rows the table did not have */
+    size_t updated;    /* stored rows that took this batch's later value */
+    size_t lost;       /* rows whose key holds another message's later,
+                          different value (a stored one, or another row of
+                          this batch) */
+    size_t duplicates; /* rows whose key already holds the same value (the
+                          same message written again, a repeat) */
+    size_t expired;    /* rows not written: older than retention_days by
+                          the time they were written */
+} fl_pg_counts_t;
+
 /* up: 1 connected and migrated, 0 lost */
 typedef void (*fl_pg_state_cb)(fl_pg_t *pg, int up, void *ud);
-/* err: the server's message for FL_PG_REJECTED / FL_PG_DOWN, else NULL */
-typedef void (*fl_pg_write_cb)(fl_pg_t *pg, fl_pg_result_t res,
-                               const char *err, void *ud);
+/* err: the server's message for FL_PG_REJECTED / FL_PG_DOWN, else NULL;
+ * counts: with FL_PG_OK, else NULL */
+typedef void (*fl_pg_write_cb)(fl_pg_t *pg, fl_pg_result_t res, const char *err,
+                               const fl_pg_counts_t *counts, void *ud);
 
 /* Start connecting to cf->postgres.conninfo. Never NULL. */
 fl_pg_t *fl_pg_new(struct event_base *base, const fl_config_t *cf,
                    fl_pg_state_cb on_state, void *ud);
-int fl_pg_ready(const fl_pg_t *pg);   /* connected, migrated, idle or busy */
-int fl_pg_busy(const fl_pg_t *pg);    /* a write is in flight */
+int      fl_pg_ready(const fl_pg_t *pg); /* connected, migrated, idle or busy */
+int      fl_pg_busy(const fl_pg_t *pg);  /* a write is in flight */
 
 /*
  * Write b in one transaction. Only one write at a time: FL_AGAIN when

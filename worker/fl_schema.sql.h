@@ -42,6 +42,14 @@
  * instead of 20 %. On a table that already holds rows this rebuilds the
  * key's indexes once, under the migration lock (writes wait for it).
  *
+ * Migration 3, row_source: telemetry.src bigint, the stream entry that
+ * wrote the row (entry id ms * 1000000 + seq, fl_ingest.c). Two messages
+ * with the same device, metric and ts: the one later in the stream wins
+ * (fl_pg.c's staging path updates a row only for a greater src), and an
+ * entry written twice is recognised as itself (equal src). Nullable with
+ * no default, so adding it rewrites nothing; rows from before it read as
+ * src 0, older than any message.
+ *
  * Storage, decided when migration 1 runs:
  *   - TimescaleDB, when pg_available_extensions lists it and CREATE
  *     EXTENSION works (it needs shared_preload_libraries and usually a
@@ -339,6 +347,8 @@ static const fl_migration_t fl_migrations[] = {
      "    END LOOP;\n"
      "END\n"
      "$fl$;\n"},
+    {3, "row_source",
+     "ALTER TABLE telemetry ADD COLUMN IF NOT EXISTS src bigint;\n"},
 };
 
 #endif

@@ -26,7 +26,7 @@
 
 #include "fl_payload.h"
 
-#define NOW 1764370000000LL
+#define NOW 1764370000000123LL /* us, not a whole ms */
 
 /* Decode code points one by one and check the shortest form, the range
  * and the surrogate gap. */
@@ -94,7 +94,7 @@ static void check_accepted(const fl_telemetry_t      *t,
 {
     const fl_metric_t *m, *o;
     size_t             p, i, q, j, total = 0;
-    int64_t            hi = NOW + lim->max_future_ms;
+    int64_t            hi = NOW + lim->max_future_ms * 1000;
 
     if (t->npoints < 1 || t->points == NULL || t->arena == NULL ||
         t->nmetrics > lim->max_metrics)
@@ -107,10 +107,11 @@ static void check_accepted(const fl_telemetry_t      *t,
     for (p = 0; p < t->npoints; p++) {
         const fl_point_t *pt = &t->points[p];
 
-        if (pt->nmetrics < 1 || pt->ts_ms < lim->min_ts_ms || pt->ts_ms > hi)
+        if (pt->nmetrics < 1 || pt->ts_us < lim->min_ts_ms * 1000 ||
+            pt->ts_us > hi)
             abort();
         if (t->form == FL_FORM_SENML && p > 0 &&
-            pt->ts_ms <= t->points[p - 1].ts_ms)
+            pt->ts_us <= t->points[p - 1].ts_us)
             abort();
         total += pt->nmetrics;
         for (i = 0; i < pt->nmetrics; i++) {
@@ -134,7 +135,7 @@ static void check_accepted(const fl_telemetry_t      *t,
                 check_text(m->unit, lim->max_payload_bytes, 0);
             /* no name twice at one time, in any point */
             for (q = p; q < t->npoints; q++) {
-                if (t->points[q].ts_ms != pt->ts_ms)
+                if (t->points[q].ts_us != pt->ts_us)
                     continue;
                 for (j = q == p ? i + 1 : 0; j < t->points[q].nmetrics; j++) {
                     o = &t->points[q].metrics[j];

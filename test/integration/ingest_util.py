@@ -533,16 +533,17 @@ class Ingest:
 
 @pytest.fixture
 def ingest(fleetd, mosquitto, redis_server, postgres):
-    """Factory: ingest(extra=None, prefix=None, workers=2, wait=True) ->
-    Ingest. Starts fleetd with ingest_config() (own node_id, share group,
-    given redis.prefix; None = the default "fleetd:") and, with wait, waits
+    """Factory: ingest(extra=None, prefix=None, workers=2, wait=True,
+    env=None) -> Ingest. Starts fleetd with ingest_config() (own node_id,
+    share group, given redis.prefix; None = the default "fleetd:") and the
+    extra environment env (e.g. FLEETD_TEST_HOOKS) and, with wait, waits
     until a canary message is stored."""
     made = []
 
-    def make(extra=None, prefix=None, workers=2, wait=True):
+    def make(extra=None, prefix=None, workers=2, wait=True, env=None):
         tag = uniq()
         f = fleetd(ingest_config(tag, prefix, extra), workers=workers,
-                   timeout=20.0)
+                   timeout=20.0, env=env)
         ctx = Ingest(f, tag, prefix, mosquitto, redis_server, postgres)
         made.append(ctx)
         if wait:

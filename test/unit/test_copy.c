@@ -21,8 +21,8 @@
 #include "unit.h"
 
 /* columns of a row: ts, value, value_bool, device_id, metric, value_text,
- * unit */
-#define NCOLS 7
+ * unit, src */
+#define NCOLS 8
 
 /* ---- helpers ---- */
 
@@ -59,7 +59,8 @@ static fl_metric_t m_str(const char *name, const char *s)
     return m;
 }
 
-/* Adds one point at ts_ms with metrics m[0..n) for device. */
+/* Adds one point at ts_ms with metrics m[0..n) for device, from the
+ * message src 7. */
 static void add_point(fl_pg_batch_t *b, const char *device, int64_t ts_ms,
                       fl_metric_t *m, size_t n)
 {
@@ -68,13 +69,13 @@ static void add_point(fl_pg_batch_t *b, const char *device, int64_t ts_ms,
 
     memset(&p, 0, sizeof(p));
     memset(&t, 0, sizeof(t));
-    p.ts_ms = ts_ms;
+    p.ts_us = ts_ms * 1000;
     p.metrics = m;
     p.nmetrics = n;
     t.points = &p;
     t.npoints = 1;
     t.nmetrics = n;
-    fl_pg_batch_add(b, device, &t);
+    fl_pg_batch_add(b, device, &t, 7);
 }
 
 /* Adds one row: number 1 at ts_ms (for the timestamp tests). */
@@ -249,7 +250,7 @@ void test_copy_text_escapes(void)
                     "dev\\\\1\\t2\\n3\\r4\t"
                     "a\\tb\\\\c\t"
                     "x\\\\y\\tz\\nw\\rv\t"
-                    "u\\n\\r\\\\\\t\n");
+                    "u\\n\\r\\\\\\t\t7\n");
 
     /* the text "\N" is not NULL; "" is the empty string, not NULL; a
      * text metric without a string is ""; no unit is NULL; UTF-8 and
@@ -264,13 +265,13 @@ void test_copy_text_escapes(void)
     m[3].unit = "\302\260C"; /* degree sign, C */
     m[4] = m_num("\\N", 2);
     add_point(&b, "\\N", 0, m, 5);
-    CHECK_BATCH(&b,
-                "1970-01-01 00:00:00.000+00\t\\N\t\\N\t\\\\N\tn\t\\\\N\t\\\\N\n"
-                "1970-01-01 00:00:00.000+00\t\\N\t\\N\t\\\\N\te\t\t\n"
-                "1970-01-01 00:00:00.000+00\t\\N\t\\N\t\\\\N\tz\t\t\\N\n"
-                "1970-01-01 00:00:00.000+00\t\\N\t\\N\t\\\\N\ttemp\xc2\xb0\t"
-                "caf\xc3\xa9 \xe2\x82\xac \"q\" 'a' ,;|\t\302\260C\n"
-                "1970-01-01 00:00:00.000+00\t2\t\\N\t\\\\N\t\\\\N\t\\N\t\\N\n");
+    CHECK_BATCH(
+        &b, "1970-01-01 00:00:00.000+00\t\\N\t\\N\t\\\\N\tn\t\\\\N\t\\\\N\t7\n"
+            "1970-01-01 00:00:00.000+00\t\\N\t\\N\t\\\\N\te\t\t\t7\n"
+            "1970-01-01 00:00:00.000+00\t\\N\t\\N\t\\\\N\tz\t\t\\N\t7\n"
+            "1970-01-01 00:00:00.000+00\t\\N\t\\N\t\\\\N\ttemp\xc2\xb0\t"
+            "caf\xc3\xa9 \xe2\x82\xac \"q\" 'a' ,;|\t\302\260C\t7\n"
+            "1970-01-01 00:00:00.000+00\t2\t\\N\t\\\\N\t\\\\N\t\\N\t\\N\t7\n");
     FL_CHECK_EQ_U64(b.rows, 5);
 
     fl_pg_batch_free(&b);
@@ -511,8 +512,9 @@ void test_copy_bool(void)
     m[1] = m_bool("off", 0);
     m[1].unit = "sw";
     add_point(&b, "d1", 0, m, 2);
-    CHECK_BATCH(&b, "1970-01-01 00:00:00.000+00\t\\N\tt\td1\ton\t\\N\t\\N\n"
-                    "1970-01-01 00:00:00.000+00\t\\N\tf\td1\toff\t\\N\tsw\n");
+    CHECK_BATCH(&b,
+                "1970-01-01 00:00:00.000+00\t\\N\tt\td1\ton\t\\N\t\\N\t7\n"
+                "1970-01-01 00:00:00.000+00\t\\N\tf\td1\toff\t\\N\tsw\t7\n");
     FL_CHECK_EQ_U64(b.rows, 2);
     fl_pg_batch_free(&b);
 }
@@ -540,8 +542,8 @@ void test_copy_layout(void)
         {"\\N", "f", "door", "\\N", "\\N"},
     };
 
-    FL_CHECK_STR(FL_COPY_COLUMNS,
-                 "ts, value, value_bool, device_id, metric, value_text, unit");
+    FL_CHECK_STR(FL_COPY_COLUMNS, "ts, value, value_bool, device_id, metric, "
+                                  "value_text, unit, src");
 
     p1[0] = m_num("temp", 21.5);
     p1[0].unit = "C";
@@ -552,10 +554,10 @@ void test_copy_layout(void)
     p2[1] = m_bool("door", 0);
     memset(pt, 0, sizeof(pt));
     memset(&t, 0, sizeof(t));
-    pt[0].ts_ms = 1795924800123;
+    pt[0].ts_us = 1795924800123000;
     pt[0].metrics = p1;
     pt[0].nmetrics = 3;
-    pt[1].ts_ms = 1795924801000;
+    pt[1].ts_us = 1795924801000000;
     pt[1].metrics = p2;
     pt[1].nmetrics = 2;
     t.points = pt;
@@ -563,7 +565,7 @@ void test_copy_layout(void)
     t.nmetrics = 5;
 
     fl_pg_batch_init(&b);
-    fl_pg_batch_add(&b, "dev-7", &t);
+    fl_pg_batch_add(&b, "dev-7", &t, 1795924800123000042LL);
     FL_CHECK_EQ_U64(b.rows, 5);
 
     text = batch_text(&b);
@@ -582,6 +584,7 @@ void test_copy_layout(void)
         FL_CHECK_STR(col[4], want[row].metric);
         FL_CHECK_STR(col[5], want[row].value_text);
         FL_CHECK_STR(col[6], want[row].unit);
+        FL_CHECK_STR(col[7], "1795924800123000042");
         /* one value column set, two NULL */
         FL_CHECK_EQ_INT((strcmp(col[1], "\\N") != 0) +
                             (strcmp(col[2], "\\N") != 0) +
@@ -743,17 +746,17 @@ void test_copy_ts_cache(void)
     add_ts(&b, -1);                       /* across 1970 */
     add_ts(&b, 0);
     add_ts(&b, -1000);
-    CHECK_BATCH(&b, "2026-11-29 04:00:00.001+00\t1\t\\N\td\tx\t\\N\t\\N\n"
-                    "2026-11-29 04:00:00.999+00\t1\t\\N\td\tx\t\\N\t\\N\n"
-                    "2026-11-29 04:00:01.000+00\t1\t\\N\td\tx\t\\N\t\\N\n"
-                    "2026-11-29 04:00:00.500+00\t1\t\\N\td\tx\t\\N\t\\N\n"
-                    "2026-11-30 04:00:00.500+00\t1\t\\N\td\tx\t\\N\t\\N\n"
-                    "0001-12-31 23:59:59.999+00 BC\t1\t\\N\td\tx\t\\N\t\\N\n"
-                    "0001-01-01 00:00:00.000+00\t1\t\\N\td\tx\t\\N\t\\N\n"
-                    "0001-12-31 23:59:59.999+00 BC\t1\t\\N\td\tx\t\\N\t\\N\n"
-                    "1969-12-31 23:59:59.999+00\t1\t\\N\td\tx\t\\N\t\\N\n"
-                    "1970-01-01 00:00:00.000+00\t1\t\\N\td\tx\t\\N\t\\N\n"
-                    "1969-12-31 23:59:59.000+00\t1\t\\N\td\tx\t\\N\t\\N\n");
+    CHECK_BATCH(&b, "2026-11-29 04:00:00.001+00\t1\t\\N\td\tx\t\\N\t\\N\t7\n"
+                    "2026-11-29 04:00:00.999+00\t1\t\\N\td\tx\t\\N\t\\N\t7\n"
+                    "2026-11-29 04:00:01.000+00\t1\t\\N\td\tx\t\\N\t\\N\t7\n"
+                    "2026-11-29 04:00:00.500+00\t1\t\\N\td\tx\t\\N\t\\N\t7\n"
+                    "2026-11-30 04:00:00.500+00\t1\t\\N\td\tx\t\\N\t\\N\t7\n"
+                    "0001-12-31 23:59:59.999+00 BC\t1\t\\N\td\tx\t\\N\t\\N\t7\n"
+                    "0001-01-01 00:00:00.000+00\t1\t\\N\td\tx\t\\N\t\\N\t7\n"
+                    "0001-12-31 23:59:59.999+00 BC\t1\t\\N\td\tx\t\\N\t\\N\t7\n"
+                    "1969-12-31 23:59:59.999+00\t1\t\\N\td\tx\t\\N\t\\N\t7\n"
+                    "1970-01-01 00:00:00.000+00\t1\t\\N\td\tx\t\\N\t\\N\t7\n"
+                    "1969-12-31 23:59:59.000+00\t1\t\\N\td\tx\t\\N\t\\N\t7\n");
     FL_CHECK_EQ_U64(b.rows, 11);
 
     /* after a reset: the same second, then another one */
@@ -762,19 +765,20 @@ void test_copy_ts_cache(void)
     FL_CHECK_EQ_U64(evbuffer_get_length(b.copy), 0);
     add_ts(&b, -1999);
     add_ts(&b, 1709251199999);
-    CHECK_BATCH(&b, "1969-12-31 23:59:58.001+00\t1\t\\N\td\tx\t\\N\t\\N\n"
-                    "2024-02-29 23:59:59.999+00\t1\t\\N\td\tx\t\\N\t\\N\n");
+    CHECK_BATCH(&b, "1969-12-31 23:59:58.001+00\t1\t\\N\td\tx\t\\N\t\\N\t7\n"
+                    "2024-02-29 23:59:59.999+00\t1\t\\N\td\tx\t\\N\t\\N\t7\n");
     fl_pg_batch_reset(&b);
     add_ts(&b, 1709251199000);
-    CHECK_BATCH(&b, "2024-02-29 23:59:59.000+00\t1\t\\N\td\tx\t\\N\t\\N\n");
+    CHECK_BATCH(&b, "2024-02-29 23:59:59.000+00\t1\t\\N\td\tx\t\\N\t\\N\t7\n");
 
     /* one point, several metrics: one second for all its rows */
     fl_pg_batch_reset(&b);
     m[0] = m_num("a", 1);
     m[1] = m_bool("b", 1);
     add_point(&b, "d", -62162121600000, m, 2);
-    CHECK_BATCH(&b, "0001-02-29 00:00:00.000+00 BC\t1\t\\N\td\ta\t\\N\t\\N\n"
-                    "0001-02-29 00:00:00.000+00 BC\t\\N\tt\td\tb\t\\N\t\\N\n");
+    CHECK_BATCH(&b,
+                "0001-02-29 00:00:00.000+00 BC\t1\t\\N\td\ta\t\\N\t\\N\t7\n"
+                "0001-02-29 00:00:00.000+00 BC\t\\N\tt\td\tb\t\\N\t\\N\t7\n");
     fl_pg_batch_free(&b);
 }
 
@@ -798,21 +802,21 @@ void test_copy_rows(void)
     memset(pt, 0, sizeof(pt));
     memset(&t, 0, sizeof(t));
     for (int i = 0; i < 3; i++) {
-        pt[i].ts_ms = 1000 * i;
+        pt[i].ts_us = 1000000 * i;
         pt[i].metrics = m;
         pt[i].nmetrics = (size_t)i + 1; /* 1, 2, 3 metrics */
     }
     t.points = pt;
     t.npoints = 3;
     t.nmetrics = 6;
-    fl_pg_batch_add(&b, "d", &t);
+    fl_pg_batch_add(&b, "d", &t, 1);
     FL_CHECK_EQ_U64(b.rows, 6);
-    fl_pg_batch_add(&b, "e", &t); /* adds to the rows there are */
+    fl_pg_batch_add(&b, "e", &t, 2); /* adds to the rows there are */
     FL_CHECK_EQ_U64(b.rows, 12);
 
     /* no points, no rows (and no bytes) */
     t.npoints = 0;
-    fl_pg_batch_add(&b, "f", &t);
+    fl_pg_batch_add(&b, "f", &t, 3);
     FL_CHECK_EQ_U64(b.rows, 12);
     {
         char  *text = batch_text(&b), *s;
@@ -828,11 +832,47 @@ void test_copy_rows(void)
     FL_CHECK_EQ_U64(b.rows, 0);
     FL_CHECK_EQ_U64(evbuffer_get_length(b.copy), 0);
     t.npoints = 1;
-    fl_pg_batch_add(&b, "d", &t);
+    fl_pg_batch_add(&b, "d", &t, 4);
     FL_CHECK_EQ_U64(b.rows, 1);
 
     fl_pg_batch_free(&b);
     FL_CHECK(b.copy == NULL);
     FL_CHECK_EQ_U64(b.rows, 0);
     fl_pg_batch_free(&b); /* twice is harmless */
+}
+
+/* Times that are not whole milliseconds keep their microseconds (six
+ * fraction digits); whole milliseconds keep the short form; src is the
+ * last column, as given. */
+void test_copy_ts_us(void)
+{
+    fl_pg_batch_t  b;
+    fl_metric_t    m = m_num("x", 1);
+    fl_point_t     p[4];
+    fl_telemetry_t t;
+
+    memset(p, 0, sizeof(p));
+    memset(&t, 0, sizeof(t));
+    p[0].ts_us = 1795924800123000LL;
+    p[1].ts_us = 1795924800123001LL;
+    p[2].ts_us = 1795924800999999LL;
+    p[3].ts_us = -1; /* 1969-12-31 23:59:59.999999 */
+    for (int i = 0; i < 4; i++) {
+        p[i].metrics = &m;
+        p[i].nmetrics = 1;
+    }
+    t.points = p;
+    t.npoints = 4;
+    t.nmetrics = 4;
+    fl_pg_batch_init(&b);
+    fl_pg_batch_add(&b, "d", &t, 1795924800123000005LL);
+    CHECK_BATCH(&b, "2026-11-29 04:00:00.123+00\t1\t\\N\td\tx\t\\N\t\\N\t"
+                    "1795924800123000005\n"
+                    "2026-11-29 04:00:00.123001+00\t1\t\\N\td\tx\t\\N\t\\N\t"
+                    "1795924800123000005\n"
+                    "2026-11-29 04:00:00.999999+00\t1\t\\N\td\tx\t\\N\t\\N\t"
+                    "1795924800123000005\n"
+                    "1969-12-31 23:59:59.999999+00\t1\t\\N\td\tx\t\\N\t\\N\t"
+                    "1795924800123000005\n");
+    fl_pg_batch_free(&b);
 }

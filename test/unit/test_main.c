@@ -77,6 +77,8 @@ void test_payload_rej_metrics(void);
 void test_payload_rej_values(void);
 void test_payload_rej_duplicates(void);
 void test_payload_reject_names(void);
+void test_payload_arrival_us(void);
+void test_payload_cut(void);
 
 void test_scan_utf8_seq(void);
 void test_scan_utf8_valid(void);
@@ -103,6 +105,7 @@ void test_copy_ts(void);
 void test_copy_ts_gmtime(void);
 void test_copy_ts_cache(void);
 void test_copy_rows(void);
+void test_copy_ts_us(void);
 
 void test_enc_json_strings(void);
 void test_enc_json_strings_long(void);
@@ -151,6 +154,8 @@ static const fl_test_t tests[] = {
     {"parse_size", test_parse_size},
     {"parse_listen", test_parse_listen},
     {"payload_topic", test_payload_topic},
+    {"payload_arrival_us", test_payload_arrival_us},
+    {"payload_cut", test_payload_cut},
     {"payload_flat", test_payload_flat},
     {"payload_values_form", test_payload_values_form},
     {"payload_ts_epoch_ms", test_payload_ts_epoch_ms},
@@ -200,6 +205,7 @@ static const fl_test_t tests[] = {
     {"copy_ts_gmtime", test_copy_ts_gmtime},
     {"copy_ts_cache", test_copy_ts_cache},
     {"copy_rows", test_copy_rows},
+    {"copy_ts_us", test_copy_ts_us},
     {"enc_json_strings", test_enc_json_strings},
     {"enc_json_strings_long", test_enc_json_strings_long},
     {"enc_json_numbers", test_enc_json_numbers},

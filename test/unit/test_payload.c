@@ -13,12 +13,13 @@
 #include "fl_payload.h"
 #include "unit.h"
 
-#define NOW 1764370000000LL
+#define NOW    1764370000000LL /* ms */
+#define NOW_US (NOW * 1000)
 
 /* Parse a NUL-terminated payload with the default limits. */
 static int parse(const char *json, fl_telemetry_t *t, fl_reject_t *why)
 {
-    return fl_payload_parse(json, strlen(json), NOW, NULL, t, why);
+    return fl_payload_parse(json, strlen(json), NOW_US, NULL, t, why);
 }
 
 /* The metric called name in p, or NULL. */
@@ -43,7 +44,7 @@ static void check_reject(const char *file, int line, const void *buf,
     fl_reject_t    why;
     int            rc;
 
-    rc = fl_payload_parse(buf, len, NOW, lim, &t, &why);
+    rc = fl_payload_parse(buf, len, NOW_US, lim, &t, &why);
     if (rc == FL_OK) {
         fl_test_fail(file, line, "accepted, want %s: %.60s", reason,
                      (const char *)buf);
@@ -83,7 +84,7 @@ static int64_t ts_of(const char *file, int line, const char *json)
         fl_telemetry_free(&t);
         return INT64_MIN;
     }
-    ts = t.points[0].ts_ms;
+    ts = t.points[0].ts_us;
     fl_telemetry_free(&t);
     return ts;
 }
@@ -185,7 +186,7 @@ void test_payload_flat(void)
     FL_CHECK_EQ_INT(t.form, FL_FORM_FLAT);
     FL_CHECK_STR(fl_payload_form_name(t.form), "flat");
     FL_REQUIRE(t.npoints == 1);
-    FL_CHECK_EQ_INT(t.points[0].ts_ms, NOW);
+    FL_CHECK_EQ_INT(t.points[0].ts_us, (NOW)*1000);
     FL_CHECK_EQ_INT(t.nmetrics, 7);
     FL_CHECK_EQ_INT(t.points[0].nmetrics, 7);
     FL_CHECK_EQ_INT(t.nulls_skipped, 1);
@@ -255,7 +256,7 @@ void test_payload_values_form(void)
                      "\"gps\": {\"lat\": 2}}}",
                      &t, &why) == FL_OK);
     FL_CHECK_EQ_INT(t.form, FL_FORM_VALUES);
-    FL_CHECK_EQ_INT(t.points[0].ts_ms, 1764369000000LL);
+    FL_CHECK_EQ_INT(t.points[0].ts_us, (1764369000000LL) * 1000);
     FL_CHECK_EQ_INT(t.nmetrics, 2);
     FL_CHECK(metric(&t.points[0], "a") != NULL);
     FL_CHECK(metric(&t.points[0], "gps.lat") != NULL);
@@ -264,14 +265,14 @@ void test_payload_values_form(void)
     /* ts is optional; order does not matter */
     FL_REQUIRE(parse("{\"values\": {\"a\": 1}}", &t, &why) == FL_OK);
     FL_CHECK_EQ_INT(t.form, FL_FORM_VALUES);
-    FL_CHECK_EQ_INT(t.points[0].ts_ms, NOW);
+    FL_CHECK_EQ_INT(t.points[0].ts_us, (NOW)*1000);
     FL_CHECK_STR(t.points[0].metrics[0].name, "a");
     fl_telemetry_free(&t);
     FL_REQUIRE(
         parse("{\"values\": {\"a\": 1}, \"ts\": \"2025-11-28T22:00:00Z\"}", &t,
               &why) == FL_OK);
     FL_CHECK_EQ_INT(t.form, FL_FORM_VALUES);
-    FL_CHECK_EQ_INT(t.points[0].ts_ms, 1764367200000LL);
+    FL_CHECK_EQ_INT(t.points[0].ts_us, (1764367200000LL) * 1000);
     fl_telemetry_free(&t);
 
     /* another key, or values not an object: form 1 */
@@ -294,43 +295,52 @@ void test_payload_values_form(void)
 void test_payload_ts_epoch_ms(void)
 {
     FL_CHECK_EQ_INT(TS_OF("{\"ts\": 1764369000000, \"a\": 1}"),
-                    1764369000000LL);
+                    (1764369000000LL) * 1000);
     FL_CHECK_EQ_INT(TS_OF("{\"a\": 1, \"ts\": 1764369000123}"),
-                    1764369000123LL);
+                    (1764369000123LL) * 1000);
     /* integral in any spelling */
     FL_CHECK_EQ_INT(TS_OF("{\"ts\": 1764369000000.0, \"a\": 1}"),
-                    1764369000000LL);
-    FL_CHECK_EQ_INT(TS_OF("{\"ts\": 1.764369e12, \"a\": 1}"), 1764369000000LL);
+                    (1764369000000LL) * 1000);
+    FL_CHECK_EQ_INT(TS_OF("{\"ts\": 1.764369e12, \"a\": 1}"),
+                    (1764369000000LL) * 1000);
     /* the bounds themselves are accepted */
-    FL_CHECK_EQ_INT(TS_OF("{\"ts\": 946684800000, \"a\": 1}"), 946684800000LL);
-    FL_CHECK_EQ_INT(TS_OF("{\"ts\": 1764456400000, \"a\": 1}"), NOW + 86400000);
-    FL_CHECK_EQ_INT(TS_OF("{\"a\": 1}"), NOW);
+    FL_CHECK_EQ_INT(TS_OF("{\"ts\": 946684800000, \"a\": 1}"),
+                    (946684800000LL) * 1000);
+    FL_CHECK_EQ_INT(TS_OF("{\"ts\": 1764456400000, \"a\": 1}"),
+                    (NOW + 86400000) * 1000);
+    FL_CHECK_EQ_INT(TS_OF("{\"a\": 1}"), (NOW)*1000);
 }
 
 void test_payload_ts_rfc3339(void)
 {
-    FL_CHECK_EQ_INT(TS_OF("{\"ts\": \"2025-11-28T22:46:40Z\", \"a\": 1}"), NOW);
+    FL_CHECK_EQ_INT(TS_OF("{\"ts\": \"2025-11-28T22:46:40Z\", \"a\": 1}"),
+                    (NOW)*1000);
     FL_CHECK_EQ_INT(TS_OF("{\"ts\": \"2025-11-28T22:46:40.123Z\", \"a\": 1}"),
-                    NOW + 123);
+                    (NOW + 123) * 1000);
     FL_CHECK_EQ_INT(TS_OF("{\"ts\": \"2025-11-28T22:46:40.5Z\", \"a\": 1}"),
-                    NOW + 500);
-    /* more than 3 fraction digits are truncated */
+                    (NOW + 500) * 1000);
+    /* up to 6 fraction digits are kept (the storage's microseconds),
+     * more are truncated */
     FL_CHECK_EQ_INT(
         TS_OF("{\"ts\": \"2025-11-28t22:46:40.123999999z\", \"a\": 1}"),
-        NOW + 123);
+        NOW_US + 123999);
+    FL_CHECK_EQ_INT(
+        TS_OF("{\"ts\": \"2025-11-28T22:46:40.000001Z\", \"a\": 1}"),
+        NOW_US + 1);
     FL_CHECK_EQ_INT(TS_OF("{\"ts\": \"2025-11-28T23:46:40+01:00\", \"a\": 1}"),
-                    NOW);
+                    (NOW)*1000);
     FL_CHECK_EQ_INT(
         TS_OF("{\"ts\": \"2025-11-28T21:16:40.5-01:30\", \"a\": 1}"),
-        NOW + 500);
-    FL_CHECK_EQ_INT(TS_OF("{\"ts\": \"2025-11-28 22:46:40Z\", \"a\": 1}"), NOW);
+        (NOW + 500) * 1000);
+    FL_CHECK_EQ_INT(TS_OF("{\"ts\": \"2025-11-28 22:46:40Z\", \"a\": 1}"),
+                    (NOW)*1000);
     FL_CHECK_EQ_INT(TS_OF("{\"ts\": \"2024-02-29T00:00:00Z\", \"a\": 1}"),
-                    1709164800000LL);
+                    (1709164800000LL) * 1000);
     FL_CHECK_EQ_INT(TS_OF("{\"ts\": \"2000-01-01T00:00:00Z\", \"a\": 1}"),
-                    946684800000LL);
+                    (946684800000LL) * 1000);
     /* a leap second becomes the next second */
     FL_CHECK_EQ_INT(TS_OF("{\"ts\": \"2016-12-31T23:59:60Z\", \"a\": 1}"),
-                    1483228800000LL);
+                    (1483228800000LL) * 1000);
 }
 
 void test_payload_ts_rejects(void)
@@ -389,14 +399,14 @@ void test_payload_ts_rejects(void)
         lim.max_future_ms = -1;
         lim.min_ts_ms = 0;
         j = "{\"ts\": 4102444800000, \"a\": 1}";
-        FL_REQUIRE(fl_payload_parse(j, strlen(j), NOW, &lim, &t, &why) ==
+        FL_REQUIRE(fl_payload_parse(j, strlen(j), NOW_US, &lim, &t, &why) ==
                    FL_OK);
-        FL_CHECK_EQ_INT(t.points[0].ts_ms, 4102444800000LL);
+        FL_CHECK_EQ_INT(t.points[0].ts_us, (4102444800000LL) * 1000);
         fl_telemetry_free(&t);
         j = "{\"ts\": 5, \"a\": 1}";
-        FL_REQUIRE(fl_payload_parse(j, strlen(j), NOW, &lim, &t, &why) ==
+        FL_REQUIRE(fl_payload_parse(j, strlen(j), NOW_US, &lim, &t, &why) ==
                    FL_OK);
-        FL_CHECK_EQ_INT(t.points[0].ts_ms, 5);
+        FL_CHECK_EQ_INT(t.points[0].ts_us, (5) * 1000);
         fl_telemetry_free(&t);
         lim.max_future_ms = 0;
         REJECTS_LIM("{\"ts\": 1764370000001, \"a\": 1}", &lim, "bad_timestamp");
@@ -416,9 +426,9 @@ void test_payload_batch(void)
     FL_CHECK_EQ_INT(t.form, FL_FORM_BATCH);
     FL_REQUIRE(t.npoints == 2);
     FL_CHECK_EQ_INT(t.nmetrics, 4);
-    FL_CHECK_EQ_INT(t.points[0].ts_ms, 1764369000000LL);
+    FL_CHECK_EQ_INT(t.points[0].ts_us, (1764369000000LL) * 1000);
     FL_CHECK_EQ_INT(t.points[0].nmetrics, 2);
-    FL_CHECK_EQ_INT(t.points[1].ts_ms, 1764369060000LL);
+    FL_CHECK_EQ_INT(t.points[1].ts_us, (1764369060000LL) * 1000);
     FL_CHECK_EQ_INT(t.points[1].nmetrics, 2);
     FL_CHECK(metric(&t.points[0], "a")->num == 1);
     FL_CHECK_STR(metric(&t.points[0], "s")->str, "x");
@@ -429,13 +439,13 @@ void test_payload_batch(void)
     /* one element; array order is kept even when times go backwards */
     FL_REQUIRE(parse("[{\"a\": 1}]", &t, &why) == FL_OK);
     FL_CHECK_EQ_INT(t.npoints, 1);
-    FL_CHECK_EQ_INT(t.points[0].ts_ms, NOW);
+    FL_CHECK_EQ_INT(t.points[0].ts_us, (NOW)*1000);
     fl_telemetry_free(&t);
     FL_REQUIRE(parse("[{\"ts\": 1764369000002, \"a\": 1}, {\"ts\": "
                      "1764369000001, \"a\": 2}]",
                      &t, &why) == FL_OK);
-    FL_CHECK_EQ_INT(t.points[0].ts_ms, 1764369000002LL);
-    FL_CHECK_EQ_INT(t.points[1].ts_ms, 1764369000001LL);
+    FL_CHECK_EQ_INT(t.points[0].ts_us, (1764369000002LL) * 1000);
+    FL_CHECK_EQ_INT(t.points[1].ts_us, (1764369000001LL) * 1000);
     fl_telemetry_free(&t);
 
     REJECTS("[]", "no_metrics");
@@ -471,7 +481,7 @@ void test_payload_senml_basic(void)
     FL_CHECK_EQ_INT(t.form, FL_FORM_SENML);
     FL_CHECK_STR(fl_payload_form_name(t.form), "senml");
     FL_REQUIRE(t.npoints == 1);
-    FL_CHECK_EQ_INT(t.points[0].ts_ms, NOW);
+    FL_CHECK_EQ_INT(t.points[0].ts_us, (NOW)*1000);
     FL_REQUIRE(t.points[0].nmetrics == 2);
     m = &t.points[0].metrics[0];
     FL_CHECK_STR(m->name, "urn:dev:ow:10e2073a01080063:voltage");
@@ -521,7 +531,7 @@ void test_payload_senml_basic(void)
                      "{\"l\":\"x\",\"ct\":\"60\"}]",
                      &t, &why) == FL_OK);
     FL_CHECK_EQ_INT(t.nmetrics, 2);
-    FL_CHECK_EQ_INT(t.points[0].ts_ms, 1764369000000LL);
+    FL_CHECK_EQ_INT(t.points[0].ts_us, (1764369000000LL) * 1000);
     FL_CHECK(metric(&t.points[0], "dev/a") != NULL);
     FL_CHECK(metric(&t.points[0], "solo") != NULL);
     fl_telemetry_free(&t);
@@ -545,11 +555,11 @@ void test_payload_senml_base_fields(void)
     FL_REQUIRE(t.npoints == 5);
     FL_CHECK_EQ_INT(t.nmetrics, 5);
     /* ascending time */
-    FL_CHECK_EQ_INT(t.points[0].ts_ms, bt - 5000);
-    FL_CHECK_EQ_INT(t.points[1].ts_ms, bt - 4000);
-    FL_CHECK_EQ_INT(t.points[2].ts_ms, bt - 3000);
-    FL_CHECK_EQ_INT(t.points[3].ts_ms, bt - 2000);
-    FL_CHECK_EQ_INT(t.points[4].ts_ms, bt);
+    FL_CHECK_EQ_INT(t.points[0].ts_us, (bt - 5000) * 1000);
+    FL_CHECK_EQ_INT(t.points[1].ts_us, (bt - 4000) * 1000);
+    FL_CHECK_EQ_INT(t.points[2].ts_us, (bt - 3000) * 1000);
+    FL_CHECK_EQ_INT(t.points[3].ts_us, (bt - 2000) * 1000);
+    FL_CHECK_EQ_INT(t.points[4].ts_us, (bt)*1000);
     m = &t.points[0].metrics[0];
     FL_CHECK_STR(m->name, "dev1/current");
     FL_CHECK_STR(m->unit, "A"); /* bu */
@@ -583,23 +593,23 @@ void test_payload_senml_time(void)
                      "{\"n\":\"temp\",\"v\":19,\"t\":-1.5}]",
                      &t, &why) == FL_OK);
     FL_REQUIRE(t.npoints == 3);
-    FL_CHECK_EQ_INT(t.points[0].ts_ms, NOW - 60000);
+    FL_CHECK_EQ_INT(t.points[0].ts_us, (NOW - 60000) * 1000);
     FL_CHECK(t.points[0].metrics[0].num == 20);
-    FL_CHECK_EQ_INT(t.points[1].ts_ms, NOW - 1500);
+    FL_CHECK_EQ_INT(t.points[1].ts_us, (NOW - 1500) * 1000);
     FL_CHECK(t.points[1].metrics[0].num == 19);
-    FL_CHECK_EQ_INT(t.points[2].ts_ms, NOW);
+    FL_CHECK_EQ_INT(t.points[2].ts_us, (NOW)*1000);
     fl_telemetry_free(&t);
 
     /* bt + t, both relative */
     FL_REQUIRE(parse("[{\"bt\":-120,\"n\":\"a\",\"v\":1,\"t\":30}]", &t,
                      &why) == FL_OK);
-    FL_CHECK_EQ_INT(t.points[0].ts_ms, NOW - 90000);
+    FL_CHECK_EQ_INT(t.points[0].ts_us, (NOW - 90000) * 1000);
     fl_telemetry_free(&t);
 
     /* absolute, with a fraction of a second */
     FL_REQUIRE(parse("[{\"n\":\"a\",\"v\":1,\"t\":1764369000.25}]", &t, &why) ==
                FL_OK);
-    FL_CHECK_EQ_INT(t.points[0].ts_ms, 1764369000250LL);
+    FL_CHECK_EQ_INT(t.points[0].ts_us, (1764369000250LL) * 1000);
     fl_telemetry_free(&t);
 
     /* grouping: records at the same resolved time share a point, in record
@@ -610,12 +620,12 @@ void test_payload_senml_time(void)
                      "{\"n\":\"a\",\"v\":4,\"t\":-10}]",
                      &t, &why) == FL_OK);
     FL_REQUIRE(t.npoints == 2);
-    FL_CHECK_EQ_INT(t.points[0].ts_ms, 1764368990000LL);
+    FL_CHECK_EQ_INT(t.points[0].ts_us, (1764368990000LL) * 1000);
     FL_REQUIRE(t.points[0].nmetrics == 2);
     FL_CHECK_STR(t.points[0].metrics[0].name, "d/b");
     FL_CHECK_STR(t.points[0].metrics[1].name, "d/a");
     FL_CHECK(t.points[0].metrics[1].num == 4);
-    FL_CHECK_EQ_INT(t.points[1].ts_ms, 1764369000000LL);
+    FL_CHECK_EQ_INT(t.points[1].ts_us, (1764369000000LL) * 1000);
     FL_REQUIRE(t.points[1].nmetrics == 2);
     FL_CHECK_STR(t.points[1].metrics[0].name, "d/a");
     FL_CHECK_STR(t.points[1].metrics[1].name, "d/c");
@@ -697,7 +707,7 @@ void test_payload_senml_or_batch(void)
     FL_CHECK_EQ_INT(t.form, FL_FORM_BATCH);
     FL_CHECK(metric(&t.points[0], "v") != NULL);
     FL_CHECK(metric(&t.points[0], "t") != NULL);
-    FL_CHECK_EQ_INT(t.points[0].ts_ms, NOW);
+    FL_CHECK_EQ_INT(t.points[0].ts_us, (NOW)*1000);
     fl_telemetry_free(&t);
 
     /* a metric called n goes under values */
@@ -762,7 +772,8 @@ void test_payload_rej_too_large(void)
         fl_reject_t    why;
 
         FL_CHECK_EQ_INT(
-            fl_payload_parse("{\"a\": 1.5}", 10, NOW, &lim, &t, &why), FL_OK);
+            fl_payload_parse("{\"a\": 1.5}", 10, NOW_US, &lim, &t, &why),
+            FL_OK);
         fl_telemetry_free(&t);
     }
 }
@@ -846,7 +857,7 @@ void test_payload_rej_binary(void)
             x = x * 1103515245 + 12345;
             buf[j] = (unsigned char)(x >> 16);
         }
-        if (fl_payload_parse(buf, n, NOW, NULL, &t, &why) == FL_OK) {
+        if (fl_payload_parse(buf, n, NOW_US, NULL, &t, &why) == FL_OK) {
             fl_test_fail(__FILE__, __LINE__, "random buffer %zu accepted", i);
             fl_telemetry_free(&t);
             continue;
@@ -945,8 +956,8 @@ void test_payload_rej_deep(void)
     *p++ = '1';
     memset(p, '}', 64);
     p[64] = '\0';
-    FL_CHECK_EQ_INT(fl_payload_parse(deep, strlen(deep), NOW, &lim, &t, &why),
-                    FL_OK);
+    FL_CHECK_EQ_INT(
+        fl_payload_parse(deep, strlen(deep), NOW_US, &lim, &t, &why), FL_OK);
     fl_telemetry_free(&t);
     free(deep);
 }
@@ -1018,7 +1029,8 @@ void test_payload_rej_names(void)
     lim.max_name_len = 3;
     REJECTS_LIM("{\"a\": {\"bc\": 1}}", &lim, "name_too_long");
     j = "{\"a\": {\"b\": 1}}";
-    FL_CHECK_EQ_INT(fl_payload_parse(j, strlen(j), NOW, &lim, &t, &why), FL_OK);
+    FL_CHECK_EQ_INT(fl_payload_parse(j, strlen(j), NOW_US, &lim, &t, &why),
+                    FL_OK);
     fl_telemetry_free(&t);
 }
 
@@ -1135,4 +1147,96 @@ void test_payload_reject_names(void)
         for (k = 0; k < i; k++)
             FL_CHECK(strcmp(n, fl_reject_name((fl_reject_reason_t)k)) != 0);
     }
+}
+
+/* A point without a time takes now_us to the microsecond (the caller's
+ * unique arrival time), and so does a SenML time relative to now; times
+ * the payload gives stay whole milliseconds. */
+void test_payload_arrival_us(void)
+{
+    fl_telemetry_t t;
+    fl_reject_t    why;
+    const char    *j;
+
+    j = "{\"a\": 1}";
+    FL_REQUIRE(fl_payload_parse(j, strlen(j), NOW_US + 37, NULL, &t, &why) ==
+               FL_OK);
+    FL_CHECK_EQ_INT(t.points[0].ts_us, NOW_US + 37);
+    fl_telemetry_free(&t);
+
+    j = "{\"ts\": 1764369000001, \"a\": 1}";
+    FL_REQUIRE(fl_payload_parse(j, strlen(j), NOW_US + 37, NULL, &t, &why) ==
+               FL_OK);
+    FL_CHECK_EQ_INT(t.points[0].ts_us, 1764369000001000LL);
+    fl_telemetry_free(&t);
+
+    /* relative SenML: now - 1 s and now; absolute bt stays exact */
+    j = "[{\"n\": \"a\", \"v\": 1, \"t\": -1}, {\"n\": \"a\", \"v\": 2}]";
+    FL_REQUIRE(fl_payload_parse(j, strlen(j), NOW_US + 37, NULL, &t, &why) ==
+               FL_OK);
+    FL_REQUIRE(t.npoints == 2);
+    FL_CHECK_EQ_INT(t.points[0].ts_us, NOW_US + 37 - 1000000);
+    FL_CHECK_EQ_INT(t.points[1].ts_us, NOW_US + 37);
+    fl_telemetry_free(&t);
+
+    /* two arrivals one microsecond apart are two distinct times */
+    j = "{\"a\": 1}";
+    FL_REQUIRE(fl_payload_parse(j, strlen(j), NOW_US + 38, NULL, &t, &why) ==
+               FL_OK);
+    FL_CHECK_EQ_INT(t.points[0].ts_us, NOW_US + 38);
+    fl_telemetry_free(&t);
+
+    /* a batch of elements without a time all arrive at once: the same
+     * metric twice at one time is refused, not collapsed */
+    j = "[{\"a\": 1}, {\"a\": 2}]";
+    FL_CHECK_EQ_INT(fl_payload_parse(j, strlen(j), NOW_US, NULL, &t, &why),
+                    FL_ERROR);
+    FL_CHECK_STR(fl_reject_name(why.reason), "duplicate_metric");
+}
+
+/* fl_telemetry_cut(): points outside [lo, hi] out, counted per side with
+ * their metrics and the first one's time; the rest in order. */
+void test_payload_cut(void)
+{
+    fl_telemetry_t t;
+    fl_reject_t    why;
+    fl_cut_t       old, fut;
+    const char    *j = "[{\"ts\": 1000000000000, \"a\": 1, \"b\": 2},"
+                       " {\"ts\": 1764369000000, \"a\": 3},"
+                       " {\"ts\": 1000000000001, \"a\": 4},"
+                       " {\"ts\": 1764369000001, \"a\": 5, \"c\": true},"
+                       " {\"ts\": 1764540000000, \"a\": 6}]";
+
+    fl_payload_limits_t lim;
+
+    fl_payload_limits_default(&lim);
+    lim.max_future_ms = -1; /* the way fl_ingest.c parses: cut() judges */
+    FL_REQUIRE(fl_payload_parse(j, strlen(j), NOW_US, &lim, &t, &why) == FL_OK);
+    FL_CHECK_EQ_INT(t.nmetrics, 7);
+    FL_CHECK_EQ_INT(fl_telemetry_cut(&t, 1764300000000000LL, 1764400000000000LL,
+                                     &old, &fut),
+                    2);
+    FL_CHECK_EQ_INT(t.npoints, 2);
+    FL_CHECK_EQ_INT(t.nmetrics, 3);
+    FL_CHECK_EQ_INT(t.points[0].ts_us, 1764369000000000LL);
+    FL_CHECK(metric(&t.points[0], "a")->num == 3);
+    FL_CHECK_EQ_INT(t.points[1].ts_us, 1764369000001000LL);
+    FL_CHECK(metric(&t.points[1], "a")->num == 5);
+    FL_CHECK_EQ_INT(old.npoints, 2);
+    FL_CHECK_EQ_INT(old.nmetrics, 3);
+    FL_CHECK_EQ_INT(old.first_us, 1000000000000000LL);
+    FL_CHECK_EQ_INT(fut.npoints, 1);
+    FL_CHECK_EQ_INT(fut.nmetrics, 1);
+    FL_CHECK_EQ_INT(fut.first_us, 1764540000000000LL);
+
+    /* the bounds are inside; everything out leaves no point */
+    FL_CHECK_EQ_INT(fl_telemetry_cut(&t, 1764369000000000LL, 1764369000001000LL,
+                                     NULL, NULL),
+                    2);
+    FL_CHECK_EQ_INT(
+        fl_telemetry_cut(&t, 1764369000001001LL, INT64_MAX, &old, &fut), 0);
+    FL_CHECK_EQ_INT(t.nmetrics, 0);
+    FL_CHECK_EQ_INT(old.npoints, 2);
+    FL_CHECK_EQ_INT(fut.npoints, 0);
+    fl_telemetry_free(&t);
 }
