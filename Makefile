@@ -21,24 +21,30 @@ FUZZ_SECONDS ?= 30
 PKGS     := libevent libevent_pthreads yaml-0.1 libcjson hiredis
 OPT      ?= -O2 -g
 SAN      ?=
+# worker/ is grouped by concern in subfolders; each is on the include path
+WORKER_DIRS := $(shell find worker -type d | sort)
 override CFLAGS += $(OPT) $(SAN) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter \
-            -Icommon -Imaster -Iworker $(shell pkg-config --cflags $(PKGS)) \
+            -Icommon -Imaster $(addprefix -I,$(WORKER_DIRS)) $(shell pkg-config --cflags $(PKGS)) \
             -I$(shell pg_config --includedir)
 LDLIBS   += $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lpaho-mqtt3as \
             -lpq -lpthread -lm
 
 COMMON_SRC := $(wildcard common/*.c)
 MASTER_SRC := $(wildcard master/*.c)
-WORKER_SRC := $(wildcard worker/*.c)
+WORKER_SRC := $(shell find worker -name '*.c' | sort)
 FLEETD_SRC := $(COMMON_SRC) $(MASTER_SRC) $(WORKER_SRC)
-FLEETD_OBJ := $(FLEETD_SRC:%.c=$(BUILD)/obj/%.o)
+# the schema migrations, worker/sql/NNN_name.sql, embedded as C
+MIGRATIONS := $(sort $(wildcard worker/sql/*.sql))
+MIGRATIONS_OBJ := $(BUILD)/obj/gen/fl_migrations.o
+FLEETD_OBJ := $(FLEETD_SRC:%.c=$(BUILD)/obj/%.o) $(MIGRATIONS_OBJ)
 UNIT_SRC   := $(wildcard test/unit/*.c)
 # pure-logic worker files that the unit tests exercise
 UNIT_WORKER := worker/fl_payload.c worker/fl_scan.c worker/fl_copy.c worker/fl_enc.c
 UNIT_OBJ   := $(UNIT_SRC:%.c=$(BUILD)/obj/%.o) \
               $(COMMON_SRC:%.c=$(BUILD)/obj/%.o) \
               $(UNIT_WORKER:%.c=$(BUILD)/obj/%.o)
-HEADERS    := $(wildcard common/*.h master/*.h worker/*.h test/unit/*.h)
+HEADERS    := $(wildcard common/*.h master/*.h test/unit/*.h) \
+              $(shell find worker -name '*.h')
 
 .PHONY: all test test-unit test-integration asan fuzz run install clean \
         bench deps stack-up stack-down
@@ -52,6 +58,14 @@ $(BUILD)/unit: $(UNIT_OBJ)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/obj/%.o: %.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/gen/fl_migrations.c: $(MIGRATIONS) scripts/embed-sql
+	@mkdir -p $(dir $@)
+	scripts/embed-sql $(MIGRATIONS) > $@.tmp && mv $@.tmp $@
+
+$(MIGRATIONS_OBJ): $(BUILD)/gen/fl_migrations.c $(HEADERS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
@@ -73,7 +87,7 @@ asan:
 # the HTTP harness drives the real connection code with the health routes
 FUZZ_HTTP_SRC := worker/fl_http.c worker/fl_health.c worker/fl_worker.c \
                  worker/fl_payload.c worker/fl_scan.c
-FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Icommon -Iworker
+FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Icommon $(addprefix -I,$(WORKER_DIRS))
 fuzz: $(BUILD)/fuzz_config $(BUILD)/fuzz_http $(BUILD)/fuzz_payload
 	@mkdir -p $(BUILD)/corpus/config $(BUILD)/corpus/http $(BUILD)/corpus/payload
 	$(BUILD)/fuzz_config -max_total_time=$(FUZZ_SECONDS) $(BUILD)/corpus/config test/fuzz/corpus/config

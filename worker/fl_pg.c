@@ -17,12 +17,11 @@
  *   CONNECTING  PQconnectPoll() steps on read / write readiness of a
  *               socket that may change between steps; ev_deadline ends
  *               it after postgres.connect_timeout
- *   SETUP       SET synchronous_commit, the migrations (fl_schema.sql.h)
- *               in one transaction under an advisory lock, partition
- *               upkeep; nothing is reported up before it ends
- *   READY       on_state(1) was called; writes are accepted
- * In SETUP and READY exactly one query string (an op) is in flight at a
- * time; ev_deadline bounds it (QUERY_TIMEOUT_MS), after which the
+ *   SETUP       SET synchronous_commit, the migrations (fl_schema.h,
+ * worker/sql) in one transaction under an advisory lock, partition upkeep;
+ * nothing is reported up before it ends READY       on_state(1) was called;
+ * writes are accepted In SETUP and READY exactly one query string (an op) is in
+ * flight at a time; ev_deadline bounds it (QUERY_TIMEOUT_MS), after which the
  * connection is dropped. Partition upkeep (ev_upkeep, every
  * min(partition_interval / 4, 1 h)) runs between writes, never during
  * one: when it falls due during a write it runs right after it, before
@@ -142,7 +141,7 @@
 
 #include "fl_log.h"
 #include "fl_pg.h"
-#include "fl_schema.sql.h"
+#include "fl_schema.h"
 
 #define BACKOFF_MIN_MS   100
 #define BACKOFF_MAX_MS   5000
@@ -510,7 +509,7 @@ static void migrate_next(fl_pg_t *pg)
     const fl_migration_t *m;
     char                 *sql;
 
-    while (pg->mig_next < (int)fl_nelem(fl_migrations)) {
+    while (pg->mig_next < fl_nmigrations) {
         m = &fl_migrations[pg->mig_next];
         if (m->version <= pg->schema_version) {
             pg->mig_next++;
@@ -532,7 +531,7 @@ static void migrate_next(fl_pg_t *pg)
 static void migrate_begin_done(fl_pg_t *pg)
 {
     const PGresult *res;
-    int             known = fl_migrations[fl_nelem(fl_migrations) - 1].version;
+    int             known = fl_migrations[fl_nmigrations - 1].version;
     int             v;
 
     if (pg->err || pg->ntuples == 0) {
