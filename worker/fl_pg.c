@@ -141,6 +141,7 @@
 
 #include "fl_log.h"
 #include "fl_pg.h"
+#include "fl_pgutil.h"
 #include "fl_schema.h"
 
 #define BACKOFF_MIN_MS   100
@@ -289,63 +290,13 @@ static char *str_printf(const char *fmt, ...)
     return s;
 }
 
-/* Copy msg into buf on one line: newlines become "; ", trailing
- * whitespace goes. libpq messages end with "\n". */
-static void one_line(char *buf, size_t len, const char *msg)
-{
-    size_t i = 0;
-
-    if (msg == NULL || *msg == '\0')
-        msg = "unknown error";
-    for (; *msg && i + 3 < len; msg++) {
-        if (*msg == '\n') {
-            if (msg[1] == '\0')
-                break;
-            buf[i++] = ';';
-            buf[i++] = ' ';
-        } else if (*msg == '\t') {
-            if (i > 0 && buf[i - 1] != ' ')
-                buf[i++] = ' ';
-        } else if (*msg != '\r') {
-            buf[i++] = *msg;
-        }
-    }
-    while (i > 0 && (buf[i - 1] == ' ' || buf[i - 1] == ';'))
-        i--;
-    buf[i] = '\0';
-}
-
-/* "primary message (DETAIL) [SQLSTATE]" of an error result. */
-static void result_error(char *buf, size_t len, const PGresult *res)
-{
-    const char *prim = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-    const char *det = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
-    const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-    char        tmp[ERRLEN];
-
-    if (prim == NULL) {
-        one_line(buf, len, PQresultErrorMessage(res));
-        return;
-    }
-    snprintf(tmp, sizeof(tmp), "%s%s%s%s [%s]", prim, det ? " (" : "",
-             det ? det : "", det ? ")" : "", st ? st : "?");
-    one_line(buf, len, tmp);
-}
-
-static int sqlstate_is(const PGresult *res, const char *prefix)
-{
-    const char *st = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-
-    return st != NULL && strncmp(st, prefix, strlen(prefix)) == 0;
-}
-
 /* 23514 without a constraint name, on telemetry: no partition for a row
  * (a CHECK violation names its constraint). */
 static int missing_partition(const PGresult *res)
 {
     const char *table = PQresultErrorField(res, PG_DIAG_TABLE_NAME);
 
-    return sqlstate_is(res, "23514") &&
+    return fl_pg_sqlstate_is(res, "23514") &&
            PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME) == NULL &&
            table != NULL && strcmp(table, "telemetry") == 0;
 }
@@ -357,12 +308,12 @@ static int missing_partition(const PGresult *res)
 static fl_pg_result_t classify(const PGresult *res, int *reconnect)
 {
     *reconnect = 0;
-    if (sqlstate_is(res, "22") || sqlstate_is(res, "23") ||
-        sqlstate_is(res, "54"))
+    if (fl_pg_sqlstate_is(res, "22") || fl_pg_sqlstate_is(res, "23") ||
+        fl_pg_sqlstate_is(res, "54"))
         return FL_PG_REJECTED;
     if (PQresultErrorField(res, PG_DIAG_SQLSTATE) == NULL ||
-        sqlstate_is(res, "08") || sqlstate_is(res, "57P") ||
-        sqlstate_is(res, "XX"))
+        fl_pg_sqlstate_is(res, "08") || fl_pg_sqlstate_is(res, "57P") ||
+        fl_pg_sqlstate_is(res, "XX"))
         *reconnect = 1;
     return FL_PG_DOWN;
 }
@@ -496,9 +447,9 @@ static void setup_failed(fl_pg_t *pg, const char *what)
     char msg[ERRLEN];
 
     if (pg->err)
-        result_error(msg, sizeof(msg), pg->err);
+        fl_pg_result_error(msg, sizeof(msg), pg->err);
     else
-        one_line(msg, sizeof(msg), PQerrorMessage(pg->conn));
+        fl_pg_one_line(msg, sizeof(msg), PQerrorMessage(pg->conn));
     fl_error("%s on postgres %s failed: %s", what, pg->addr, msg);
     conn_drop(pg, NULL);
 }
@@ -570,7 +521,7 @@ static void upkeep_done(fl_pg_t *pg)
     int64_t         retry = fl_min(pg->upkeep_every_ms, UPKEEP_RETRY_MS);
 
     if (pg->err) {
-        result_error(msg, sizeof(msg), pg->err);
+        fl_pg_result_error(msg, sizeof(msg), pg->err);
         fl_error("partition upkeep on postgres %s failed: %s; retrying in "
                  "%" PRId64 " s",
                  pg->addr, msg, retry / 1000);
@@ -644,7 +595,7 @@ static void write_failed(fl_pg_t *pg, fl_pg_result_t res)
     int reconnect = 0;
     int tx;
 
-    result_error(pg->werr, sizeof(pg->werr), pg->err);
+    fl_pg_result_error(pg->werr, sizeof(pg->werr), pg->err);
     if (res != FL_PG_REJECTED)
         res = classify(pg->err, &reconnect);
     pg->wres = res;
@@ -679,12 +630,12 @@ static void stage_start(fl_pg_t *pg)
     case PQTRANS_IDLE: sql += sizeof(SQL_ROLLBACK) - 1; break;
     default:
         /* no answer to go by: the session is in an unknown state */
-        result_error(msg, sizeof(msg), pg->err);
+        fl_pg_result_error(msg, sizeof(msg), pg->err);
         conn_drop(pg, msg);
         return;
     }
-    if (sqlstate_is(pg->err, "23505")) {
-        result_error(msg, sizeof(msg), pg->err);
+    if (fl_pg_sqlstate_is(pg->err, "23505")) {
+        fl_pg_result_error(msg, sizeof(msg), pg->err);
         fl_info("postgres %s: a batch of %zu rows holds keys that are "
                 "stored already or repeated (%s); writing it through the "
                 "staging table",
@@ -706,7 +657,7 @@ static void write_done(fl_pg_t *pg)
 
     if (pg->err) {
         if (op == OP_WRITE &&
-            (sqlstate_is(pg->err, "23505") || missing_partition(pg->err))) {
+            (fl_pg_sqlstate_is(pg->err, "23505") || missing_partition(pg->err))) {
             stage_start(pg);
             return;
         }
@@ -765,7 +716,7 @@ static void rollback_done(fl_pg_t *pg)
     char msg[ERRLEN];
 
     if (pg->err) {
-        result_error(msg, sizeof(msg), pg->err);
+        fl_pg_result_error(msg, sizeof(msg), pg->err);
         conn_drop(pg, msg);
         return;
     }
@@ -956,7 +907,7 @@ static void conn_drop(fl_pg_t *pg, const char *why)
     char       msg[ERRLEN];
     unsigned   gen;
 
-    one_line(msg, sizeof(msg), why ? why : "closed");
+    fl_pg_one_line(msg, sizeof(msg), why ? why : "closed");
     if (why) {
         if (was == S_CONNECTING)
             fl_error("connect() to postgres %s failed: %s, retrying in "
@@ -1008,7 +959,7 @@ static void on_notice(void *arg, const PGresult *res)
     const char *sev = PQresultErrorField(res, PG_DIAG_SEVERITY_NONLOCALIZED);
     char        msg[ERRLEN];
 
-    one_line(msg, sizeof(msg), PQresultErrorMessage(res));
+    fl_pg_one_line(msg, sizeof(msg), PQresultErrorMessage(res));
     if (sev && strcmp(sev, "WARNING") == 0)
         fl_warn("postgres %s: %s", pg->addr, msg);
     else
