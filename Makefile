@@ -27,7 +27,7 @@ override CFLAGS += $(OPT) $(SAN) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -
             -Icommon -Imaster $(addprefix -I,$(WORKER_DIRS)) $(shell pkg-config --cflags $(PKGS)) \
             -I$(shell pg_config --includedir)
 LDLIBS   += $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lpaho-mqtt3as \
-            -lpq -lpthread -lm
+            -lpq -lcrypto -lpthread -lm
 
 COMMON_SRC := $(wildcard common/*.c)
 MASTER_SRC := $(wildcard master/*.c)
@@ -86,7 +86,7 @@ asan:
 
 # the HTTP harness drives the real connection code with the health routes
 FUZZ_HTTP_SRC := worker/fl_http.c worker/fl_health.c worker/fl_worker.c \
-                 worker/fl_payload.c worker/fl_scan.c
+                 worker/fl_payload.c worker/fl_scan.c worker/fl_enc.c
 FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Icommon $(addprefix -I,$(WORKER_DIRS))
 fuzz: $(BUILD)/fuzz_config $(BUILD)/fuzz_http $(BUILD)/fuzz_payload
 	@mkdir -p $(BUILD)/corpus/config $(BUILD)/corpus/http $(BUILD)/corpus/payload

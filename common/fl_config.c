@@ -134,6 +134,12 @@ static const conf_key_t conf_keys[] = {
      "3"},
     {"postgres.synchronous_commit", T_BOOL, O(postgres.synchronous_commit), 0,
      1, "true"},
+    {"postgres.pool_size", T_INT, O(postgres.pool_size), 1, 64, "4"},
+    {"postgres.pool_queue", T_INT, O(postgres.pool_queue), 1, 1000000, "1024"},
+    {"postgres.pool_wait", T_DURATION, O(postgres.pool_wait_ms), 10, 600000,
+     "5s"},
+    {"postgres.query_timeout", T_DURATION, O(postgres.query_timeout_ms), 100,
+     3600000, "30s"},
 
     S("auth"),
     {"auth.admin_tokens", T_STRLIST, O(auth.admin_tokens), 1, 1024,

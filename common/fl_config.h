@@ -92,6 +92,10 @@ typedef struct {
         int64_t partition_interval_ms; /* 1h..30d */
         int     partitions_ahead;
         int     synchronous_commit; /* bool */
+        int     pool_size;          /* API connections per worker */
+        int     pool_queue;         /* API queries waiting, at most */
+        int64_t pool_wait_ms;       /* a waiting query gives up after */
+        int64_t query_timeout_ms;   /* statement_timeout of the pool */
     } postgres;
 
     struct {

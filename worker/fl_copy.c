@@ -26,12 +26,17 @@ void fl_pg_batch_init(fl_pg_batch_t *b)
     b->rows = 0;
     b->ts_sec = INT64_MIN;
     b->ts_len = 0;
+    b->devices = NULL;
+    b->devices_len = b->devices_cap = 0;
 }
 
 void fl_pg_batch_reset(fl_pg_batch_t *b)
 {
     evbuffer_drain(b->copy, evbuffer_get_length(b->copy));
     b->rows = 0;
+    b->devices_len = 0;
+    if (b->devices)
+        b->devices[0] = '\0';
 }
 
 void fl_pg_batch_free(fl_pg_batch_t *b)
@@ -40,6 +45,23 @@ void fl_pg_batch_free(fl_pg_batch_t *b)
         evbuffer_free(b->copy);
     b->copy = NULL;
     b->rows = 0;
+    free(b->devices);
+    b->devices = NULL;
+    b->devices_len = b->devices_cap = 0;
+}
+
+void fl_pg_batch_device(fl_pg_batch_t *b, const char *device)
+{
+    size_t need = strlen(device) + 12;
+
+    if (b->devices_len + need + 1 > b->devices_cap) {
+        b->devices_cap = (b->devices_len + need + 1) * 2;
+        b->devices = fl_realloc(b->devices, b->devices_cap);
+    }
+    /* the id syntax has no quote or backslash: a literal as it is */
+    b->devices_len += (size_t)snprintf(
+        b->devices + b->devices_len, b->devices_cap - b->devices_len,
+        "%s('%s',true)", b->devices_len ? "," : "", device);
 }
 
 /* One COPY text row is assembled here and appended in one piece (long

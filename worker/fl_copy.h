@@ -29,6 +29,10 @@
 typedef struct {
     struct evbuffer *copy;
     size_t           rows;
+    /* devices to register in the same transaction (auto-registration):
+     * "('id',true),('id2',true)", ids of the contract's syntax only */
+    char  *devices;
+    size_t devices_len, devices_cap;
     /* fl_copy.c's cache: the formatted second of the last row's ts */
     int64_t ts_sec;
     size_t  ts_len;
@@ -40,6 +44,10 @@ void fl_pg_batch_init(fl_pg_batch_t *b);
 /* Empty the rows; the buffer is kept for the next batch. */
 void fl_pg_batch_reset(fl_pg_batch_t *b);
 void fl_pg_batch_free(fl_pg_batch_t *b);
+/* Register device (an id that fl_device_id_valid() accepts) with the
+ * batch's rows. */
+void fl_pg_batch_device(fl_pg_batch_t *b, const char *device);
+
 /* Append one row per metric of every point of t for device, written by
  * the message src. */
 void fl_pg_batch_add(fl_pg_batch_t *b, const char *device,

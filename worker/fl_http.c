@@ -29,6 +29,7 @@
 
 #include <event2/listener.h>
 
+#include "fl_enc.h"
 #include "fl_http.h"
 #include "fl_log.h"
 #include "fl_worker.h"
@@ -330,13 +331,15 @@ void fl_http_respond_buffer(fl_http_req_t *req, int status, const char *ctype,
 void fl_http_respond_error(fl_http_req_t *req, int status, const char *code,
                            const char *message)
 {
-    char body[512];
-    int  n = snprintf(body, sizeof(body),
-                      "{\"error\":{\"code\":\"%s\",\"message\":\"%s\"}}\n", code,
-                      message);
+    fl_sbuf_t b = {0};
 
-    respond(req, status, "application/json", body,
-            (size_t)fl_min(n, (int)sizeof(body) - 1), NULL);
+    fl_sb_lit(&b, "{\"error\":{\"code\":");
+    fl_sb_jstr(&b, code);
+    fl_sb_lit(&b, ",\"message\":");
+    fl_sb_jstr(&b, message);
+    fl_sb_lit(&b, "}}\n");
+    respond(req, status, "application/json", b.p, b.len, NULL);
+    fl_sb_free(&b);
 }
 
 struct bufferevent *fl_http_upgrade(fl_http_req_t *req)

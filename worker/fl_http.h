@@ -76,7 +76,8 @@ void fl_http_respond(fl_http_req_t *req, int status, const char *ctype,
 /* Same, moving the contents of buf (buf is left empty). */
 void fl_http_respond_buffer(fl_http_req_t *req, int status, const char *ctype,
                             struct evbuffer *buf);
-/* {"error": {"code": code, "message": message}} */
+/* {"error": {"code": code, "message": message}}; both valid UTF-8, escaped
+ * here */
 void fl_http_respond_error(fl_http_req_t *req, int status, const char *code,
                            const char *message);
 

@@ -73,6 +73,7 @@
 #include <cjson/cJSON.h>
 
 #include "fl_enc.h"
+#include "fl_idset.h"
 #include "fl_log.h"
 #include "fl_payload.h"
 #include "fl_pg.h"
@@ -84,9 +85,11 @@
 #define RETRY_MIN_MS  100
 #define RETRY_MAX_MS  2000
 #define SAMPLE_MS     1000
-#define DEAD_PAYLOAD  1024 /* bytes of a payload kept in a dead letter */
-#define CHUNK_ENTRIES 256  /* entries per pool job (and per script call) */
-#define LINGER_BELOW  64   /* a first read this big is stored at once */
+#define DEAD_PAYLOAD  1024   /* bytes of a payload kept in a dead letter */
+#define CHUNK_ENTRIES 256    /* entries per pool job (and per script call) */
+#define LINGER_BELOW  64     /* a first read this big is stored at once */
+#define KNOWN_MAX     200000 /* device ids remembered as registered */
+#define KNOWN_TTL_MS  600000 /* and for how long */
 
 _Static_assert(FL_REJECT_COUNT <= FL_SHM_REJECT_REASONS,
                "fl_shm_worker_t.ingest_rejected is too small");
@@ -176,6 +179,7 @@ static struct {
     int64_t             next_claim_ms;
     struct event       *ev_kick; /* run the next step (timer) */
     struct event       *ev_sample;
+    fl_idset_t          known;        /* devices with a registry row (lately) */
     struct event       *ev_hook;      /* FLEETD_TEST_HOOKS stall_before_xack */
     int64_t             hook_xack_ms; /* -1: no hook */
 } ing;
@@ -183,6 +187,7 @@ static struct {
 static void step(void);
 static void kick(int64_t ms);
 static void store_batch(void);
+static void register_devices(void);
 static void publish_batch(void);
 
 static const char shadow_lua[] =
@@ -613,7 +618,32 @@ static void chunk_done(void *arg)
         evbuffer_add_buffer(ing.b.pgb.copy, c->pgb.copy);
         ing.b.pgb.rows += c->pgb.rows;
     }
+    register_devices();
     store_batch();
+}
+
+/*
+ * Auto-registration: a device that publishes before anyone registered it
+ * gets a registry row (auto = true), written in the batch's transaction
+ * (fl_pg_batch_device). The ids registered lately are remembered
+ * (KNOWN_TTL_MS), so a steady fleet costs nothing here; a device deleted
+ * through the API that keeps publishing is registered again within that
+ * time.
+ */
+static void register_devices(void)
+{
+    int64_t now = fl_now_ms();
+
+    for (int i = 0; i < ing.b.n; i++) {
+        const entry_t *e = &ing.b.e[i];
+
+        if (!((e->kind == E_TELEMETRY && e->tele.npoints > 0) ||
+              e->kind == E_STATE) ||
+            fl_idset_has(&ing.known, e->device, now))
+            continue;
+        fl_pg_batch_device(&ing.b.pgb, e->device);
+        fl_idset_add(&ing.known, e->device, now);
+    }
 }
 
 /* Submit every chunk (parse: also parse and build rows). */
@@ -686,6 +716,7 @@ static void fill_one(void)
 
     fl_pg_batch_reset(&ing.b.pgb);
     fl_pg_batch_add(&ing.b.pgb, e->device, &e->tele, e->src);
+    fl_pg_batch_device(&ing.b.pgb, e->device);
 }
 
 static void store_batch(void)
@@ -705,7 +736,7 @@ static void store_batch(void)
         }
         fill_one();
     }
-    if (ing.b.pgb.rows == 0) {
+    if (ing.b.pgb.rows == 0 && ing.b.pgb.devices_len == 0) {
         publish_batch();
         return;
     }
@@ -1385,6 +1416,7 @@ static int ingest_init(fl_worker_t *w)
              "%stele:", cf->redis.prefix);
     ing.retry_ms = RETRY_MIN_MS;
     fl_pg_batch_init(&ing.b.pgb);
+    fl_idset_init(&ing.known, KNOWN_MAX, KNOWN_TTL_MS);
 
     fl_shm_store(w->stats->dep[FL_DEP_REDIS], FL_DEP_CONNECTING);
     fl_shm_store(w->stats->dep[FL_DEP_POSTGRES], FL_DEP_CONNECTING);
@@ -1436,6 +1468,7 @@ static void ingest_destroy(fl_worker_t *w)
     ing.phase = P_IDLE;
     batch_clear();
     fl_pg_batch_free(&ing.b.pgb);
+    fl_idset_free(&ing.known);
     event_free(ing.ev_kick);
     event_free(ing.ev_hook);
     event_free(ing.ev_sample);

@@ -1,12 +1,13 @@
 /*
  * fl_modules.c - the worker's subsystems, in init order (destroyed in
- * reverse). Later subsystems (MQTT ingest, WebSocket, REST API) add a line.
+ * reverse). A new subsystem adds a line.
  */
 #include "fl_worker.h"
 
 extern const fl_module_t fl_lag_module;
 extern const fl_module_t fl_http_module;
 extern const fl_module_t fl_health_module;
+extern const fl_module_t fl_api_module;
 extern const fl_module_t fl_ingest_module;
 extern const fl_module_t fl_mqtt_module;
 
@@ -14,6 +15,7 @@ const fl_module_t *const fl_modules[] = {
     &fl_lag_module,
     &fl_http_module,
     &fl_health_module,
+    &fl_api_module,
     &fl_ingest_module,
     &fl_mqtt_module,
     NULL,

@@ -555,11 +555,33 @@ static void upkeep_done(fl_pg_t *pg)
 
 /* ---- writes ---- */
 
+/*
+ * Send sql (a write's query string) for op, with the batch's devices
+ * registered right after its BEGIN when it has any (auto-registration:
+ * the rows and the registry entries of their devices commit together).
+ */
+static void write_send(fl_pg_t *pg, pg_op_t op, const char *sql)
+{
+    const char *begin = strstr(sql, "BEGIN;\n");
+    char       *s;
+
+    if (pg->wb->devices_len == 0 || begin == NULL) {
+        op_send(pg, op, sql);
+        return;
+    }
+    begin += strlen("BEGIN;\n");
+    s = str_printf("%.*sINSERT INTO devices (id, auto) VALUES %s ON CONFLICT "
+                   "DO NOTHING;\n%s",
+                   (int)(begin - sql), sql, pg->wb->devices, begin);
+    op_send(pg, op, s);
+    free(s);
+}
+
 static void write_start(fl_pg_t *pg)
 {
     pg->wstarted = 1;
     pg->wstart_us = fl_now_us();
-    op_send(pg, OP_WRITE, pg->sql_write);
+    write_send(pg, OP_WRITE, pg->sql_write);
 }
 
 /* Hand the result to the write's owner. The connection is idle (or gone)
@@ -645,7 +667,7 @@ static void stage_start(fl_pg_t *pg)
                  "writing it again through the staging table",
                  pg->addr, pg->wb->rows);
     }
-    op_send(pg, OP_WRITE_STAGE, sql);
+    write_send(pg, OP_WRITE_STAGE, sql);
 }
 
 static void write_done(fl_pg_t *pg)
@@ -656,8 +678,8 @@ static void write_done(fl_pg_t *pg)
     size_t         used;
 
     if (pg->err) {
-        if (op == OP_WRITE &&
-            (fl_pg_sqlstate_is(pg->err, "23505") || missing_partition(pg->err))) {
+        if (op == OP_WRITE && (fl_pg_sqlstate_is(pg->err, "23505") ||
+                               missing_partition(pg->err))) {
             stage_start(pg);
             return;
         }
