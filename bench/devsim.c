@@ -32,15 +32,29 @@
  *
  * Intake floor (--subscribe --lib paho --xadd HOST:PORT): the broker
  * ceiling of a subscriber that does fleetd's mandatory per-message work:
- * paho + XADD before PUBACK. messageArrived, on paho's one receive thread,
- * sends the command worker/fl_mqtt.c sends for every message,
+ * paho + append before PUBACK. messageArrived, on paho's one receive
+ * thread, sends what worker/fl_mqtt.c sends for every QoS 1 message, one
+ * pipelined round trip (the append and its dedup record, atomically):
  *
+ *     MULTI
  *     XADD <stream> MAXLEN ~ <maxlen> * t <topic> p <payload> r <arrival ms>
+ *     HSET <prefix>dedup:<client id> <packet id % N> <packet id>:<hash>
+ *     PEXPIRE <prefix>dedup:<client id> <ttl>       (once a minute)
+ *     EXEC
  *
- * synchronously (blocking hiredis context, one per paho client, argv form
- * so topic and payload go over as they are), checks that the reply is the
- * entry id, and only then returns 1, which is when paho sends the PUBACK.
- * A failed XADD is printed and counted, and retried once on a new
+ * (a QoS 0 message: the XADD alone). <prefix> is the stream name without
+ * its trailing "ingest" ("bench:" for bench:ingest; the stream name and
+ * ":" when it does not end so), N the smallest divisor of 65535 not below
+ * --receive-max (at most 21845), hash FNV-1a 64 over topic, a 0 byte and
+ * payload in 16 hex digits, ttl 2 minutes (2 x a session expiry of 0, the
+ * clean sessions used here, + 2 x the refresh interval). fleetd's read of
+ * the record for a DUP delivery is not mirrored: a clean session gets no
+ * redeliveries. The commands go synchronously (blocking hiredis context,
+ * one per paho client, argv form so topic and payload go over as they
+ * are); the reply must be EXEC's array with the entry id first (or the
+ * id), and only then messageArrived returns 1, which is when paho sends
+ * the PUBACK.
+ * A failed append is printed and counted, and retried once on a new
  * connection; the message is acknowledged either way (fleetd would retry
  * until it succeeds; a benchmark reports the error instead of stalling).
  *
@@ -107,6 +121,8 @@ typedef struct {
     atomic_uint_fast64_t acked;   /* PUBACK with a success reason */
     atomic_uint_fast64_t failed;  /* refused, or failed by the library */
     redisContext     *redis;      /* --xadd: used on paho's receive thread */
+    char                 dedup_key[320]; /* --xadd: <prefix>dedup:<client id> */
+    double               dedup_expire_at; /* mono_s() of the next PEXPIRE */
 } conn_t;
 
 static struct {
@@ -136,6 +152,8 @@ static struct {
     int         xadd_port;
     const char *xadd_stream;
     char        xadd_maxlen[24];
+    char        dedup_prefix[256]; /* <prefix>dedup: */
+    unsigned    dedup_slots;       /* N */
 } opt = {
     .uri = "tcp://127.0.0.1:1883",
     .devices = 1000,
@@ -386,7 +404,37 @@ static void paho_on_sub_fail5(void *ctx, MQTTAsync_failureData5 *r)
     atomic_store(&c->subscribed, -1);
 }
 
-/* ---- --xadd: fleetd's per-message XADD (paho receive thread) ----------- */
+/* ---- --xadd: fleetd's per-message append (paho receive thread) -------- */
+
+#define DEDUP_ID_SPACE  65535 /* as worker/fl_mqtt.c */
+#define DEDUP_MAX_SLOTS 21845
+#define DEDUP_REFRESH_S 60
+#define DEDUP_TTL_MS    "120000" /* 2 x session expiry 0 + 2 x 60 s */
+
+/* N for R = --receive-max: the smallest divisor of 65535 not below R. */
+static unsigned dedup_ring(int r)
+{
+    for (unsigned n = r > 1 ? (unsigned)r : 1; n < DEDUP_MAX_SLOTS; n++)
+        if (DEDUP_ID_SPACE % n == 0)
+            return n;
+    return DEDUP_MAX_SLOTS;
+}
+
+/* FNV-1a 64 over topic, a 0 byte, payload. */
+static uint64_t msg_hash(const char *topic, size_t tlen, const void *payload,
+                         size_t plen)
+{
+    const unsigned char *p = (const unsigned char *)topic;
+    uint64_t             h = 0xcbf29ce484222325ULL;
+
+    for (size_t i = 0; i < tlen; i++)
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+    h *= 0x100000001b3ULL; /* the 0 byte */
+    p = payload;
+    for (size_t i = 0; i < plen; i++)
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h;
+}
 
 /* A blocking connection for c, with fleetd's default timeouts (redis.
  * connect_timeout 2 s, redis.command_timeout 5 s) and TCP keepalive. */
@@ -417,18 +465,67 @@ fail:
 }
 
 /*
+ * One append with its record (msgid > 0) as worker/fl_mqtt.c
+ * redis_append_recorded() sends it: MULTI, XADD, HSET, PEXPIRE when due,
+ * EXEC, written at once, then the replies. Returns the EXEC reply (the
+ * caller checks it) or NULL with c->redis->err set.
+ */
+static redisReply *xadd_recorded(conn_t *c, int argc, const char **argv,
+                                 const size_t *lens, int msgid, uint64_t hash)
+{
+    char         field[12], value[32];
+    const char  *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
+    const size_t multi_len[1] = {5}, exec_len[1] = {4};
+    const char  *hset[4] = {"HSET", c->dedup_key, field, value};
+    size_t       hset_lens[4];
+    const char  *pexpire[3] = {"PEXPIRE", c->dedup_key, DEDUP_TTL_MS};
+    size_t       pexpire_lens[3];
+    double       now = mono_s();
+    int          expire = now >= c->dedup_expire_at, n = expire ? 5 : 4;
+    redisReply  *r = NULL;
+
+    snprintf(field, sizeof(field), "%u", (unsigned)msgid % opt.dedup_slots);
+    snprintf(value, sizeof(value), "%d:%016" PRIx64, msgid, hash);
+    hset_lens[0] = 4;
+    hset_lens[1] = pexpire_lens[1] = strlen(c->dedup_key);
+    hset_lens[2] = strlen(field);
+    hset_lens[3] = strlen(value);
+    pexpire_lens[0] = 7;
+    pexpire_lens[2] = strlen(DEDUP_TTL_MS);
+    if (redisAppendCommandArgv(c->redis, 1, multi, multi_len) != REDIS_OK ||
+        redisAppendCommandArgv(c->redis, argc, argv, lens) != REDIS_OK ||
+        redisAppendCommandArgv(c->redis, 4, hset, hset_lens) != REDIS_OK ||
+        (expire && redisAppendCommandArgv(c->redis, 3, pexpire, pexpire_lens) !=
+                       REDIS_OK) ||
+        redisAppendCommandArgv(c->redis, 1, exec, exec_len) != REDIS_OK)
+        return NULL;
+    for (int i = 0; i < n; i++) {
+        if (r)
+            freeReplyObject(r);
+        r = NULL;
+        if (redisGetReply(c->redis, (void **)&r) != REDIS_OK)
+            return NULL;
+    }
+    if (expire && r->type == REDIS_REPLY_ARRAY)
+        c->dedup_expire_at = now + DEDUP_REFRESH_S;
+    return r;
+}
+
+/*
  * What worker/fl_mqtt.c on_message() does for a message within
  * limits.max_payload_bytes: r is the arrival time (wall ms) taken before
- * the command. On an error: print, count, drop the connection and try once
+ * the command; a message with a packet id (QoS 1) is appended with its
+ * record. On an error: print, count, drop the connection and try once
  * more on a new one.
  */
 static void xadd_message(conn_t *c, const char *topic, size_t tlen,
-                         const void *payload, size_t plen)
+                         const void *payload, size_t plen, int msgid)
 {
     char        rx[24];
     const char *argv[12];
     size_t      lens[12];
     int         argc = 0;
+    uint64_t    hash = msgid > 0 ? msg_hash(topic, tlen, payload, plen) : 0;
     redisReply *r;
 
     snprintf(rx, sizeof(rx), "%" PRId64, wall_ms());
@@ -454,8 +551,12 @@ static void xadd_message(conn_t *c, const char *topic, size_t tlen,
             atomic_fetch_add_explicit(&xadd_errors, 1, memory_order_relaxed);
             continue;
         }
-        r = redisCommandArgv(c->redis, argc, argv, lens);
-        if (r != NULL && r->type == REDIS_REPLY_STRING) {
+        r = msgid > 0 ? xadd_recorded(c, argc, argv, lens, msgid, hash)
+                      : redisCommandArgv(c->redis, argc, argv, lens);
+        if (r != NULL && (r->type == REDIS_REPLY_STRING ||
+                          (r->type == REDIS_REPLY_ARRAY && r->elements >= 2 &&
+                           r->element[0]->type == REDIS_REPLY_STRING &&
+                           r->element[1]->type == REDIS_REPLY_INTEGER))) {
             freeReplyObject(r);
             atomic_fetch_add_explicit(&xadd_ok, 1, memory_order_relaxed);
             return;
@@ -466,8 +567,9 @@ static void xadd_message(conn_t *c, const char *topic, size_t tlen,
         /* the first ten: a dead Redis would print one line per message */
         if (atomic_fetch_add_explicit(&xadd_errors, 1, memory_order_relaxed) <
             10)
-            fprintf(stderr, "devsim: XADD %s to redis %s:%d failed: %s\n",
-                    opt.xadd_stream, opt.xadd_host, opt.xadd_port, why);
+            fprintf(stderr, "devsim: %s %s to redis %s:%d failed: %s\n",
+                    msgid > 0 ? "MULTI/XADD" : "XADD", opt.xadd_stream,
+                    opt.xadd_host, opt.xadd_port, why);
         if (r)
             freeReplyObject(r);
         redisFree(c->redis);
@@ -482,8 +584,8 @@ static int paho_on_message(void *ctx, char *topic, int topic_len,
     if (opt.subscribe && opt.xadd)
         xadd_message(ctx, topic,
                      topic_len > 0 ? (size_t)topic_len : strlen(topic),
-                     m->payload,
-                     m->payloadlen > 0 ? (size_t)m->payloadlen : 0);
+                     m->payload, m->payloadlen > 0 ? (size_t)m->payloadlen : 0,
+                     m->qos > 0 ? m->msgid : 0);
     if (opt.subscribe)
         count_message(m->payload, (size_t)m->payloadlen);
     MQTTAsync_freeMessage(&m);
@@ -504,6 +606,9 @@ static int paho_connect(conn_t *c)
     /* Redis first: without it the subscriber would only measure paho */
     if (opt.subscribe && opt.xadd && xadd_connect(c) != 0)
         return -1;
+    snprintf(c->dedup_key, sizeof(c->dedup_key), "%s%s", opt.dedup_prefix,
+             c->client_id);
+    c->dedup_expire_at = 0;
     co.MQTTVersion = opt.version == 5 ? MQTTVERSION_5 : MQTTVERSION_3_1_1;
     /* publishes queued before paho's send thread writes them */
     co.maxBufferedMessages = opt.window + 1000;
@@ -1288,9 +1393,10 @@ static void usage(FILE *f)
 "  -e, --expect N         subscribe: stop after N messages\n"
 "  -i, --idle S           subscribe: stop S s after the last message (3)\n"
 "      --receive-max N    subscribe, MQTT 5: Receive Maximum (1000)\n"
-"      --xadd HOST:PORT   subscribe, paho: XADD every message to this Redis\n"
-"                         before returning from messageArrived (fleetd's\n"
-"                         intake: the PUBACK follows the XADD)\n"
+"      --xadd HOST:PORT   subscribe, paho: append every message to this\n"
+"                         Redis as fleetd does (MULTI, XADD, HSET of its\n"
+"                         dedup record, EXEC) before returning from\n"
+"                         messageArrived (the PUBACK follows the append)\n"
 "      --xadd-stream KEY  stream for --xadd (bench:ingest)\n"
 "      --xadd-maxlen N    XADD ... MAXLEN ~ N (1000000)\n"
 "  -Q, --quiet            no progress lines on stderr\n"
@@ -1492,6 +1598,15 @@ int main(int argc, char **argv)
         memcpy(opt.xadd_host, opt.xadd, hl);
         opt.xadd_host[hl] = '\0';
         opt.xadd_port = (int)v;
+        /* fleetd's {prefix}ingest -> {prefix}dedup: */
+        hl = strlen(opt.xadd_stream);
+        if (hl >= 6 && strcmp(opt.xadd_stream + hl - 6, "ingest") == 0)
+            snprintf(opt.dedup_prefix, sizeof(opt.dedup_prefix),
+                     "%.*sdedup:", (int)(hl - 6), opt.xadd_stream);
+        else
+            snprintf(opt.dedup_prefix, sizeof(opt.dedup_prefix),
+                     "%s:dedup:", opt.xadd_stream);
+        opt.dedup_slots = dedup_ring(opt.receive_max);
     }
     if (opt.conns < 0)
         opt.conns = opt.subscribe ? 1 : 10;

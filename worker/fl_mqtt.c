@@ -43,17 +43,29 @@
  *   reports reconnects only through the connected callback, which has no
  *   sessionPresent: the connect onSuccess5 is cleared after its first
  *   call. Hence our own reconnect, one MQTTAsync_connect() per attempt.
+ * - One receive thread for every client of the process, and one mutex.
+ *   MQTTAsync_connect() starts MQTTAsync_receiveThread only when the
+ *   global receiveThread_state says none runs (src/MQTTAsync.c).
+ *   messageArrived is called only from that thread, by
+ *   Protocol_processPublication() inside MQTTAsync_cycle() or by the
+ *   thread's own retry of client->messageQueue, and the connect
+ *   onSuccess5 too; all with the global mqttasync_mutex held. So the
+ *   callbacks of our client and of a retired slot's client (below) never
+ *   run at the same time, and mq.redis needs no lock of its own.
+ * - A received message carries its header: Protocol_processPublication()
+ *   sets mm->msgid = publish->msgId and mm->dup = publish->header.bits.dup
+ *   (forced to 0 at QoS 2; we subscribe at QoS 1 at most).
  *
  * The design built on it:
- * - messageArrived never returns 0. It retries the XADD (reconnecting to
- *   Redis, 50 ms backoff doubling to 1 s) until it succeeds, then returns
- *   1 and paho sends the PUBACK. While Redis is down the receive thread
- *   stays in the callback: paho reads nothing more, the broker keeps at
- *   most mqtt.receive_max messages in flight to us and queues the rest in
- *   the session. With no PINGREQ the broker closes the connection after
- *   1.5 x keepalive; the message held in the callback is then redelivered
- *   on the next connection and may land in the stream twice: at least
- *   once, never lost; duplicates are for the consumer to absorb.
+ * - messageArrived never returns 0. It retries the append (reconnecting
+ *   to Redis, 50 ms backoff doubling to 1 s) until it succeeds, then
+ *   returns 1 and paho sends the PUBACK. While Redis is down the receive
+ *   thread stays in the callback: paho reads nothing more, the broker
+ *   keeps at most mqtt.receive_max messages in flight to us and queues
+ *   the rest in the session. With no PINGREQ the broker closes the
+ *   connection after 1.5 x keepalive; the message held in the callback is
+ *   then redelivered (with DUP) on the next connection, and the record
+ *   below tells whether its append went through.
  * - The loop calls paho only in init: any later call could wait for a
  *   callback stuck on Redis. A control thread owns connect, subscribe,
  *   publish and disconnect. The loop, the control thread and the paho
@@ -84,6 +96,75 @@
  * - A broker DISCONNECT 0x8E (session taken over) anyway - two nodes with
  *   one node_id - is logged as an error, and we wait mqtt.reconnect_max
  *   before taking the session back.
+ *
+ * Broker redeliveries. A worker killed (or a connection dropped) after an
+ * append and before the broker read its PUBACK leaves the message in the
+ * broker's in-flight set, and Mosquitto sends it again on the resumed
+ * session with DUP set (2.0.11 src/database.c: msg->dup = 1 after each
+ * send). So every append of a QoS 1 message also records it, atomically,
+ * in one pipelined round trip:
+ *
+ *     MULTI
+ *     XADD {prefix}ingest ... (or {prefix}dead for an oversize payload)
+ *     HSET {prefix}dedup:{client id} <packet id % N> "<packet id>:<hash>"
+ *     PEXPIRE {prefix}dedup:{client id} <ttl>   (once a minute)
+ *     EXEC
+ *
+ * hash = FNV-1a 64 over topic, a 0 byte and payload, in 16 hex digits. A
+ * DUP delivery first reads its slot (HGET, one more round trip, only after
+ * a reconnect): the same packet id and hash means the message is in the
+ * stream; it is acknowledged without a second append and counted in
+ * mqtt_duplicates. Anything else is appended. A retry after a failed
+ * append checks the same way, since the failure may have come after Redis
+ * ran the transaction (its reply lost). QoS 0 messages (packet id 0) keep
+ * the bare XADD. The key of a session lives 2 x mqtt.session_expiry + 2
+ * minutes after its last PEXPIRE, so the keys of sessions that are gone
+ * disappear; it is deleted when the broker starts a new session for the
+ * client id (CONNACK without session present), before any message of that
+ * session is handled: packet ids start at 1 again.
+ *
+ * Why N slots suffice. A record is needed for a message we appended whose
+ * PUBACK the broker had not processed when the connection ended. We append
+ * and acknowledge one message at a time, in delivery order, on one TCP
+ * stream, so these are the last messages we appended, and all of them are
+ * in the broker's in-flight set at once, which our Receive Maximum
+ * (mqtt.receive_max = R, announced by both clients) bounds to R. The
+ * broker numbers a session's messages 1, 2, ..., 65535, 1, ... (lib/
+ * util_mosq.c, mosquitto__mid_generate) as it queues them and sends them
+ * in that order, so they carry at most R consecutive ids. N is the
+ * smallest divisor of 65535 not below R (R = 100: N = 255): then id % N
+ * also runs through the ring in order across the wrap from 65535 to 1
+ * (id % R would not: near the wrap two ids in flight could share a slot),
+ * and R consecutive ids have R distinct slots. N is capped at 21845 =
+ * 65535 / 3, so that every slot serves at least three ids (below).
+ *
+ * When a redelivery is not caught (the message is stored twice, never
+ * lost): its slot was written again before the DUP came - more than N of
+ * our appends unacknowledged at once, which takes R > 21845, ids the
+ * broker skipped (each message it drops from a full queue or lets expire
+ * takes one), or a Mosquitto before 2.0.13, whose quota accounting (issue
+ * 2306, db__message_delete_outgoing) moves up to R queued messages into
+ * flight at every PUBACK, so that a session with a backlog has more than R
+ * in flight (even then only the PUBACKs still on their way when the
+ * connection died are missing, rarely more than a few); or the record is
+ * gone - the key expired, Redis lost it with the machine (README), or a
+ * reload changed mqtt.receive_max (the slots moved). A device's own
+ * re-publish (its PUBACK from the broker was lost) is not a redelivery to
+ * us at all: the broker takes it as a new message and delivers it with a
+ * new packet id, without DUP.
+ *
+ * A false positive (a DUP dropped whose first copy never reached the
+ * stream) needs a record with the same packet id and the same hash in its
+ * slot while this delivery was never appended, i.e. a record of an older
+ * message with the same id and the same topic and payload. In a resumed
+ * session that id was last used 65535 messages ago, and the other ids of
+ * the slot (k - N, k - 2N, ...: at least two) were delivered, in order,
+ * after it and before k, each overwriting the slot: only a broker that
+ * skipped every one of them leaves the old record there. An older session
+ * of the client id is wiped when the new one starts (above). A record of
+ * the same id with other content matches only by a 64-bit hash collision.
+ * A retired slot's client (retire_slot) records under its own client id,
+ * the session its messages would be redelivered on.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -116,6 +197,11 @@
 #define FAST_DISCONNECT_MS    100
 #define CTL_JOIN_MS           2000
 #define HANDOFF_POLL_MS       50
+/* Broker redeliveries (see the top of the file). */
+#define DEDUP_ID_SPACE     65535 /* packet ids 1 .. 65535, then 1 again */
+#define DEDUP_MAX_SLOTS    21845 /* 65535 / 3: every slot serves >= 3 ids */
+#define DEDUP_REFRESH_MS   60000 /* PEXPIRE the record at most this often */
+#define DEDUP_LOG_EVERY_MS 10000
 /* Maximum Packet Size we announce: the broker never sends us more, so a
  * device cannot make a worker allocate 256 MB. Between max_payload_bytes
  * and this the message is dead-lettered; beyond it the broker drops it. */
@@ -139,6 +225,17 @@ typedef enum {
     A_DISCONNECT,
     A_QUIT,
 } action_t;
+
+/*
+ * One MQTT session's dedup record (see the top of the file): ours, or a
+ * retired slot's while it is drained. The paho callback context of its
+ * client; used in paho callbacks only, which run one at a time.
+ */
+typedef struct {
+    const char *client_id;
+    char       *key;       /* {prefix}dedup:{client id} */
+    int64_t     expire_at; /* monotonic ms of the next PEXPIRE, 0 = now */
+} msession_t;
 
 typedef struct pub_s pub_t;
 struct pub_s {
@@ -181,6 +278,9 @@ static struct {
     char                  *dead_key;
     char                   ingest_maxlen[24];
     char                   dead_maxlen[24];
+    char                  *dedup_prefix; /* {prefix}dedup: */
+    unsigned               dedup_slots;  /* N */
+    char                   dedup_ttl[24];
     fl_shm_worker_t       *stats;
     int                    slot;
     uint32_t               generation;
@@ -214,6 +314,7 @@ static struct {
     int in_cb;
 
     /* owned by the paho receive thread (messageArrived) */
+    msession_t    sess; /* our own session's record */
     redisContext *redis;
     int64_t       redis_backoff_ms;
     int64_t       fail_since; /* monotonic ms, 0 = Redis fine */
@@ -221,6 +322,8 @@ static struct {
     uint64_t      fail_attempts;
     int64_t       oversize_logged_at;
     uint64_t      oversize_quiet;
+    int64_t       unrecorded_logged_at;
+    uint64_t      unrecorded_quiet;
     char          err[512];
 } mq = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -311,12 +414,18 @@ static int64_t conn_ended(int takeover)
     return delay;
 }
 
+static void dedup_reset(msession_t *s);
+
 /* ---- paho callbacks (paho's threads, paho's mutex held) ---- */
 
 static void on_connect_ok(void *ctx, MQTTAsync_successData5 *d)
 {
     unsigned gen = (unsigned)(uintptr_t)ctx;
     int      present = d ? d->alt.connect.sessionPresent : 0;
+
+    /* even on a connection we gave up on: its messages come all the same */
+    if (!present)
+        dedup_reset(&mq.sess);
 
     pthread_mutex_lock(&mq.lock);
     if (gen != mq.conn_gen || mq.state != M_CONNECTING) {
@@ -577,37 +686,47 @@ static int redis_connect(void)
     return FL_OK;
 }
 
+static int redis_ready(void)
+{
+    return mq.redis != NULL ? FL_OK : redis_connect();
+}
+
+/* A command on the receive thread's connection failed: say so in mq.err
+ * (r: its error reply, or NULL for the connection's own error) and drop
+ * the connection, the next call makes a new one. Returns FL_ERROR. */
+static int redis_failed(const char *cmd, const char *key, const redisReply *r)
+{
+    snprintf(mq.err, sizeof(mq.err), "%s %s to redis %s:%d failed: %s", cmd,
+             key, mq.redis_host, mq.redis_port,
+             r == NULL                      ? mq.redis->errstr
+             : r->type == REDIS_REPLY_ERROR ? r->str
+                                            : "unexpected reply");
+    redis_drop();
+    return FL_ERROR;
+}
+
 /* One XADD (argv[1] is the key). FL_OK when the entry is in the stream;
  * FL_ERROR with mq.err set, the connection dropped (the next call makes
  * a new one). */
 static int redis_xadd(int argc, const char **argv, const size_t *lens)
 {
     redisReply *r;
+    int         rc = FL_OK;
 
-    if (mq.redis == NULL && redis_connect() != FL_OK)
+    if (redis_ready() != FL_OK)
         return FL_ERROR;
     r = redisCommandArgv(mq.redis, argc, argv, lens);
-    if (r == NULL) {
-        snprintf(mq.err, sizeof(mq.err), "XADD %s to redis %s:%d failed: %s",
-                 argv[1], mq.redis_host, mq.redis_port, mq.redis->errstr);
-        redis_drop();
-        return FL_ERROR;
-    }
-    if (r->type != REDIS_REPLY_STRING) {
-        snprintf(mq.err, sizeof(mq.err), "XADD %s to redis %s:%d failed: %s",
-                 argv[1], mq.redis_host, mq.redis_port,
-                 r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+    if (r == NULL || r->type != REDIS_REPLY_STRING)
+        rc = redis_failed("XADD", argv[1], r);
+    if (r)
         freeReplyObject(r);
-        redis_drop();
-        return FL_ERROR;
-    }
-    freeReplyObject(r);
-    return FL_OK;
+    return rc;
 }
 
-/* An XADD failed: count it, say so (first failure of an outage, then every
- * REDIS_LOG_EVERY_MS), and back off. Sleeps on the paho receive thread -
- * the message stays unacknowledged meanwhile, which is the point. */
+/* An append (or the look-up of a record) failed: count it, say so (first
+ * failure of an outage, then every REDIS_LOG_EVERY_MS), and back off. Sleeps on
+ * the paho receive thread - the message stays unacknowledged meanwhile, which
+ * is the point. */
 static void enqueue_failed(void)
 {
     int64_t now = fl_now_ms();
@@ -642,36 +761,257 @@ static void enqueue_recovered(void)
     mq.fail_attempts = 0;
 }
 
-/* At most one line per OVERSIZE_LOG_EVERY_MS: a device can send many. The
- * topic is the device's: cut, and control characters replaced. */
+/* ---- broker redeliveries (see the top of the file) ---- */
+
+/* What the record of one QoS 1 message says: its slot and value. */
+typedef struct {
+    msession_t *s;
+    char        field[12]; /* packet id % N */
+    char        value[32]; /* "<packet id>:<hash, 16 hex digits>" */
+} mrecord_t;
+
+/* N for R = mqtt.receive_max: the smallest divisor of 65535 not below R,
+ * so that id % N follows the ids around their wrap; at most 21845. */
+static unsigned dedup_ring(int r)
+{
+    for (unsigned n = (unsigned)fl_max(r, 1); n < DEDUP_MAX_SLOTS; n++)
+        if (DEDUP_ID_SPACE % n == 0)
+            return n;
+    return DEDUP_MAX_SLOTS;
+}
+
+/* FNV-1a 64 over topic, a 0 byte, payload. */
+static uint64_t msg_hash(const char *topic, size_t tlen, const void *payload,
+                         size_t plen)
+{
+    const unsigned char *p = (const unsigned char *)topic;
+    uint64_t             h = 0xcbf29ce484222325ULL;
+
+    for (size_t i = 0; i < tlen; i++)
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+    h *= 0x100000001b3ULL; /* the 0 byte: h ^ 0 == h */
+    p = payload;
+    for (size_t i = 0; i < plen; i++)
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+    return h;
+}
+
+static void record_init(mrecord_t *rec, msession_t *s, int msgid,
+                        const char *topic, size_t tlen, const void *payload,
+                        size_t plen)
+{
+    rec->s = s;
+    snprintf(rec->field, sizeof(rec->field), "%u",
+             (unsigned)msgid % mq.dedup_slots);
+    snprintf(rec->value, sizeof(rec->value), "%d:%016" PRIx64, msgid,
+             msg_hash(topic, tlen, payload, plen));
+}
+
+/* Is the message of rec in the stream already? 1 yes, 0 no, FL_ERROR on a
+ * Redis failure (mq.err set, the connection dropped). A key of another
+ * type (WRONGTYPE: not ours) holds no record: 0, the append warns. */
+static int dedup_lookup(const mrecord_t *rec)
+{
+    const char *argv[3] = {"HGET", rec->s->key, rec->field};
+    size_t      lens[3] = {4, strlen(rec->s->key), strlen(rec->field)};
+    redisReply *r;
+    int         rc;
+
+    if (redis_ready() != FL_OK)
+        return FL_ERROR;
+    r = redisCommandArgv(mq.redis, 3, argv, lens);
+    if (r != NULL && r->type == REDIS_REPLY_NIL)
+        rc = 0;
+    else if (r != NULL && r->type == REDIS_REPLY_STRING)
+        rc = r->len == strlen(rec->value) &&
+             memcmp(r->str, rec->value, r->len) == 0;
+    else if (r != NULL && r->type == REDIS_REPLY_ERROR &&
+             strncmp(r->str, "WRONGTYPE", 9) == 0)
+        rc = 0;
+    else
+        rc = redis_failed("HGET", rec->s->key, r);
+    if (r)
+        freeReplyObject(r);
+    return rc;
+}
+
+/* The append went through but its record did not (the dedup key holds a
+ * value of another type): a redelivery of that message would be appended
+ * again. At most one line per DEDUP_LOG_EVERY_MS. */
+static void unrecorded_log(const mrecord_t *rec, const char *why)
+{
+    int64_t now = fl_now_ms();
+
+    if (mq.unrecorded_logged_at &&
+        now - mq.unrecorded_logged_at < DEDUP_LOG_EVERY_MS) {
+        mq.unrecorded_quiet++;
+        return;
+    }
+    fl_warn("HSET %s on redis %s:%d failed: %s; the message is in the stream "
+            "but a broker redelivery of it would be appended again%s",
+            rec->s->key, mq.redis_host, mq.redis_port, why,
+            mq.unrecorded_quiet ? " (and earlier ones not logged)" : "");
+    mq.unrecorded_logged_at = now;
+    mq.unrecorded_quiet = 0;
+}
+
+/*
+ * The append (XADD argv, argv[1] is the key) and its record in one
+ * transaction, written at once and answered in one round trip: MULTI,
+ * XADD, HSET, PEXPIRE when due, EXEC. FL_OK when the entry is in the
+ * stream: EXEC answered with its id first, or - MULTI refused, e.g. by an
+ * ACL - the XADD ran on its own and answered with it. A record that
+ * failed on its own is logged; retrying would append the message again.
+ * Otherwise FL_ERROR with mq.err set, the connection dropped.
+ */
+static int redis_append_recorded(int argc, const char **argv,
+                                 const size_t *lens, const mrecord_t *rec)
+{
+    msession_t  *s = rec->s;
+    const char  *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
+    const size_t multi_len[1] = {5}, exec_len[1] = {4};
+    const char  *hset[4] = {"HSET", s->key, rec->field, rec->value};
+    const size_t hset_lens[4] = {4, strlen(s->key), strlen(rec->field),
+                                 strlen(rec->value)};
+    const char  *pexpire[3] = {"PEXPIRE", s->key, mq.dedup_ttl};
+    const size_t pexpire_lens[3] = {7, strlen(s->key), strlen(mq.dedup_ttl)};
+    redisReply  *r[5] = {NULL};
+    const redisReply *ex, *bad = NULL;
+    int64_t           now = fl_now_ms();
+    int               expire = now >= s->expire_at, n = expire ? 5 : 4;
+    int               appended, recorded, rc = FL_OK;
+
+    if (redis_ready() != FL_OK)
+        return FL_ERROR;
+    if (redisAppendCommandArgv(mq.redis, 1, multi, multi_len) != REDIS_OK ||
+        redisAppendCommandArgv(mq.redis, argc, argv, lens) != REDIS_OK ||
+        redisAppendCommandArgv(mq.redis, 4, hset, hset_lens) != REDIS_OK ||
+        (expire && redisAppendCommandArgv(mq.redis, 3, pexpire, pexpire_lens) !=
+                       REDIS_OK) ||
+        redisAppendCommandArgv(mq.redis, 1, exec, exec_len) != REDIS_OK)
+        return redis_failed("MULTI/XADD", argv[1], NULL);
+    for (int i = 0; i < n; i++) {
+        if (redisGetReply(mq.redis, (void **)&r[i]) != REDIS_OK) {
+            rc = redis_failed("MULTI/XADD", argv[1], NULL);
+            goto done;
+        }
+    }
+
+    ex = r[n - 1];
+    appended =
+        (ex->type == REDIS_REPLY_ARRAY && ex->elements >= 1 &&
+         ex->element[0]->type == REDIS_REPLY_STRING) ||
+        (r[0]->type == REDIS_REPLY_ERROR && r[1]->type == REDIS_REPLY_STRING);
+    recorded = ex->type == REDIS_REPLY_ARRAY &&
+               ex->elements == (size_t)(n - 2) &&
+               ex->element[1]->type == REDIS_REPLY_INTEGER;
+    if (appended && recorded) {
+        if (expire)
+            s->expire_at = now + DEDUP_REFRESH_MS;
+        goto done;
+    }
+
+    /* the first error tells why (EXEC says only EXECABORT) */
+    for (int i = 0; i < n - 1 && bad == NULL; i++)
+        if (r[i]->type == REDIS_REPLY_ERROR)
+            bad = r[i];
+    for (size_t i = 0;
+         ex->type == REDIS_REPLY_ARRAY && i < ex->elements && bad == NULL; i++)
+        if (ex->element[i]->type == REDIS_REPLY_ERROR)
+            bad = ex->element[i];
+    if (bad == NULL)
+        bad = ex;
+    if (appended)
+        unrecorded_log(rec, bad->type == REDIS_REPLY_ERROR
+                                ? bad->str
+                                : "unexpected reply");
+    else
+        rc = redis_failed("MULTI/XADD", argv[1], bad);
+
+done:
+    for (int i = 0; i < n; i++)
+        if (r[i])
+            freeReplyObject(r[i]);
+    return rc;
+}
+
+/*
+ * The broker starts a new session for s's client id (CONNACK without
+ * session present): its packet ids start at 1 again, so the records of the
+ * old session must go before any message of the new one is looked up.
+ * Called in the connect callback, on the receive thread, which handles
+ * those messages only after it returns; retried like an append.
+ */
+static void dedup_reset(msession_t *s)
+{
+    const char *argv[2] = {"DEL", s->key};
+    size_t      lens[2] = {3, strlen(s->key)};
+    redisReply *r = NULL;
+
+    __atomic_add_fetch(&mq.in_cb, 1, __ATOMIC_SEQ_CST);
+    for (;;) {
+        if (redis_ready() == FL_OK) {
+            r = redisCommandArgv(mq.redis, 2, argv, lens);
+            if (r != NULL && r->type == REDIS_REPLY_INTEGER)
+                break;
+            redis_failed("DEL", s->key, r);
+            if (r)
+                freeReplyObject(r);
+        }
+        enqueue_failed();
+    }
+    if (r->integer > 0)
+        fl_info("new mqtt session \"%s\": the records of the old one deleted",
+                s->client_id);
+    freeReplyObject(r);
+    if (mq.fail_since)
+        enqueue_recovered();
+    s->expire_at = 0; /* the next HSET makes a key without a TTL */
+    __atomic_sub_fetch(&mq.in_cb, 1, __ATOMIC_SEQ_CST);
+}
+
+/* A topic for a log line: cut, and control characters replaced (it is
+ * the device's). */
+static const char *safe_topic(char *buf, size_t size, const char *topic,
+                              size_t tlen)
+{
+    size_t n = fl_min(tlen, size - 1);
+
+    for (size_t i = 0; i < n; i++)
+        buf[i] =
+            (unsigned char)topic[i] < 0x20 || topic[i] == 0x7f ? '?' : topic[i];
+    buf[n] = '\0';
+    return buf;
+}
+
+/* At most one line per OVERSIZE_LOG_EVERY_MS: a device can send many. */
 static void oversize_log(const char *topic, size_t tlen, int plen)
 {
     int64_t now = fl_now_ms();
     char    t[129];
-    size_t  n = fl_min(tlen, sizeof(t) - 1);
 
     if (now - mq.oversize_logged_at < OVERSIZE_LOG_EVERY_MS) {
         mq.oversize_quiet++;
         return;
     }
-    for (size_t i = 0; i < n; i++)
-        t[i] =
-            (unsigned char)topic[i] < 0x20 || topic[i] == 0x7f ? '?' : topic[i];
-    t[n] = '\0';
     fl_warn("message on %s dead-lettered: payload of %d bytes exceeds "
             "limits.max_payload_bytes (%" PRId64 ")%s",
-            t, plen, mq.max_payload,
+            safe_topic(t, sizeof(t), topic, tlen), plen, mq.max_payload,
             mq.oversize_quiet ? " (and earlier ones not logged)" : "");
     mq.oversize_logged_at = now;
     mq.oversize_quiet = 0;
 }
 
 /*
- * messageArrived, on paho's receive thread. Appends the message to the
- * ingest stream (or, when too large, to the dead-letter stream) and returns
- * 1 only then, so paho's PUBACK follows the XADD. Never returns 0 (see the
- * top of the file): while Redis fails it retries here. Frees the message
- * and the topic (paho hands them over when we return 1).
+ * messageArrived, on paho's receive thread, for our client (ctx =
+ * &mq.sess) and a retired slot's (ctx = its msession_t). Appends the
+ * message to the ingest stream (or, when too large, to the dead-letter
+ * stream), recording it when it has a packet id, and returns 1 only then,
+ * so paho's PUBACK follows the append. A redelivery (DUP) whose record
+ * says it is in the stream already is acknowledged without a second
+ * append. Never returns 0 (see the top of the file): while Redis fails it
+ * retries here. Frees the message and the topic (paho hands them over when
+ * we return 1).
  */
 static int on_message(void *ctx, char *topic, int topic_len,
                       MQTTAsync_message *msg)
@@ -679,12 +1019,14 @@ static int on_message(void *ctx, char *topic, int topic_len,
     size_t      tlen = topic_len > 0 ? (size_t)topic_len : strlen(topic);
     size_t      plen = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
     int         oversize = (int64_t)plen > mq.max_payload;
-    char        rx[24], error[160];
+    int         recorded = ctx != NULL && msg->qos > 0 && msg->msgid > 0;
+    int         check = recorded && msg->dup, tried = 0, found = 0;
+    char        rx[24], error[160], t[129];
     const char *argv[16];
     size_t      lens[16];
     int         argc = 0;
+    mrecord_t   rec;
 
-    (void)ctx;
     __atomic_add_fetch(&mq.in_cb, 1, __ATOMIC_SEQ_CST);
     fl_shm_add(mq.stats->mqtt_received, 1);
     snprintf(rx, sizeof(rx), "%" PRId64, fl_wall_ms());
@@ -726,16 +1068,51 @@ static int on_message(void *ctx, char *topic, int topic_len,
     }
 #undef ARG
 
-    while (redis_xadd(argc, argv, lens) != FL_OK)
+    if (recorded)
+        record_init(&rec, ctx, msg->msgid, topic, tlen, msg->payload, plen);
+    for (;;) {
+        int rc;
+
+        if (check) {
+            rc = dedup_lookup(&rec);
+            if (rc == FL_ERROR) {
+                enqueue_failed();
+                continue;
+            }
+            if (rc == 1) {
+                found = 1;
+                break;
+            }
+        }
+        rc = recorded ? redis_append_recorded(argc, argv, lens, &rec)
+                      : redis_xadd(argc, argv, lens);
+        if (rc == FL_OK)
+            break;
+        /* Redis may have run it and only the reply got lost: look first */
+        check = recorded;
+        tried = 1;
         enqueue_failed();
+    }
     if (mq.fail_since)
         enqueue_recovered();
 
-    if (oversize) {
-        fl_shm_add(mq.stats->mqtt_oversize, 1);
-        oversize_log(topic, tlen, msg->payloadlen);
+    if (found && !tried) {
+        fl_shm_add(mq.stats->mqtt_duplicates, 1);
+        fl_debug("message %d on %s redelivered by the broker to \"%s\" is in "
+                 "the stream already: acknowledged, not appended again",
+                 msg->msgid, safe_topic(t, sizeof(t), topic, tlen),
+                 rec.s->client_id);
     } else {
-        fl_shm_add(mq.stats->mqtt_enqueued, 1);
+        if (found)
+            fl_info("message %d on %s: the append whose reply was lost had "
+                    "gone through; not appended again",
+                    msg->msgid, safe_topic(t, sizeof(t), topic, tlen));
+        if (oversize) {
+            fl_shm_add(mq.stats->mqtt_oversize, 1);
+            oversize_log(topic, tlen, msg->payloadlen);
+        } else {
+            fl_shm_add(mq.stats->mqtt_enqueued, 1);
+        }
     }
     MQTTAsync_freeMessage(&msg);
     MQTTAsync_free(topic);
@@ -747,9 +1124,9 @@ static int on_message(void *ctx, char *topic, int topic_len,
 
 /*
  * What every CONNECT of this worker shares (its own session and a retired
- * slot's): MQTT 5, clean start off, session expiry, keepalive, timeout,
- * credentials and TLS. ssl and props must outlive the connect call; the
- * caller frees props.
+ * slot's): MQTT 5, clean start off, session expiry, Receive Maximum,
+ * Maximum Packet Size, keepalive, timeout, credentials and TLS. ssl and props
+ * must outlive the connect call; the caller frees props.
  */
 static void conn_opts(MQTTAsync_connectOptions *co, MQTTAsync_SSLOptions *ssl,
                       MQTTProperties *props)
@@ -759,6 +1136,13 @@ static void conn_opts(MQTTAsync_connectOptions *co, MQTTAsync_SSLOptions *ssl,
     memset(&p, 0, sizeof(p));
     p.identifier = MQTTPROPERTY_CODE_SESSION_EXPIRY_INTERVAL;
     p.value.integer4 = mq.session_expiry_s;
+    MQTTProperties_add(props, &p);
+    /* both clients: the ring of dedup records is sized for it */
+    p.identifier = MQTTPROPERTY_CODE_RECEIVE_MAXIMUM;
+    p.value.integer2 = (unsigned short)mq.receive_max;
+    MQTTProperties_add(props, &p);
+    p.identifier = MQTTPROPERTY_CODE_MAXIMUM_PACKET_SIZE;
+    p.value.integer4 = mq.max_packet;
     MQTTProperties_add(props, &p);
 
     co->keepAliveInterval = mq.keepalive_s;
@@ -787,18 +1171,10 @@ static void ctl_connect(unsigned gen)
     MQTTAsync_connectOptions co = MQTTAsync_connectOptions_initializer5;
     MQTTAsync_SSLOptions     ssl = MQTTAsync_SSLOptions_initializer;
     MQTTProperties           props = MQTTProperties_initializer;
-    MQTTProperty             p;
     int                      rc;
     int64_t                  delay = 0;
 
     conn_opts(&co, &ssl, &props);
-    memset(&p, 0, sizeof(p));
-    p.identifier = MQTTPROPERTY_CODE_RECEIVE_MAXIMUM;
-    p.value.integer2 = (unsigned short)mq.receive_max;
-    MQTTProperties_add(&props, &p);
-    p.identifier = MQTTPROPERTY_CODE_MAXIMUM_PACKET_SIZE;
-    p.value.integer4 = mq.max_packet;
-    MQTTProperties_add(&props, &p);
     co.onSuccess5 = on_connect_ok;
     co.onFailure5 = on_connect_fail;
     co.context = (void *)(uintptr_t)gen;
@@ -1107,6 +1483,8 @@ static void conf_free(void)
     free(mq.redis_password);
     free(mq.ingest_key);
     free(mq.dead_key);
+    free(mq.dedup_prefix);
+    free(mq.sess.key);
     mq.topics = NULL;
     mq.ntopics = 0;
 }
@@ -1159,7 +1537,7 @@ static struct {
     int64_t         wait_max_ms;
     pthread_mutex_t lock;
     pthread_cond_t  cond;
-    int             step_done;   /* guarded by lock */
+    int             step_done; /* guarded by lock */
     int             step_ok;
     int64_t         last_msg_ms; /* atomic */
     uint64_t        taken;       /* atomic */
@@ -1182,6 +1560,15 @@ static void retire_step_end(int ok)
 static void retire_ok(void *ctx, MQTTAsync_successData5 *d)
 {
     (void)ctx, (void)d;
+    retire_step_end(1);
+}
+
+/* Connected to a retired slot's session (ctx: its msession_t). Should it
+ * be gone after all, a new one starts: as on_connect_ok. */
+static void retire_connected(void *ctx, MQTTAsync_successData5 *d)
+{
+    if (d == NULL || !d->alt.connect.sessionPresent)
+        dedup_reset(ctx);
     retire_step_end(1);
 }
 
@@ -1221,7 +1608,7 @@ static int on_retire_message(void *ctx, char *topic, int topic_len,
 {
     __atomic_store_n(&rt.last_msg_ms, fl_now_ms(), __ATOMIC_SEQ_CST);
     __atomic_add_fetch(&rt.taken, 1, __ATOMIC_SEQ_CST);
-    return on_message(ctx, topic, topic_len, msg);
+    return on_message(ctx, topic, topic_len, msg); /* the slot's session */
 }
 
 /* Is a live worker (any generation) running slot s? */
@@ -1230,8 +1617,7 @@ static int slot_alive(int s)
     for (int i = 0; i < FL_SHM_ENTRIES; i++) {
         pid_t pid = fl_shm_load(fl_shm->w[i].pid);
         if (fl_shm_load(fl_shm->w[i].slot) == s && pid > 0 &&
-            fl_shm_load(fl_shm->w[i].state) != FL_W_EMPTY &&
-            kill(pid, 0) == 0)
+            fl_shm_load(fl_shm->w[i].state) != FL_W_EMPTY && kill(pid, 0) == 0)
             return 1;
     }
     return 0;
@@ -1240,18 +1626,19 @@ static int slot_alive(int s)
 /* Drain and end the session of slot s. FL_OK when it is gone. */
 static int retire_slot(int s)
 {
-    MQTTAsync_createOptions    co = MQTTAsync_createOptions_initializer5;
-    MQTTAsync_connectOptions   cn = MQTTAsync_connectOptions_initializer5;
-    MQTTAsync_responseOptions  ro = MQTTAsync_responseOptions_initializer;
+    MQTTAsync_createOptions     co = MQTTAsync_createOptions_initializer5;
+    MQTTAsync_connectOptions    cn = MQTTAsync_connectOptions_initializer5;
+    MQTTAsync_responseOptions   ro = MQTTAsync_responseOptions_initializer;
     MQTTAsync_disconnectOptions dso = MQTTAsync_disconnectOptions_initializer5;
-    MQTTAsync_SSLOptions       ssl = MQTTAsync_SSLOptions_initializer;
-    MQTTProperties             props = MQTTProperties_initializer;
-    MQTTProperty               p;
-    MQTTAsync                  c;
-    char                       id[300];
-    int64_t                    deadline = fl_now_ms() + rt.wait_max_ms;
-    uint64_t                   taken0;
-    int                        rc, ok = 0;
+    MQTTAsync_SSLOptions        ssl = MQTTAsync_SSLOptions_initializer;
+    MQTTProperties              props = MQTTProperties_initializer;
+    MQTTProperty                p;
+    MQTTAsync                   c;
+    char                        id[300];
+    msession_t                  sess = {id, NULL, 0};
+    int64_t                     deadline = fl_now_ms() + rt.wait_max_ms;
+    uint64_t                    taken0;
+    int                         rc, ok = 0;
 
     while (slot_alive(s)) {
         if (retire_quit() || fl_now_ms() > deadline)
@@ -1263,11 +1650,15 @@ static int retire_slot(int s)
                                      MQTTCLIENT_PERSISTENCE_NONE, NULL, &co);
     if (rc != MQTTASYNC_SUCCESS)
         return FL_ERROR;
-    MQTTAsync_setCallbacks(c, NULL, NULL, on_retire_message, NULL);
+    /* its messages are recorded under its own client id: a redelivery
+     * comes on that session */
+    sess.key = concat(mq.dedup_prefix, id);
+    MQTTAsync_setCallbacks(c, &sess, NULL, on_retire_message, NULL);
 
     conn_opts(&cn, &ssl, &props);
-    cn.onSuccess5 = retire_ok;
+    cn.onSuccess5 = retire_connected;
     cn.onFailure5 = retire_fail;
+    cn.context = &sess;
     taken0 = __atomic_load_n(&rt.taken, __ATOMIC_SEQ_CST);
     __atomic_store_n(&rt.last_msg_ms, fl_now_ms(), __ATOMIC_SEQ_CST);
     rc = MQTTAsync_connect(c, &cn);
@@ -1305,18 +1696,21 @@ static int retire_slot(int s)
 
 done:
     if (MQTTAsync_isConnected(c)) {
-        MQTTAsync_disconnectOptions d2 = MQTTAsync_disconnectOptions_initializer5;
+        MQTTAsync_disconnectOptions d2 =
+            MQTTAsync_disconnectOptions_initializer5;
         d2.timeout = FAST_DISCONNECT_MS;
         MQTTAsync_disconnect(c, &d2); /* session kept for the next try */
         sleep_ms(FAST_DISCONNECT_MS);
     }
-    MQTTAsync_destroy(&c);
+    MQTTAsync_destroy(&c); /* no callback runs after it: sess is free */
+    free(sess.key);
     if (ok)
-        fl_info("retired the mqtt session \"%s\" of a slot this node no "
-                "longer runs: %llu queued messages taken in",
-                id, (unsigned long long)(__atomic_load_n(&rt.taken,
-                                                         __ATOMIC_SEQ_CST) -
-                                         taken0));
+        fl_info(
+            "retired the mqtt session \"%s\" of a slot this node no "
+            "longer runs: %llu queued messages taken in",
+            id,
+            (unsigned long long)(__atomic_load_n(&rt.taken, __ATOMIC_SEQ_CST) -
+                                 taken0));
     else
         fl_warn("could not retire the mqtt session \"%s\" yet", id);
     return ok ? FL_OK : FL_ERROR;
@@ -1403,8 +1797,7 @@ static void retire_start(const fl_worker_t *w)
     else
         snprintf(buf, sizeof(buf), "fleetd-%s", cf->node_id);
     rt.base_id = fl_strdup(buf);
-    snprintf(buf, sizeof(buf), "%smqtt:slots:%s", cf->redis.prefix,
-             rt.base_id);
+    snprintf(buf, sizeof(buf), "%smqtt:slots:%s", cf->redis.prefix, rt.base_id);
     rt.registry = fl_strdup(buf);
     rt.workers = cf->workers;
     rt.wait_max_ms = cf->shutdown_timeout_ms + 5000;
@@ -1500,6 +1893,15 @@ static void conf_copy(const fl_worker_t *w)
              cf->redis.stream_maxlen);
     snprintf(mq.dead_maxlen, sizeof(mq.dead_maxlen), "%" PRId64,
              cf->redis.dead_letter_maxlen);
+    mq.dedup_prefix = concat(cf->redis.prefix, "dedup:");
+    mq.dedup_slots = dedup_ring(mq.receive_max);
+    /* at least 2 x session_expiry after the last append: the PEXPIRE is
+     * at most DEDUP_REFRESH_MS older than that */
+    snprintf(mq.dedup_ttl, sizeof(mq.dedup_ttl), "%" PRId64,
+             2 * cf->mqtt.session_expiry_ms + 2 * DEDUP_REFRESH_MS);
+    mq.sess.client_id = mq.client_id;
+    mq.sess.key = concat(mq.dedup_prefix, mq.client_id);
+    mq.sess.expire_at = 0;
     mq.stats = w->stats;
     mq.slot = w->slot;
     mq.generation = w->generation;
@@ -1532,7 +1934,7 @@ static int mqtt_init(fl_worker_t *w)
         conf_free();
         return FL_ERROR;
     }
-    MQTTAsync_setCallbacks(mq.client, NULL, on_connection_lost, on_message,
+    MQTTAsync_setCallbacks(mq.client, &mq.sess, on_connection_lost, on_message,
                            NULL);
     MQTTAsync_setDisconnected(mq.client, NULL, on_disconnected);
 

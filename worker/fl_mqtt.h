@@ -10,9 +10,30 @@
  * instead. See fl_mqtt.c for what paho guarantees and why the design
  * depends on it.
  *
- * The module publishes this worker's MQTT (and, on a failed XADD, Redis)
+ * Broker redeliveries (details at the top of fl_mqtt.c). The append of a
+ * QoS 1 message is MULTI, XADD, HSET {prefix}dedup:{client id} <packet id
+ * % N> "<packet id>:<FNV-1a 64 of topic, 0, payload>", EXEC: one round
+ * trip, the record atomic with the entry. A delivery with DUP set (the
+ * broker resends what it sent before a connection ended and saw no PUBACK
+ * for) whose slot holds its own id and hash is in the stream already: it
+ * is acknowledged, not appended, and counted in mqtt_duplicates. N, the
+ * smallest divisor of 65535 not below mqtt.receive_max (at most 21845),
+ * suffices because the messages whose PUBACK the broker may not have seen
+ * are our last appends, at most receive_max consecutive packet ids, which
+ * have distinct slots also across the id wrap. Not caught (stored twice,
+ * never lost): a slot overwritten first (more than N appends
+ * unacknowledged, as Mosquitto < 2.0.13 allows with a backlog), a record
+ * gone (key expired, Redis lost it, receive_max changed by a reload), and
+ * a device's re-publish, which reaches us as a new message without DUP. A
+ * false positive needs a record of an older message with the same id,
+ * topic and payload still in the slot while this one was never appended:
+ * the records of an older session are deleted when a new one starts, and
+ * within a session the slot's other ids overwrite it before the id comes
+ * round again.
+ *
+ * The module publishes this worker's MQTT (and, on a failed append, Redis)
  * state in fl_worker.stats->dep[] and counts mqtt_received, mqtt_enqueued,
- * mqtt_oversize, mqtt_enqueue_failures, mqtt_connects.
+ * mqtt_oversize, mqtt_enqueue_failures, mqtt_connects, mqtt_duplicates.
  */
 #ifndef FL_MQTT_H
 #define FL_MQTT_H
