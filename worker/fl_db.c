@@ -85,6 +85,9 @@ struct fl_db_s {
     int                running;
     struct event      *ev_wait;
     int                freeing;
+    fl_db_state_cb     on_state;
+    void              *ud;
+    int                was_ready;
 };
 
 static void conn_start(conn_t *c);
@@ -176,6 +179,18 @@ static int any_state(const fl_db_t *db, cstate_t st)
     return 0;
 }
 
+/* Tell the owner when the pool became ready or stopped being. */
+static void state_changed(fl_db_t *db)
+{
+    int ready = any_state(db, C_READY);
+
+    if (ready == db->was_ready || db->freeing)
+        return;
+    db->was_ready = ready;
+    if (db->on_state)
+        db->on_state(db, ready, db->ud);
+}
+
 /* ---- one connection ---- */
 
 static void results_clear(conn_t *c)
@@ -243,6 +258,7 @@ static void step_done(conn_t *c)
         c->state = C_READY;
         c->backoff_ms = BACKOFF_MIN_MS;
         fl_debug("postgres pool connection %d ready", c->id);
+        state_changed(db);
         dispatch(db);
         return;
     }
@@ -358,6 +374,7 @@ static void conn_drop(conn_t *c, const char *why)
     }
     if (!db->freeing && !any_state(db, C_READY) && !any_state(db, C_SETUP))
         fail_queued(db, "no connection to the database");
+    state_changed(db);
 }
 
 static void connect_poll(conn_t *c)
@@ -494,11 +511,14 @@ static void on_wait(evutil_socket_t fd, short what, void *arg)
 
 /* ---- API ---- */
 
-fl_db_t *fl_db_new(struct event_base *base, const fl_config_t *cf)
+fl_db_t *fl_db_new(struct event_base *base, const fl_config_t *cf,
+                   fl_db_state_cb on_state, void *ud)
 {
     fl_db_t *db = fl_calloc(1, sizeof(*db));
 
     db->base = base;
+    db->on_state = on_state;
+    db->ud = ud;
     db->conninfo =
         fl_strdup(cf->postgres.conninfo ? cf->postgres.conninfo : "");
     snprintf(db->app_name, sizeof(db->app_name), "fleetd %s api",

@@ -44,8 +44,14 @@ typedef void (*fl_db_cb)(const PGresult *res, const char *err,
  * name must be unique; sql uses $1, $2 ... */
 int fl_db_stmt(const char *name, const char *sql);
 
-/* Start connecting postgres.pool_size connections. Never NULL. */
-fl_db_t *fl_db_new(struct event_base *base, const fl_config_t *cf);
+/* ready 1: a first connection became ready (the pool was not before);
+ * 0: the last ready one went away */
+typedef void (*fl_db_state_cb)(fl_db_t *db, int ready, void *ud);
+
+/* Start connecting postgres.pool_size connections. Never NULL. on_state
+ * may be NULL; it never runs inside fl_db_new. */
+fl_db_t *fl_db_new(struct event_base *base, const fl_config_t *cf,
+                   fl_db_state_cb on_state, void *ud);
 
 /* 1 when at least one connection is ready. */
 int fl_db_ready(const fl_db_t *db);

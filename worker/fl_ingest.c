@@ -75,10 +75,12 @@
 #include "fl_enc.h"
 #include "fl_idset.h"
 #include "fl_log.h"
+#include "fl_mqtt.h"
 #include "fl_payload.h"
 #include "fl_pg.h"
 #include "fl_pool.h"
 #include "fl_redis.h"
+#include "fl_shadow.h"
 #include "fl_worker.h"
 
 #define GROUP         "fleetd"
@@ -168,6 +170,7 @@ static struct {
     char                dead[128];
     char                consumer[128];
     char                shadow_prefix[128];
+    char                desired_prefix[128];
     char                channel_prefix[128];
     phase_t             phase;
     batch_t             b;
@@ -192,7 +195,8 @@ static void publish_batch(void);
 
 static const char shadow_lua[] =
     /* KEYS: one shadow hash per entry (a device may repeat, in stream
-     * order). ARGV[1] ttl_ms, then per key a record:
+     * order). ARGV[1] ttl_ms, ARGV[2] the length of the shadow key
+     * prefix, ARGV[3] the desired key prefix, then per key a record:
      *   mode ("t"|"s"), last_seen_ms, n, then n items -
      *     t: (metric, ts_ms, json), s: (key, json or "" for null) -
      *   then np, and when np > 0 a channel and np messages to PUBLISH.
@@ -201,8 +205,13 @@ static const char shadow_lua[] =
      * times, one HSET of what is newer. State is merged key by key, ""
      * (JSON null) deletes the key. The fan-out PUBLISH happens here, after
      * the shadow has the values: a dashboard that reads the shadow on a
-     * message sees at least that message. */
-    "local ttl, a = ARGV[1], 2\n"
+     * message sees at least that message. A state change of a device with
+     * desired state recomputes its delta (fl_shadow.h); the script
+     * returns {device, delta, ...} for the deltas that changed, which the
+     * caller publishes. */
+    FL_DELTA_LUA
+    "local ttl, plen, dpfx, a = ARGV[1], tonumber(ARGV[2]), ARGV[3], 4\n"
+    "local out = {}\n"
     "for k = 1, #KEYS do\n"
     "  local key, mode = KEYS[k], ARGV[a]\n"
     "  local seen, n = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])\n"
@@ -242,6 +251,14 @@ static const char shadow_lua[] =
     "  if #del > 0 then redis.call('HDEL', key, unpack(del)) end\n"
     "  if #set > 0 then redis.call('HSET', key, unpack(set)) end\n"
     "  redis.call('PEXPIRE', key, ttl)\n"
+    "  if mode == 's' then\n"
+    "    local id = string.sub(key, plen + 1)\n"
+    "    local dkey = dpfx .. id\n"
+    "    if redis.call('EXISTS', dkey) == 1 then\n"
+    "      local d = fl_delta(dkey, key)\n"
+    "      if d then out[#out + 1] = id; out[#out + 1] = d end\n"
+    "    end\n"
+    "  end\n"
     "  local np = tonumber(ARGV[a])\n"
     "  a = a + 1\n"
     "  if np > 0 then\n"
@@ -250,7 +267,7 @@ static const char shadow_lua[] =
     "    a = a + np + 1\n"
     "  end\n"
     "end\n"
-    "return #KEYS\n";
+    "return out\n";
 
 /* ---- batches ---- */
 
@@ -576,6 +593,8 @@ static void chunk_build_cmd(chunk_t *c)
     fl_resp_i64(&r, nkeys);
     fl_resp_append(&r, &keys);
     fl_resp_i64(&r, cf->redis.shadow_ttl_ms);
+    fl_resp_i64(&r, (int64_t)strlen(ing.shadow_prefix));
+    fl_resp_str(&r, ing.desired_prefix);
     fl_resp_append(&r, &args);
     fl_resp_free(&keys);
     fl_resp_free(&args);
@@ -919,10 +938,34 @@ static void publish_batch(void)
         on_published(ing.wr, NULL, (void *)1);
 }
 
+/* A script call's reply: {device, delta, ...} of the desired deltas that
+ * changed (fl_shadow.h); publish them, retained. An empty delta clears
+ * the retained message. */
+static void publish_deltas(const redisReply *reply)
+{
+    char topic[128];
+
+    for (size_t i = 0; i + 1 < reply->elements; i += 2) {
+        const redisReply *id = reply->element[i], *d = reply->element[i + 1];
+
+        if (id->type != REDIS_REPLY_STRING || d->type != REDIS_REPLY_STRING)
+            continue;
+        snprintf(topic, sizeof(topic), "devices/%s/desired", id->str);
+        if (fl_mqtt_publish_ex(topic, d->str,
+                               strcmp(d->str, "{}") == 0 ? 0 : d->len, 1, 1, 0,
+                               NULL, NULL) != FL_OK)
+            fl_warn("desired delta of %s not published (mqtt not "
+                    "connected); it is published with the next change",
+                    id->str);
+    }
+}
+
 /* One reply of the publish step; ud == (void *)1 means "nothing sent". */
 static void on_published(fl_redis_t *r, redisReply *reply, void *ud)
 {
     (void)r;
+    if (ud == NULL && reply && reply->type == REDIS_REPLY_ARRAY)
+        publish_deltas(reply);
     if (ud == NULL) {
         if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
             if (reply && strncmp(reply->str, "NOSCRIPT", 8) == 0)
@@ -1412,6 +1455,8 @@ static int ingest_init(fl_worker_t *w)
              w->slot);
     snprintf(ing.shadow_prefix, sizeof(ing.shadow_prefix),
              "%sshadow:", cf->redis.prefix);
+    snprintf(ing.desired_prefix, sizeof(ing.desired_prefix),
+             "%sdesired:", cf->redis.prefix);
     snprintf(ing.channel_prefix, sizeof(ing.channel_prefix),
              "%stele:", cf->redis.prefix);
     ing.retry_ms = RETRY_MIN_MS;

@@ -177,6 +177,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sys/eventfd.h>
+
 #include <MQTTAsync.h>
 #include <hiredis/hiredis.h>
 
@@ -239,11 +241,25 @@ typedef struct {
 
 typedef struct pub_s pub_t;
 struct pub_s {
-    pub_t *next;
-    char  *topic;
-    void  *payload;
-    size_t len;
-    int    qos;
+    pub_t         *next;
+    char          *topic;
+    void          *payload;
+    size_t         len;
+    int            qos;
+    int            retain;
+    uint32_t       expiry_s; /* MQTT 5 message expiry, 0 = none */
+    fl_mqtt_pub_cb cb;       /* the outcome, on the loop; may be NULL */
+    void          *ud;
+};
+
+/* A publish's outcome on its way to the loop (pub_done()). */
+typedef struct done_s done_t;
+struct done_s {
+    done_t        *next;
+    fl_mqtt_pub_cb cb;
+    void          *ud;
+    int            ok;
+    char           err[160];
 };
 
 static struct {
@@ -305,6 +321,9 @@ static struct {
     int64_t         sub_backoff_ms;
     pid_t           waiting_for; /* the other worker holding our client id */
     unsigned        rand_state;
+    done_t         *done_head; /* outcomes for the loop (ev_done) */
+    int             done_fd;   /* eventfd: outcomes are waiting */
+    struct event   *ev_done;
     pub_t          *pub_head;
     pub_t          *pub_tail;
     int             pub_count;
@@ -363,6 +382,58 @@ static void describe_failure(char *buf, size_t len, int code, const char *msg)
                  msg ? msg : "");
 }
 
+/*
+ * Hand a publish's outcome to the loop: paho calls its onSuccess /
+ * onFailure on its own threads, and the caller's callback must run on the
+ * loop. Any thread; takes mq.lock.
+ */
+static void done_queue(fl_mqtt_pub_cb cb, void *ud, int ok, const char *err)
+{
+    done_t  *d;
+    uint64_t one = 1;
+
+    if (cb == NULL)
+        return;
+    d = fl_calloc(1, sizeof(*d));
+    d->cb = cb;
+    d->ud = ud;
+    d->ok = ok;
+    snprintf(d->err, sizeof(d->err), "%s", err ? err : "");
+    pthread_mutex_lock(&mq.lock);
+    d->next = mq.done_head;
+    mq.done_head = d;
+    pthread_mutex_unlock(&mq.lock);
+    if (write(mq.done_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+        fl_log_errno(FL_LOG_ERROR, errno, "write() to the mqtt eventfd failed");
+}
+
+/* The loop: run the outcomes that arrived, oldest first. */
+static void on_done(evutil_socket_t fd, short what, void *arg)
+{
+    uint64_t n;
+    done_t  *list, *rev = NULL;
+
+    (void)what, (void)arg;
+    if (read(fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+        fl_log_errno(FL_LOG_ERROR, errno, "read() of the mqtt eventfd failed");
+    pthread_mutex_lock(&mq.lock);
+    list = mq.done_head;
+    mq.done_head = NULL;
+    pthread_mutex_unlock(&mq.lock);
+    while (list) {
+        done_t *d = list;
+        list = d->next;
+        d->next = rev;
+        rev = d;
+    }
+    while (rev) {
+        done_t *d = rev;
+        rev = d->next;
+        d->cb(d->ok, d->err[0] ? d->err : NULL, d->ud);
+        free(d);
+    }
+}
+
 static void pub_free(pub_t *p)
 {
     free(p->topic);
@@ -378,6 +449,20 @@ static void pub_drop_all(const char *why)
     while (mq.pub_head) {
         pub_t *p = mq.pub_head;
         mq.pub_head = p->next;
+        if (p->cb) {
+            /* done_queue() takes the lock we hold: queue it directly */
+            done_t  *d = fl_calloc(1, sizeof(*d));
+            uint64_t one = 1;
+
+            d->cb = p->cb;
+            d->ud = p->ud;
+            snprintf(d->err, sizeof(d->err), "%s", why);
+            d->next = mq.done_head;
+            mq.done_head = d;
+            if (write(mq.done_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+                fl_log_errno(FL_LOG_ERROR, errno,
+                             "write() to the mqtt eventfd failed");
+        }
         pub_free(p);
     }
     mq.pub_tail = NULL;
@@ -1221,18 +1306,63 @@ static void ctl_subscribe(unsigned gen)
                 mq.uri, MQTTAsync_strerror(rc), delay);
 }
 
+/* paho's outcome of a publish with a callback (context: a done_t) */
+static void on_pub_ok(void *ctx, MQTTAsync_successData5 *d)
+{
+    done_t *dn = ctx;
+
+    (void)d;
+    done_queue(dn->cb, dn->ud, 1, NULL);
+    free(dn);
+}
+
+static void on_pub_fail(void *ctx, MQTTAsync_failureData5 *d)
+{
+    done_t *dn = ctx;
+    char    why[160];
+
+    describe_failure(why, sizeof(why), d ? d->code : MQTTASYNC_FAILURE,
+                     d ? d->message : NULL);
+    done_queue(dn->cb, dn->ud, 0, why);
+    free(dn);
+}
+
 static void ctl_publish(pub_t *p)
 {
-    MQTTAsync_message m = MQTTAsync_message_initializer;
-    int               rc;
+    MQTTAsync_message         m = MQTTAsync_message_initializer;
+    MQTTAsync_responseOptions ro = MQTTAsync_responseOptions_initializer;
+    MQTTProperty              prop;
+    done_t                   *dn = NULL;
+    int                       rc;
 
     m.payload = p->payload;
     m.payloadlen = (int)p->len;
     m.qos = p->qos;
-    rc = MQTTAsync_sendMessage(mq.client, p->topic, &m, NULL);
-    if (rc != MQTTASYNC_SUCCESS)
+    m.retained = p->retain;
+    if (p->expiry_s > 0) {
+        memset(&prop, 0, sizeof(prop));
+        prop.identifier = MQTTPROPERTY_CODE_MESSAGE_EXPIRY_INTERVAL;
+        prop.value.integer4 = p->expiry_s;
+        MQTTProperties_add(&m.properties, &prop);
+    }
+    if (p->cb) {
+        dn = fl_calloc(1, sizeof(*dn));
+        dn->cb = p->cb;
+        dn->ud = p->ud;
+        ro.onSuccess5 = on_pub_ok;
+        ro.onFailure5 = on_pub_fail;
+        ro.context = dn;
+    }
+    rc = MQTTAsync_sendMessage(mq.client, p->topic, &m, &ro);
+    if (rc != MQTTASYNC_SUCCESS) {
         fl_warn("publish to %s via mqtt broker %s failed: %s", p->topic, mq.uri,
                 MQTTAsync_strerror(rc));
+        if (dn) {
+            done_queue(dn->cb, dn->ud, 0, MQTTAsync_strerror(rc));
+            free(dn);
+        }
+    }
+    MQTTProperties_free(&m.properties);
     pub_free(p);
 }
 
@@ -1424,6 +1554,13 @@ static void *ctl_main(void *arg)
 
 int fl_mqtt_publish(const char *topic, const void *payload, size_t len, int qos)
 {
+    return fl_mqtt_publish_ex(topic, payload, len, qos, 0, 0, NULL, NULL);
+}
+
+int fl_mqtt_publish_ex(const char *topic, const void *payload, size_t len,
+                       int qos, int retain, uint32_t expiry_s,
+                       fl_mqtt_pub_cb cb, void *ud)
+{
     pub_t *p;
     size_t tlen;
     int    rc = FL_OK;
@@ -1440,6 +1577,10 @@ int fl_mqtt_publish(const char *topic, const void *payload, size_t len, int qos)
         memcpy(p->payload, payload, len);
     p->len = len;
     p->qos = qos;
+    p->retain = retain != 0;
+    p->expiry_s = expiry_s;
+    p->cb = cb;
+    p->ud = ud;
 
     pthread_mutex_lock(&mq.lock);
     if (!mq.ctl_running || mq.state != M_UP || mq.stopping)
@@ -1915,6 +2056,15 @@ static int mqtt_init(fl_worker_t *w)
     int                     rc;
 
     conf_copy(w);
+    mq.done_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (mq.done_fd == -1) {
+        fl_log_errno(FL_LOG_ERROR, errno, "eventfd() for mqtt failed");
+        conf_free();
+        return FL_ERROR;
+    }
+    mq.ev_done =
+        event_new(w->base, mq.done_fd, EV_READ | EV_PERSIST, on_done, NULL);
+    event_add(mq.ev_done, NULL);
     mq.state = M_IDLE;
     mq.stopping = mq.fast = mq.quit = 0;
     mq.reconnect_at = 0;
@@ -2031,6 +2181,11 @@ static void mqtt_destroy(fl_worker_t *w)
     idle = mq.state == M_CLOSED || mq.state == M_IDLE;
     pub_drop_all("the worker is exiting");
     pthread_mutex_unlock(&mq.lock);
+    /* the outcomes that arrived; later ones (a paho callback after this)
+     * are left to the exit */
+    on_done(mq.done_fd, EV_READ, NULL);
+    event_free(mq.ev_done);
+    mq.ev_done = NULL;
 
     if (!joined || !idle || __atomic_load_n(&mq.in_cb, __ATOMIC_SEQ_CST)) {
         fl_warn("mqtt client for %s left to the process exit (%s)", mq.uri,

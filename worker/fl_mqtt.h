@@ -39,6 +39,7 @@
 #define FL_MQTT_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "fl_worker.h"
 
@@ -57,5 +58,23 @@ extern const fl_module_t fl_mqtt_module;
  */
 int fl_mqtt_publish(const char *topic, const void *payload, size_t len,
                     int qos);
+
+/* A publish's outcome, called on the worker's loop: ok 1 when paho
+ * reported it done (QoS 1: the broker's PUBACK), 0 with err when it
+ * failed or was dropped (connection closed, worker exiting). */
+typedef void (*fl_mqtt_pub_cb)(int ok, const char *err, void *ud);
+
+/*
+ * fl_mqtt_publish() with more: retain, an MQTT 5 Message Expiry Interval
+ * of expiry_s seconds (0 = none: the broker keeps it for an offline
+ * subscriber's session as long as the session lasts), and cb (may be
+ * NULL), which runs exactly once for a publish accepted with FL_OK -
+ * before fl_mqtt's destroy returns at the latest, unless paho still holds
+ * the message then. An empty payload with retain clears the topic's
+ * retained message.
+ */
+int fl_mqtt_publish_ex(const char *topic, const void *payload, size_t len,
+                       int qos, int retain, uint32_t expiry_s,
+                       fl_mqtt_pub_cb cb, void *ud);
 
 #endif

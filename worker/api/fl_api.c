@@ -31,6 +31,7 @@ fl_api_t fl_api;
 
 static const fl_api_route_t *const route_tables[] = {
     fl_devices_routes,
+    fl_state_routes,
     fl_keys_routes,
     NULL,
 };
@@ -363,9 +364,16 @@ static int api(fl_http_req_t *req, void *ud)
 
 /* ---- module ---- */
 
+/* readiness is the pool's and Redis's: check it whenever either changes */
 static void on_redis_state(fl_redis_t *rd, int up, void *ud)
 {
     (void)rd, (void)up, (void)ud;
+    fl_worker_ready_check();
+}
+
+static void on_db_state(fl_db_t *db, int ready, void *ud)
+{
+    (void)db, (void)ready, (void)ud;
     fl_worker_ready_check();
 }
 
@@ -375,7 +383,8 @@ static int api_init(fl_worker_t *w)
     fl_auth_init(w->cf);
     fl_devices_init();
     fl_keys_init();
-    fl_api.db = fl_db_new(w->base, w->cf);
+    fl_state_init();
+    fl_api.db = fl_db_new(w->base, w->cf, on_db_state, NULL);
     fl_api.redis = fl_redis_new(w->base, w->cf, "api", on_redis_state, NULL);
     fl_http_route(NULL, API_PREFIX "*", api, NULL);
     return FL_OK;

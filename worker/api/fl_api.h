@@ -107,5 +107,7 @@ void                        fl_devices_init(void);
 extern const fl_api_route_t fl_devices_routes[];
 void                        fl_keys_init(void);
 extern const fl_api_route_t fl_keys_routes[];
+void                        fl_state_init(void);
+extern const fl_api_route_t fl_state_routes[];
 
 #endif

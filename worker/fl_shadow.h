@@ -1,0 +1,68 @@
+/*
+ * fl_shadow.h - the device shadow in Redis, as the ingest consumer writes
+ * it and the API reads it. One place for the key layout and for the
+ * desired-state delta, which both sides compute.
+ *
+ *   {prefix}shadow:{id}   hash, TTL redis.shadow_ttl, refreshed on every
+ *                         update (fl_ingest.c):
+ *       v:{metric}        the newest value, JSON text
+ *       t:{metric}        its time, epoch ms
+ *       r:{key}           reported state, JSON text
+ *       last_seen         arrival of the newest message, epoch ms
+ *   {prefix}desired:{id}  hash, no TTL (desired state must wait for a
+ *                         sleeping device however long it sleeps):
+ *       d:{key}           desired value, JSON text
+ *       _delta            the delta last published on
+ *                         devices/{id}/desired
+ *
+ * Values are compared as JSON text. Both sides print them with cJSON
+ * (the parser re-prints what a device sent, the API what an operator
+ * sent), so equal numbers, strings and booleans have equal text; objects
+ * and arrays compare by their text, key order included.
+ *
+ * The delta is the desired keys whose value differs from the reported
+ * one (a key not reported at all differs), as one JSON object with the
+ * keys in byte order. Whenever it changes - an operator sets desired
+ * state, or a device reports state - fleetd publishes it on
+ * devices/{id}/desired, QoS 1, retained, so a device that was asleep gets
+ * it when it connects; an empty delta publishes an empty retained
+ * message, which clears it.
+ */
+#ifndef FL_SHADOW_H
+#define FL_SHADOW_H
+
+/*
+ * Lua, to prepend to a script: fl_delta(dkey, skey) computes the delta of
+ * desired hash dkey against shadow hash skey; when it differs from the
+ * stored _delta it stores it and returns it, else returns false.
+ */
+#define FL_DELTA_LUA                                                           \
+    "local function fl_delta(dkey, skey)\n"                                    \
+    "  local d = redis.call('HGETALL', dkey)\n"                                \
+    "  local ks, vs = {}, {}\n"                                                \
+    "  for i = 1, #d, 2 do\n"                                                  \
+    "    if string.sub(d[i], 1, 2) == 'd:' then\n"                             \
+    "      local k = string.sub(d[i], 3)\n"                                    \
+    "      ks[#ks + 1] = k; vs[k] = d[i + 1]\n"                                \
+    "    end\n"                                                                \
+    "  end\n"                                                                  \
+    "  table.sort(ks)\n"                                                       \
+    "  local parts = {}\n"                                                     \
+    "  if #ks > 0 then\n"                                                      \
+    "    local f = {}\n"                                                       \
+    "    for i = 1, #ks do f[i] = 'r:' .. ks[i] end\n"                         \
+    "    local r = redis.call('HMGET', skey, unpack(f))\n"                     \
+    "    for i = 1, #ks do\n"                                                  \
+    "      if r[i] ~= vs[ks[i]] then\n"                                        \
+    "        parts[#parts + 1] = cjson.encode(ks[i]) .. ':' .. vs[ks[i]]\n"    \
+    "      end\n"                                                              \
+    "    end\n"                                                                \
+    "  end\n"                                                                  \
+    "  local delta = '{' .. table.concat(parts, ',') .. '}'\n"                 \
+    "  local old = redis.call('HGET', dkey, '_delta')\n"                       \
+    "  if old == delta or (not old and delta == '{}') then return false end\n" \
+    "  redis.call('HSET', dkey, '_delta', delta)\n"                            \
+    "  return delta\n"                                                         \
+    "end\n"
+
+#endif
