@@ -24,7 +24,7 @@ SAN      ?=
 # worker/ is grouped by concern in subfolders; each is on the include path
 WORKER_DIRS := $(shell find worker -type d | sort)
 override CFLAGS += $(OPT) $(SAN) -std=c11 -D_GNU_SOURCE -Wall -Wextra -Wshadow -Wno-unused-parameter \
-            -Icommon -Imaster $(addprefix -I,$(WORKER_DIRS)) $(shell pkg-config --cflags $(PKGS)) \
+            -Icommon -Imaster $(addprefix -I,$(WORKER_DIRS)) -Itest/unit $(shell pkg-config --cflags $(PKGS)) \
             -I$(shell pg_config --includedir)
 LDLIBS   += $(shell pkg-config --libs $(PKGS)) -lhttp_parser -lpaho-mqtt3as \
             -lpq -lcrypto -lpthread -lm
@@ -37,14 +37,14 @@ FLEETD_SRC := $(COMMON_SRC) $(MASTER_SRC) $(WORKER_SRC)
 MIGRATIONS := $(sort $(wildcard worker/sql/*.sql))
 MIGRATIONS_OBJ := $(BUILD)/obj/gen/fl_migrations.o
 FLEETD_OBJ := $(FLEETD_SRC:%.c=$(BUILD)/obj/%.o) $(MIGRATIONS_OBJ)
-UNIT_SRC   := $(wildcard test/unit/*.c)
+UNIT_SRC   := $(shell find test/unit -name '*.c' | sort)
 # pure-logic worker files that the unit tests exercise
-UNIT_WORKER := worker/fl_payload.c worker/fl_scan.c worker/fl_copy.c worker/fl_enc.c
+UNIT_WORKER := worker/ingest/fl_payload.c worker/ingest/fl_copy.c worker/fl_idset.c
 UNIT_OBJ   := $(UNIT_SRC:%.c=$(BUILD)/obj/%.o) \
               $(COMMON_SRC:%.c=$(BUILD)/obj/%.o) \
               $(UNIT_WORKER:%.c=$(BUILD)/obj/%.o)
-HEADERS    := $(wildcard common/*.h master/*.h test/unit/*.h) \
-              $(shell find worker -name '*.h')
+HEADERS    := $(wildcard common/*.h master/*.h) \
+              $(shell find worker test/unit -name '*.h')
 
 .PHONY: all test test-unit test-integration asan fuzz run install clean \
         bench deps stack-up stack-down
@@ -85,8 +85,8 @@ asan:
 	  LDFLAGS="-fsanitize=address,undefined" test
 
 # the HTTP harness drives the real connection code with the health routes
-FUZZ_HTTP_SRC := worker/fl_http.c worker/fl_health.c worker/fl_worker.c \
-                 worker/fl_payload.c worker/fl_scan.c worker/fl_enc.c
+FUZZ_HTTP_SRC := worker/http/fl_http.c worker/http/fl_health.c worker/fl_worker.c \
+                 worker/ingest/fl_payload.c
 FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Icommon $(addprefix -I,$(WORKER_DIRS))
 fuzz: $(BUILD)/fuzz_config $(BUILD)/fuzz_http $(BUILD)/fuzz_payload
 	@mkdir -p $(BUILD)/corpus/config $(BUILD)/corpus/http $(BUILD)/corpus/payload
@@ -94,7 +94,7 @@ fuzz: $(BUILD)/fuzz_config $(BUILD)/fuzz_http $(BUILD)/fuzz_payload
 	$(BUILD)/fuzz_http -max_total_time=$(FUZZ_SECONDS) $(BUILD)/corpus/http test/fuzz/corpus/http
 	$(BUILD)/fuzz_payload -max_total_time=$(FUZZ_SECONDS) $(BUILD)/corpus/payload test/fuzz/corpus/payload
 
-FUZZ_PAYLOAD_SRC := worker/fl_payload.c worker/fl_scan.c common/fl_core.c
+FUZZ_PAYLOAD_SRC := worker/ingest/fl_payload.c common/fl_scan.c common/fl_core.c
 $(BUILD)/fuzz_payload: test/fuzz/fuzz_payload.c $(FUZZ_PAYLOAD_SRC) $(HEADERS)
 	@mkdir -p $(BUILD)
 	clang $(FUZZ_FLAGS) -o $@ test/fuzz/fuzz_payload.c $(FUZZ_PAYLOAD_SRC) $(shell pkg-config --libs libcjson)

@@ -3,7 +3,7 @@
  *
  * fl_api.c owns the module: it registers one HTTP route for /api/v1/,
  * matches the rest of the path against the route table of every API file
- * (fl_api_routes_t), checks the bearer token and its scope (fl_auth.c),
+ * (fl_routes.c), checks the bearer token and its scope (fl_auth.c),
  * and then calls the route's handler with an fl_api_req_t. Handlers answer
  * with fl_api_json() / fl_api_error() now or after a PostgreSQL or Redis
  * reply (return FL_AGAIN); either way exactly once. The request stays
@@ -65,6 +65,8 @@ typedef struct {
 
 extern fl_api_t fl_api;
 
+/* The helpers below are fl_api_io.c's. */
+
 /* Respond with a JSON document (deleted here) and finish r. */
 void fl_api_json(fl_api_req_t *r, int status, cJSON *doc);
 /* Respond with JSON text already built (copied) and finish r. */
@@ -102,12 +104,7 @@ int fl_api_query(fl_api_req_t *r, int stmt, int nparams,
  * busy, 500 otherwise (logged). */
 void fl_api_db_error(fl_api_req_t *r, const char *err, const char *sqlstate);
 
-/* Each API file's routes and statements; called once from fl_api init. */
-void                        fl_devices_init(void);
-extern const fl_api_route_t fl_devices_routes[];
-void                        fl_keys_init(void);
-extern const fl_api_route_t fl_keys_routes[];
-void                        fl_state_init(void);
-extern const fl_api_route_t fl_state_routes[];
+/* requests not yet answered (the module's busy count) */
+extern int fl_api_inflight;
 
 #endif
