@@ -106,6 +106,8 @@ void test_copy_ts_gmtime(void);
 void test_copy_ts_cache(void);
 void test_copy_rows(void);
 void test_copy_ts_us(void);
+void test_idset_basic(void);
+void test_idset_many(void);
 
 void test_enc_json_strings(void);
 void test_enc_json_strings_long(void);
@@ -206,6 +208,8 @@ static const fl_test_t tests[] = {
     {"copy_ts_cache", test_copy_ts_cache},
     {"copy_rows", test_copy_rows},
     {"copy_ts_us", test_copy_ts_us},
+    {"idset_basic", test_idset_basic},
+    {"idset_many", test_idset_many},
     {"enc_json_strings", test_enc_json_strings},
     {"enc_json_strings_long", test_enc_json_strings_long},
     {"enc_json_numbers", test_enc_json_numbers},
