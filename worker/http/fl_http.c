@@ -124,9 +124,13 @@ static void dispatch(fl_http_req_t *req)
         if (!route_match(r, req->path))
             continue;
         if (r->method == NULL || strcmp(r->method, m) == 0) {
-            if (r->fn(req, r->ud) == FL_AGAIN && !req->responded && req->conn &&
-                req->conn->req == req)
-                bufferevent_disable(req->conn->bev, EV_READ);
+            /* FL_AGAIN or not, nothing here may touch req afterwards: a
+             * handler can answer (and so free it) before it returns.
+             * Reading stays enabled while an answer is pending: on_read
+             * parses nothing during C_HANDLING, the read watermark bounds
+             * what a client can pipeline meanwhile, and a client that
+             * goes away is noticed at once. */
+            (void)r->fn(req, r->ud);
             return;
         }
         if (alen + strlen(r->method) + 3 < sizeof(allow) &&
@@ -250,8 +254,43 @@ static const char *http_date(void)
 }
 
 /*
+ * Write what the output holds straight to the socket, as far as it takes
+ * it. A connection runs with EV_WRITE disabled: the usual answer (a few
+ * hundred bytes, the socket's buffer empty) then costs one writev and no
+ * write event at all, where the bufferevent's own path costs two
+ * epoll_ctl calls per answer (add the write event, remove it after).
+ * What the socket does not take goes through the bufferevent (EV_WRITE
+ * enabled until on_write sees the output drained). The output's start is
+ * frozen by the bufferevent (only its write path may drain it), hence the
+ * unfreeze around the write, as bufferevent_sock.c does itself.
+ */
+static void out_flush(fl_http_conn_t *c)
+{
+    struct evbuffer *out;
+
+    if (c->dead || c->bev == NULL)
+        return;
+    out = bufferevent_get_output(c->bev);
+    if (evbuffer_get_length(out) == 0)
+        return;
+    if (!(bufferevent_get_enabled(c->bev) & EV_WRITE)) {
+        evbuffer_unfreeze(out, 1);
+        /* an error other than EAGAIN leaves the data: the bufferevent's
+         * own write then fails the same way and reports it (on_event) */
+        (void)evbuffer_write(out, bufferevent_getfd(c->bev));
+        evbuffer_freeze(out, 1);
+        if (evbuffer_get_length(out) == 0)
+            return;
+    }
+    bufferevent_enable(c->bev, EV_WRITE);
+}
+
+/*
  * Write status line and headers of req's response into the connection,
- * then the body (moved from body_buf, or copied from body/len).
+ * then the body (moved from body_buf, or copied from body/len). An answer
+ * given inside conn_process() (synchronous, maybe one of several
+ * pipelined requests) is flushed when conn_process() ends, so a pipeline
+ * gets one write; a later one is written at once.
  */
 static void respond(fl_http_req_t *req, int status, const char *ctype,
                     const void *body, size_t len, struct evbuffer *body_buf)
@@ -300,8 +339,10 @@ static void respond(fl_http_req_t *req, int status, const char *ctype,
     c->req = NULL;
     req_free(req);
     if (!keep) {
+        /* on_write closes the connection once the output is written */
         c->state = C_CLOSING;
         bufferevent_disable(c->bev, EV_READ);
+        bufferevent_enable(c->bev, EV_WRITE);
         conn_arm(c, fl_worker.cf->http.idle_timeout_ms);
         return;
     }
@@ -309,9 +350,9 @@ static void respond(fl_http_req_t *req, int status, const char *ctype,
     conn_arm(c, fl_worker.draining ? fl_worker.cf->http.drain_idle_ms
                                    : fl_worker.cf->http.idle_timeout_ms);
     if (!c->processing) {
-        /* an asynchronous answer: resume reading and parse what the
-         * client pipelined meanwhile */
-        bufferevent_enable(c->bev, EV_READ);
+        /* an asynchronous answer: write it, then parse what the client
+         * pipelined meanwhile */
+        out_flush(c);
         conn_process(c);
     }
 }
@@ -477,8 +518,10 @@ static int on_headers_complete(http_parser *p)
     }
     if (p->content_length > 0 && p->content_length != ULLONG_MAX) {
         const char *expect = fl_http_header(req, "Expect");
-        if (expect && strcasecmp(expect, "100-continue") == 0)
+        if (expect && strcasecmp(expect, "100-continue") == 0) {
             bufferevent_write(c->bev, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+            out_flush(c);
+        }
     }
     return 0;
 }
@@ -601,6 +644,7 @@ static void conn_process(fl_http_conn_t *c)
         }
     }
     c->processing = 0;
+    out_flush(c);
 }
 
 static void on_read(struct bufferevent *bev, void *arg)
@@ -622,7 +666,9 @@ static void on_write(struct bufferevent *bev, void *arg)
         conn_close(c);
         return;
     }
-    /* the output drained: parse requests held back by max_output_bytes */
+    /* the output drained: back to direct writes (out_flush) */
+    bufferevent_disable(c->bev, EV_WRITE);
+    /* parse requests held back by max_output_bytes */
     if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 &&
         (c->state == C_IDLE || c->state == C_READING))
         conn_process(c);
@@ -708,7 +754,9 @@ void fl_http_serve_fd(evutil_socket_t fd)
     c->state = C_IDLE;
     bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
     bufferevent_setwatermark(c->bev, EV_READ, 0, read_high_wm);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    /* EV_WRITE only while the socket did not take an answer (out_flush) */
+    bufferevent_enable(c->bev, EV_READ);
+    bufferevent_disable(c->bev, EV_WRITE);
     conn_arm(c, fl_worker.cf->http.header_timeout_ms);
 
     c->next = conns;

@@ -85,7 +85,9 @@ void fl_http_respond_error(fl_http_req_t *req, int status, const char *code,
  * Take the connection over after an Upgrade request (WebSocket). The
  * caller owns the returned bufferevent (with any bytes the client sent
  * after the request still in its input) and must write its own response;
- * the HTTP layer forgets the connection and frees req.
+ * the HTTP layer forgets the connection and frees req. EV_WRITE is
+ * disabled on it (the HTTP core writes directly, see out_flush): enable
+ * it, or write, as the new protocol needs.
  */
 struct bufferevent *fl_http_upgrade(fl_http_req_t *req);
 
