@@ -48,21 +48,24 @@ static int id_ok(const char *s, size_t n)
 /* Does the path (segments seg[0..nseg)) match pattern? Fills the ids. */
 static int match(const char *pattern, char **seg, int nseg, char *id, char *id2)
 {
-    char buf[128], *save = NULL, *p;
-    int  i = 0, nids = 0;
+    const char *p = pattern, *e;
+    int         i = 0, nids = 0;
 
-    snprintf(buf, sizeof(buf), "%s", pattern);
-    for (p = strtok_r(buf, "/", &save); p; p = strtok_r(NULL, "/", &save)) {
+    for (; *p; p = e ? e + 1 : p + strlen(p), i++) {
+        size_t n, l;
+
+        e = strchr(p, '/');
+        n = e ? (size_t)(e - p) : strlen(p);
         if (i >= nseg)
             return 0;
-        if (strcmp(p, "{}") == 0) {
-            if (!id_ok(seg[i], strlen(seg[i])))
+        l = strlen(seg[i]);
+        if (n == 2 && p[0] == '{' && p[1] == '}') {
+            if (!id_ok(seg[i], l))
                 return 0;
-            snprintf(nids++ ? id2 : id, FL_API_ID_MAX + 1, "%s", seg[i]);
-        } else if (strcmp(p, seg[i]) != 0) {
+            memcpy(nids++ ? id2 : id, seg[i], l + 1); /* l <= ID_MAX */
+        } else if (l != n || memcmp(p, seg[i], n) != 0) {
             return 0;
         }
-        i++;
     }
     return i == nseg;
 }

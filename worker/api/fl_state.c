@@ -234,18 +234,27 @@ static int state_get(fl_api_req_t *r)
 {
     const char *pfx = fl_api.cf->redis.prefix;
     get_t      *g = fl_calloc(1, sizeof(*g));
+    char        key[2][200];
+    const char *argv[2][2] = {{"HGETALL", key[0]}, {"HGETALL", key[1]}};
+    size_t      lens[2][2];
 
     r->ctx = g;
     r->ctx_free = get_free;
     g->replies = 2;
+    snprintf(key[0], sizeof(key[0]), "%sshadow:%s", pfx, r->id);
+    snprintf(key[1], sizeof(key[1]), "%sdesired:%s", pfx, r->id);
+    for (int i = 0; i < 2; i++) {
+        lens[i][0] = 7;
+        lens[i][1] = strlen(key[i]);
+    }
     /* replies come back in order: shadow first (on_hash) */
-    if (fl_redis_cmd(fl_api.redis, 0, on_hash, r, "HGETALL %sshadow:%s", pfx,
-                     r->id) != FL_OK) {
+    if (fl_redis_cmdargv(fl_api.redis, 0, on_hash, r, 2, argv[0], lens[0]) !=
+        FL_OK) {
         fl_api_error(r, 503, "unavailable", "redis unavailable");
         return FL_OK;
     }
-    if (fl_redis_cmd(fl_api.redis, 0, on_hash, r, "HGETALL %sdesired:%s", pfx,
-                     r->id) != FL_OK) {
+    if (fl_redis_cmdargv(fl_api.redis, 0, on_hash, r, 2, argv[1], lens[1]) !=
+        FL_OK) {
         /* the first reply will come (with an error when the connection
          * went away): let it answer */
         g->failed = 1;
