@@ -39,7 +39,8 @@ MIGRATIONS_OBJ := $(BUILD)/obj/gen/fl_migrations.o
 FLEETD_OBJ := $(FLEETD_SRC:%.c=$(BUILD)/obj/%.o) $(MIGRATIONS_OBJ)
 UNIT_SRC   := $(shell find test/unit -name '*.c' | sort)
 # pure-logic worker files that the unit tests exercise
-UNIT_WORKER := worker/ingest/fl_payload.c worker/ingest/fl_copy.c worker/fl_idset.c
+UNIT_WORKER := worker/ingest/fl_payload.c worker/ingest/fl_copy.c worker/fl_idset.c \
+               worker/api/fl_history_args.c
 UNIT_OBJ   := $(UNIT_SRC:%.c=$(BUILD)/obj/%.o) \
               $(COMMON_SRC:%.c=$(BUILD)/obj/%.o) \
               $(UNIT_WORKER:%.c=$(BUILD)/obj/%.o)

@@ -87,7 +87,8 @@ static const conf_key_t conf_keys[] = {
     {"mqtt.username", T_STR, O(mqtt.username), 0, 1024, ""},
     {"mqtt.password", T_STR, O(mqtt.password), 0, 1024, ""},
     {"mqtt.topics", T_STRLIST, O(mqtt.topics), 1, 1024,
-     "[\"devices/+/telemetry\", \"devices/+/state\"]"},
+     "[\"devices/+/telemetry\", \"devices/+/state\", "
+     "\"devices/+/commands/ack\"]"},
     {"mqtt.qos", T_INT, O(mqtt.qos), 0, 1, "1"},
     {"mqtt.client_id", T_STR, O(mqtt.client_id), 0, 128, ""},
     {"mqtt.share_group", T_STR, O(mqtt.share_group), 0, 64, "fleetd"},
@@ -140,6 +141,12 @@ static const conf_key_t conf_keys[] = {
      "5s"},
     {"postgres.query_timeout", T_DURATION, O(postgres.query_timeout_ms), 100,
      3600000, "30s"},
+    {"postgres.rollup_1m_retention_days", T_INT,
+     O(postgres.rollup_1m_retention_days), 1, 36500, "90"},
+    {"postgres.rollup_1h_retention_days", T_INT,
+     O(postgres.rollup_1h_retention_days), 1, 36500, "730"},
+    {"postgres.rollup_refresh", T_DURATION, O(postgres.rollup_refresh_ms), 0,
+     3600000, "15s"},
 
     S("auth"),
     {"auth.admin_tokens", T_STRLIST, O(auth.admin_tokens), 1, 1024,

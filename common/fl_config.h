@@ -96,6 +96,11 @@ typedef struct {
         int     pool_queue;         /* API queries waiting, at most */
         int64_t pool_wait_ms;       /* a waiting query gives up after */
         int64_t query_timeout_ms;   /* statement_timeout of the pool */
+        /* rollups (worker/api/fl_rollup.c); the retentions are never
+         * shorter than retention_days (the longer one is used) */
+        int     rollup_1m_retention_days;
+        int     rollup_1h_retention_days;
+        int64_t rollup_refresh_ms; /* 0: this node runs no refresh */
     } postgres;
 
     struct {

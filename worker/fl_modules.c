@@ -1,6 +1,8 @@
 /*
  * fl_modules.c - the worker's subsystems, in init order (destroyed in
- * reverse). A new subsystem adds a line.
+ * reverse). A new subsystem adds a line. commands comes after api (it
+ * uses the API's pool) and is destroyed after mqtt (no publish outcome
+ * can reach it then). rollup also uses the API's pool.
  */
 #include "fl_worker.h"
 
@@ -8,6 +10,8 @@ extern const fl_module_t fl_lag_module;
 extern const fl_module_t fl_http_module;
 extern const fl_module_t fl_health_module;
 extern const fl_module_t fl_api_module;
+extern const fl_module_t fl_commands_module;
+extern const fl_module_t fl_rollup_module;
 extern const fl_module_t fl_ingest_module;
 extern const fl_module_t fl_mqtt_module;
 
@@ -16,6 +20,8 @@ const fl_module_t *const fl_modules[] = {
     &fl_http_module,
     &fl_health_module,
     &fl_api_module,
+    &fl_commands_module,
+    &fl_rollup_module,
     &fl_ingest_module,
     &fl_mqtt_module,
     NULL,

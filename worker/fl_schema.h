@@ -21,9 +21,12 @@
 #ifndef FL_SCHEMA_H
 #define FL_SCHEMA_H
 
-/* pg_advisory_xact_lock keys: "fleetd" in ASCII, then 1 / 2 */
+/* pg_advisory_xact_lock keys: "fleetd" in ASCII, then 1 / 2 / 3 */
 #define FL_PG_LOCK_MIGRATIONS "7380385375772213249"
 #define FL_PG_LOCK_PARTITIONS "7380385375772213250"
+/* the rollup refresh (worker/sql/006_rollups.sql, fl_rollup.c), taken with
+ * pg_try_advisory_xact_lock: one session at a time in the cluster */
+#define FL_PG_LOCK_ROLLUPS "7380385375772213251"
 
 typedef struct {
     int         version;

@@ -18,7 +18,10 @@
  *
  * UTF-8 is checked here with a decoder of its own, not fl_utf8_valid().
  * The input is also fed to fl_topic_parse(): an accepted topic must give
- * a device id of the documented shape.
+ * a device id of the documented shape; and to fl_ack_parse() (a command
+ * answer): accepted, a command id of the documented shape, ok 0 or 1 and
+ * the JSON after at most a BOM; refused, a known reason other than
+ * "internal" with a message, and a zeroed result.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -177,6 +180,25 @@ static void check_topic(const uint8_t *data, size_t size)
     }
 }
 
+static void check_ack(const uint8_t *data, size_t size,
+                      const fl_payload_limits_t *lim)
+{
+    fl_ack_t    a;
+    fl_reject_t why;
+
+    if (fl_ack_parse(data, size, lim, &a, &why) == FL_OK) {
+        if (!fl_device_id_valid(a.id, strlen(a.id)) ||
+            (a.ok != 0 && a.ok != 1) || (a.json_off != 0 && a.json_off != 3))
+            abort();
+        return;
+    }
+    if (why.reason == FL_REJECT_NONE || why.reason == FL_REJECT_INTERNAL ||
+        why.reason >= FL_REJECT_COUNT || why.msg[0] == '\0' ||
+        !utf8_ok((const unsigned char *)why.msg, strlen(why.msg)) ||
+        has_control(why.msg) || a.id[0] != '\0' || a.ok || a.has_result)
+        abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     fl_payload_limits_t lim;
@@ -191,6 +213,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     lim.max_payload_bytes = 16384;
 
     check_topic(data, size);
+    check_ack(data, size, &lim);
 
     if (fl_payload_parse(data, size, NOW, &lim, &t, &why) != FL_OK) {
         if (why.reason <= FL_REJECT_BAD_DEVICE_ID ||

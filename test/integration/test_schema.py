@@ -66,7 +66,7 @@ def test_fresh_database_gets_every_migration_once(fleetd, postgres):
                     "WHERE table_name = 'telemetry' ORDER BY ordinal_position")
         assert [r[0] for r in cur.fetchall()] == [
             "ts", "value", "value_bool", "device_id", "metric", "value_text",
-            "unit", "src"]
+            "unit", "src", "tx"]
     finally:
         c.close()
     for f in fs:

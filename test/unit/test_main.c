@@ -79,6 +79,8 @@ void test_payload_rej_duplicates(void);
 void test_payload_reject_names(void);
 void test_payload_arrival_us(void);
 void test_payload_cut(void);
+void test_ack_accepts(void);
+void test_ack_rejects(void);
 
 void test_scan_utf8_seq(void);
 void test_scan_utf8_valid(void);
@@ -108,6 +110,13 @@ void test_copy_rows(void);
 void test_copy_ts_us(void);
 void test_idset_basic(void);
 void test_idset_many(void);
+
+void test_history_time_epoch_ms(void);
+void test_history_time_rfc3339(void);
+void test_history_bucket(void);
+void test_history_nbuckets(void);
+void test_history_pick_bucket(void);
+void test_history_ms(void);
 
 void test_enc_json_strings(void);
 void test_enc_json_strings_long(void);
@@ -181,6 +190,8 @@ static const fl_test_t tests[] = {
     {"payload_rej_values", test_payload_rej_values},
     {"payload_rej_duplicates", test_payload_rej_duplicates},
     {"payload_reject_names", test_payload_reject_names},
+    {"ack_accepts", test_ack_accepts},
+    {"ack_rejects", test_ack_rejects},
 
     {"scan_utf8_seq", test_scan_utf8_seq},
     {"scan_utf8_valid", test_scan_utf8_valid},
@@ -210,6 +221,13 @@ static const fl_test_t tests[] = {
     {"copy_ts_us", test_copy_ts_us},
     {"idset_basic", test_idset_basic},
     {"idset_many", test_idset_many},
+    {"history_time_epoch_ms", test_history_time_epoch_ms},
+    {"history_time_rfc3339", test_history_time_rfc3339},
+    {"history_bucket", test_history_bucket},
+    {"history_nbuckets", test_history_nbuckets},
+    {"history_pick_bucket", test_history_pick_bucket},
+    {"history_ms", test_history_ms},
+
     {"enc_json_strings", test_enc_json_strings},
     {"enc_json_strings_long", test_enc_json_strings_long},
     {"enc_json_numbers", test_enc_json_numbers},

@@ -584,8 +584,14 @@ void fl_devices_init(void)
         "WHERE id = $1 RETURNING fleetd_device_json(d)::text");
     st_delete = fl_db_stmt("dev_delete",
                            "DELETE FROM devices WHERE id = $1 RETURNING id");
+    /* the rollups (migration 6) go with the rows; the count is the raw
+     * rows' */
     st_purge =
-        fl_db_stmt("dev_purge", "DELETE FROM telemetry WHERE device_id = $1");
+        fl_db_stmt("dev_purge",
+                   "WITH m AS (DELETE FROM telemetry_1m WHERE device_id = $1), "
+                   "h AS (DELETE FROM telemetry_1h WHERE device_id = $1), "
+                   "k AS (DELETE FROM telemetry_metrics WHERE device_id = $1) "
+                   "DELETE FROM telemetry WHERE device_id = $1");
     st_list = fl_db_stmt(
         "dev_list",
         "SELECT fleetd_device_json(d)::text, id, $5::int FROM devices d "

@@ -99,9 +99,9 @@ static int key_create(fl_api_req_t *r)
     {
         if (strcmp(it->string, "name") != 0 &&
             strcmp(it->string, "scopes") != 0) {
-            cJSON_Delete(body);
             fl_api_error(r, 400, "bad_request", "unknown field \"%.64s\"",
                          it->string);
+            cJSON_Delete(body); /* after: it->string is body's */
             return FL_OK;
         }
     }

@@ -10,6 +10,8 @@ const fl_api_route_t *const fl_api_routes[] = {
     fl_devices_routes,
     fl_state_routes,
     fl_keys_routes,
+    fl_commands_routes,
+    fl_history_routes,
     NULL,
 };
 
@@ -18,4 +20,6 @@ void fl_api_routes_init(void)
     fl_devices_init();
     fl_state_init();
     fl_keys_init();
+    fl_commands_init();
+    fl_history_init();
 }

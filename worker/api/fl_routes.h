@@ -20,5 +20,9 @@ void                        fl_state_init(void);
 extern const fl_api_route_t fl_state_routes[];
 void                        fl_keys_init(void);
 extern const fl_api_route_t fl_keys_routes[];
+void                        fl_commands_init(void);
+extern const fl_api_route_t fl_commands_routes[];
+void                        fl_history_init(void);
+extern const fl_api_route_t fl_history_routes[];
 
 #endif

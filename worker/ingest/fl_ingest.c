@@ -18,6 +18,9 @@
  *             or through a staging table when a key is already there: a
  *             batch written twice adds no row, of two messages with one
  *             key the later in the stream wins
+ *   answers   the devices' answers to commands (devices/{id}/commands/ack)
+ *             of the batch: one UPDATE per ACK_SLICE of them through the
+ *             API's pool (fl_commands_ack), see "Command answers" below
  *   publish   dead letters (XADD {prefix}dead), then per chunk one EVALSHA
  *             of shadow_lua: the newest value per metric into each shadow,
  *             and a PUBLISH of each point on {prefix}tele:{shard}
@@ -57,6 +60,21 @@
  * more than ingest.max_deliveries times (it keeps killing workers, or
  * keeps failing) is dead-lettered instead of blocking the queue.
  *
+ * Command answers. An ack entry is checked by fl_ack_parse() on the pool
+ * (a bad one is a dead letter like a bad telemetry message) and applied
+ * to its command after the batch's telemetry committed and before the
+ * publish step, so the entry is acknowledged (XACK) only once its UPDATE
+ * committed: while the API's pool is down, busy or times out, the batch
+ * waits and retries with the same backoff as a failed COPY (no new entry
+ * is read meanwhile), and an ack is never lost. Applying one again (a
+ * retried batch, a redelivery) changes nothing: a command keeps its first
+ * answer. An answer for no command of that device (unknown id, or another
+ * device's command) changes nothing and is dead-lettered as
+ * unknown_command; one for a command answered before is ignored. A
+ * statement PostgreSQL refuses is retried one answer at a time, and the
+ * answer it still refuses is dead-lettered (storage_rejected). Answers are
+ * not telemetry: no row, no shadow, not counted as stored.
+ *
  * When PostgreSQL is down the batch is retried with backoff and no new
  * entry is read: the stream grows, entries stay pending, nothing is lost.
  * When Redis is down nothing can be read or acknowledged; the batch in
@@ -72,6 +90,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "fl_commands.h"
 #include "fl_enc.h"
 #include "fl_idset.h"
 #include "fl_log.h"
@@ -87,11 +106,13 @@
 #define RETRY_MIN_MS  100
 #define RETRY_MAX_MS  2000
 #define SAMPLE_MS     1000
-#define DEAD_PAYLOAD  1024   /* bytes of a payload kept in a dead letter */
-#define CHUNK_ENTRIES 256    /* entries per pool job (and per script call) */
-#define LINGER_BELOW  64     /* a first read this big is stored at once */
-#define KNOWN_MAX     200000 /* device ids remembered as registered */
-#define KNOWN_TTL_MS  600000 /* and for how long */
+#define DEAD_PAYLOAD  1024    /* bytes of a payload kept in a dead letter */
+#define CHUNK_ENTRIES 256     /* entries per pool job (and per script call) */
+#define LINGER_BELOW  64      /* a first read this big is stored at once */
+#define KNOWN_MAX     200000  /* device ids remembered as registered */
+#define KNOWN_TTL_MS  600000  /* and for how long */
+#define ACK_SLICE     256     /* command answers per UPDATE, at most */
+#define ACK_BYTES     1048576 /* a slice stops once its payloads reach it */
 
 _Static_assert(FL_REJECT_COUNT <= FL_SHM_REJECT_REASONS,
                "fl_shm_worker_t.ingest_rejected is too small");
@@ -103,7 +124,7 @@ _Static_assert(FL_REJECT_COUNT <= FL_SHM_REJECT_REASONS,
 #define REASON_TOO_OLD    "too_old"
 #define REASON_IN_FUTURE  "in_future"
 
-typedef enum { E_TELEMETRY, E_STATE, E_DEAD, E_SKIP } entry_kind_t;
+typedef enum { E_TELEMETRY, E_STATE, E_ACK, E_DEAD, E_SKIP } entry_kind_t;
 
 typedef struct {
     char           id[48];
@@ -119,6 +140,7 @@ typedef struct {
     fl_telemetry_t tele;        /* E_TELEMETRY: npoints 0 when all were cut */
     fl_cut_t       old, future; /* points taken out for their time */
     cJSON         *state;       /* E_STATE: the reported object */
+    fl_ack_t       ack;         /* E_ACK: the answer to a command */
     const char    *dead_reason;
     char           dead_msg[FL_REJECT_MSGLEN];
 } entry_t;
@@ -139,25 +161,32 @@ typedef enum {
     P_READING,    /* XREADGROUP / XPENDING / XCLAIM in flight */
     P_PARSING,    /* pool jobs (chunks) outstanding */
     P_STORING,    /* fl_pg_write in flight or waiting to retry */
+    P_ANSWERS,    /* command answers in flight or waiting to retry */
     P_PUBLISHING, /* dead letters, shadow, PUBLISH in flight */
     P_ACKING,     /* XACK in flight */
 } phase_t;
 
 typedef struct {
-    entry_t      *e;
-    int           n;
-    chunk_t      *chunks;
-    int           nchunks;
-    int           jobs;     /* pool jobs outstanding */
-    int           rebuild;  /* jobs rebuild the script calls only */
-    int           lingered; /* the kick timer is the linger's */
-    int           replies;  /* publish replies outstanding */
-    int           failed;   /* a publish command failed */
-    int           isolate;  /* storing one entry at a time */
-    int           next;     /* isolate: the entry being stored */
-    size_t        rows;     /* rows of this batch's committed writes */
-    int64_t       read_us;
-    fl_pg_batch_t pgb;
+    entry_t       *e;
+    int            n;
+    chunk_t       *chunks;
+    int            nchunks;
+    int            jobs;      /* pool jobs outstanding */
+    int            rebuild;   /* jobs rebuild the script calls only */
+    int            lingered;  /* the kick timer is the linger's */
+    int            replies;   /* publish replies outstanding */
+    int            failed;    /* a publish command failed */
+    int            isolate;   /* storing one entry at a time */
+    int            next;      /* isolate: the entry being stored */
+    size_t         rows;      /* rows of this batch's committed writes */
+    fl_cmd_ack_t  *acks;      /* the answers being applied (ACK_SLICE) */
+    int           *ack_entry; /* their entries */
+    int            nacks;
+    int            ack_pos;    /* entries before it are done */
+    int            ack_single; /* one answer per statement */
+    fl_cmd_acks_t *ackq;       /* the statement in flight */
+    int64_t        read_us;
+    fl_pg_batch_t  pgb;
 } batch_t;
 
 static struct {
@@ -190,6 +219,7 @@ static struct {
 static void step(void);
 static void kick(int64_t ms);
 static void store_batch(void);
+static void store_answers(void);
 static void register_devices(void);
 static void publish_batch(void);
 
@@ -283,6 +313,9 @@ static void entry_clear(entry_t *e)
 
 static void batch_clear(void)
 {
+    fl_commands_ack_cancel(ing.b.ackq);
+    free(ing.b.acks);
+    free(ing.b.ack_entry);
     for (int i = 0; i < ing.b.n; i++)
         entry_clear(&ing.b.e[i]);
     free(ing.b.e);
@@ -412,6 +445,18 @@ static void parse_state(entry_t *e)
     e->state = o;
 }
 
+/* A device's answer to a command: checked here, applied after the
+ * batch's telemetry committed (store_answers). */
+static void parse_ack(entry_t *e)
+{
+    fl_reject_t why;
+
+    if (fl_ack_parse(e->payload, e->plen, &ing.lim, &e->ack, &why) != FL_OK) {
+        dead(e, fl_reject_name(why.reason), why.msg);
+        count_reject(e, why.reason);
+    }
+}
+
 /* Classify and parse one entry. Runs on the loop or on a pool thread
  * (it touches nothing but the entry and atomic counters). */
 static void parse_entry(entry_t *e)
@@ -428,6 +473,11 @@ static void parse_entry(entry_t *e)
     if (kind == FL_TOPIC_STATE) {
         e->kind = E_STATE;
         parse_state(e);
+        return;
+    }
+    if (kind == FL_TOPIC_CMD_ACK) {
+        e->kind = E_ACK;
+        parse_ack(e);
         return;
     }
     e->kind = E_TELEMETRY;
@@ -626,7 +676,7 @@ static void chunk_done(void *arg)
         return;
     if (ing.b.rebuild) {
         ing.b.rebuild = 0;
-        publish_batch();
+        store_answers();
         return;
     }
     /* the rows of all chunks, in entry order, make the batch's COPY */
@@ -756,7 +806,7 @@ static void store_batch(void)
         fill_one();
     }
     if (ing.b.pgb.rows == 0 && ing.b.pgb.devices_len == 0) {
-        publish_batch();
+        store_answers();
         return;
     }
     rc = fl_pg_write(ing.pg, &ing.b.pgb, on_stored, NULL);
@@ -797,7 +847,7 @@ static void on_stored(fl_pg_t *pg, fl_pg_result_t res, const char *err,
             ing.b.next++;
             store_batch();
         } else {
-            publish_batch();
+            store_answers();
         }
         return;
     }
@@ -822,6 +872,119 @@ static void on_stored(fl_pg_t *pg, fl_pg_result_t res, const char *err,
     /* FL_PG_DOWN: keep the batch, retry */
     kick(ing.retry_ms);
     ing.retry_ms = fl_min(ing.retry_ms * 2, RETRY_MAX_MS);
+}
+
+/* ---- command answers ---- */
+
+static void on_answers(int rc, const char *err, void *ud);
+
+/* The database is away or busy: keep the batch, try again shortly. */
+static void answers_retry(const char *err)
+{
+    if (ing.retry_ms == RETRY_MIN_MS)
+        fl_warn("command answers of a batch not applied (%s), retrying", err);
+    kick(ing.retry_ms);
+    ing.retry_ms = fl_min(ing.retry_ms * 2, RETRY_MAX_MS);
+}
+
+/*
+ * Apply the next slice of the batch's answers (entries from ack_pos on),
+ * or go on to the publish step when none is left. See "Command answers"
+ * at the top.
+ */
+static void store_answers(void)
+{
+    int    max = ing.b.ack_single ? 1 : ACK_SLICE, n = 0;
+    size_t bytes = 0;
+
+    ing.phase = P_ANSWERS;
+    while (ing.b.ack_pos < ing.b.n && ing.b.e[ing.b.ack_pos].kind != E_ACK)
+        ing.b.ack_pos++;
+    if (ing.b.ack_pos >= ing.b.n) {
+        publish_batch();
+        return;
+    }
+    if (ing.b.acks == NULL) {
+        ing.b.acks = fl_calloc(ACK_SLICE, sizeof(*ing.b.acks));
+        ing.b.ack_entry = fl_calloc(ACK_SLICE, sizeof(*ing.b.ack_entry));
+    }
+    for (int i = ing.b.ack_pos; i < ing.b.n && n < max && bytes < ACK_BYTES;
+         i++) {
+        entry_t *e = &ing.b.e[i];
+
+        if (e->kind != E_ACK)
+            continue;
+        ing.b.acks[n] = (fl_cmd_ack_t){
+            .device = e->device,
+            .id = e->ack.id,
+            .ok = e->ack.ok,
+            .json = e->payload + e->ack.json_off,
+            .len = e->plen - e->ack.json_off,
+        };
+        ing.b.ack_entry[n++] = i;
+        bytes += e->plen;
+    }
+    ing.b.nacks = n;
+    if (fl_commands_ack(ing.b.acks, n, on_answers, NULL, &ing.b.ackq) !=
+        FL_OK) {
+        ing.b.ackq = NULL;
+        answers_retry("the API's database pool is down or its queue full");
+    }
+}
+
+static void on_answers(int rc, const char *err, void *ud)
+{
+    char msg[FL_REJECT_MSGLEN];
+
+    (void)ud;
+    ing.b.ackq = NULL;
+    if (ing.phase != P_ANSWERS)
+        return;
+    if (rc == FL_AGAIN) {
+        answers_retry(err ? err : "database unavailable");
+        return;
+    }
+    ing.retry_ms = RETRY_MIN_MS;
+    if (rc != FL_OK) {
+        if (ing.b.nacks > 1) {
+            /* find the answer PostgreSQL refuses: one at a time */
+            fl_warn("postgres refused %d command answers (%s), applying "
+                    "them one by one",
+                    ing.b.nacks, err ? err : "");
+            ing.b.ack_single = 1;
+            store_answers();
+            return;
+        }
+        dead(&ing.b.e[ing.b.ack_entry[0]], REASON_STORAGE,
+             err ? err : "refused by postgres");
+    }
+    for (int k = 0; rc == FL_OK && k < ing.b.nacks; k++) {
+        const fl_cmd_ack_t *a = &ing.b.acks[k];
+        entry_t            *e = &ing.b.e[ing.b.ack_entry[k]];
+
+        switch (a->outcome) {
+        case FL_ACK_APPLIED:
+            fl_debug("command %s of %s answered, ok %d", a->id, a->device,
+                     a->ok);
+            break;
+        case FL_ACK_ANSWERED:
+            fl_debug("command %s of %s: answered before, answer ignored", a->id,
+                     a->device);
+            break;
+        case FL_ACK_UNKNOWN:
+        case FL_ACK_OTHER_DEVICE:
+            snprintf(msg, sizeof(msg), "no command \"%s\" for device \"%s\"%s",
+                     a->id, a->device,
+                     a->outcome == FL_ACK_OTHER_DEVICE
+                         ? " (it is another device's)"
+                         : "");
+            dead(e, fl_reject_name(FL_REJECT_UNKNOWN_COMMAND), msg);
+            count_reject(e, FL_REJECT_UNKNOWN_COMMAND);
+            break;
+        }
+    }
+    ing.b.ack_pos = ing.b.ack_entry[ing.b.nacks - 1] + 1;
+    store_answers();
 }
 
 /* ---- publishing: dead letters, shadow, fan-out ---- */
@@ -1344,6 +1507,8 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
     }
     if (ing.phase == P_STORING)
         store_batch();
+    else if (ing.phase == P_ANSWERS)
+        store_answers();
     else
         step();
 }

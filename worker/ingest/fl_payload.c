@@ -57,6 +57,8 @@ static const char *const fl_reject_names[FL_REJECT_COUNT] = {
     [FL_REJECT_BAD_SENML] = "bad_senml",
     [FL_REJECT_NO_METRICS] = "no_metrics",
     [FL_REJECT_INTERNAL] = "internal",
+    [FL_REJECT_BAD_ACK] = "bad_ack",
+    [FL_REJECT_UNKNOWN_COMMAND] = "unknown_command",
 };
 
 const char *fl_reject_name(fl_reject_reason_t reason)
@@ -212,7 +214,8 @@ int fl_topic_parse(const char *topic, size_t len,
     slash = memchr(id, '/', len - plen);
     if (slash == NULL)
         return fl_reject(why, FL_REJECT_BAD_TOPIC,
-                         "topic \"%s\" has no /telemetry or /state",
+                         "topic \"%s\" has no /telemetry, /state or "
+                         "/commands/ack",
                          fl_quote(q, topic, len));
     idlen = (size_t)(slash - id);
     rest = slash + 1;
@@ -222,10 +225,12 @@ int fl_topic_parse(const char *topic, size_t len,
         *kind = FL_TOPIC_TELEMETRY;
     else if (restlen == 5 && memcmp(rest, "state", 5) == 0)
         *kind = FL_TOPIC_STATE;
+    else if (restlen == 12 && memcmp(rest, "commands/ack", 12) == 0)
+        *kind = FL_TOPIC_CMD_ACK;
     else
         return fl_reject(why, FL_REJECT_BAD_TOPIC,
-                         "topic \"%s\": expected devices/ID/telemetry or "
-                         "devices/ID/state",
+                         "topic \"%s\": expected devices/ID/telemetry, "
+                         "devices/ID/state or devices/ID/commands/ack",
                          fl_quote(q, topic, len));
 
     if (idlen == 0)
@@ -1301,4 +1306,112 @@ size_t fl_telemetry_cut(fl_telemetry_t *t, int64_t lo_us, int64_t hi_us,
     }
     t->npoints = kept;
     return kept;
+}
+
+/* ---- command acks ----------------------------------------------------- */
+
+int fl_ack_parse(const void *buf, size_t len, const fl_payload_limits_t *lim,
+                 fl_ack_t *out, fl_reject_t *why)
+{
+    fl_payload_limits_t def;
+    fl_reject_t         dummy;
+    fl_scan_t           s;
+    cJSON              *root, *it, *id = NULL, *ok = NULL;
+    int                 depth, nresult = 0, rc = FL_OK;
+    char                q[FL_QUOTE_MAX + 4];
+
+    memset(out, 0, sizeof(*out));
+    if (why == NULL)
+        why = &dummy;
+    why->reason = FL_REJECT_NONE;
+    why->msg[0] = '\0';
+    if (lim == NULL) {
+        fl_payload_limits_default(&def);
+        lim = &def;
+    }
+    if (len > lim->max_payload_bytes)
+        return fl_reject(why, FL_REJECT_TOO_LARGE,
+                         "ack is %zu bytes, limit %zu", len,
+                         lim->max_payload_bytes);
+
+    /* the same strict pre-scan as telemetry: what passes is valid jsonb
+     * input as it is (no \u0000, no NaN, strict UTF-8) */
+    memset(&s, 0, sizeof(s));
+    s.p = buf;
+    s.len = len;
+    s.msg = why->msg;
+    s.msg_size = sizeof(why->msg);
+    if (len >= 3 && memcmp(s.p, "\xef\xbb\xbf", 3) == 0)
+        s.i = 3;
+    out->json_off = s.i;
+    fl_scan_ws(&s);
+    if (s.i == len)
+        return fl_reject(why, FL_REJECT_EMPTY,
+                         len ? "ack is only whitespace" : "empty ack");
+    depth =
+        lim->max_depth < 1 ? 1 : fl_min(lim->max_depth, FL_PAYLOAD_DEPTH_CAP);
+    if (fl_scan(&s, depth) != FL_OK) {
+        why->reason = fl_scan_reason(s.err);
+        return FL_ERROR;
+    }
+    root = cJSON_ParseWithLengthOpts((const char *)s.p + out->json_off,
+                                     len - out->json_off, NULL, 0);
+    if (root == NULL)
+        return fl_reject(why, FL_REJECT_INTERNAL,
+                         "cJSON refused a validated ack (out of memory?)");
+    if (!cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return fl_reject(why, FL_REJECT_NOT_AN_OBJECT,
+                         "ack must be a JSON object {\"id\", \"ok\", "
+                         "\"result\"}");
+    }
+
+    /* a repeated key would be read one way here and another way by
+     * jsonb (which keeps the last): refuse it */
+    cJSON_ArrayForEach(it, root)
+    {
+        const char *k = it->string;
+
+        if (strcmp(k, "id") == 0) {
+            if (id != NULL) {
+                rc = fl_reject(why, FL_REJECT_BAD_ACK, "\"id\" twice");
+                break;
+            }
+            id = it;
+        } else if (strcmp(k, "ok") == 0) {
+            if (ok != NULL) {
+                rc = fl_reject(why, FL_REJECT_BAD_ACK, "\"ok\" twice");
+                break;
+            }
+            ok = it;
+        } else if (strcmp(k, "result") == 0) {
+            if (++nresult > 1) {
+                rc = fl_reject(why, FL_REJECT_BAD_ACK, "\"result\" twice");
+                break;
+            }
+        }
+    }
+    if (rc == FL_OK && (id == NULL || !cJSON_IsString(id)))
+        rc = fl_reject(why, FL_REJECT_BAD_ACK,
+                       id ? "\"id\" must be a string"
+                          : "ack without \"id\" (the command's id)");
+    else if (rc == FL_OK &&
+             !fl_device_id_valid(id->valuestring, strlen(id->valuestring)))
+        rc = fl_reject(why, FL_REJECT_BAD_ACK,
+                       "\"id\" \"%s\" is not a command id "
+                       "([A-Za-z0-9_.:-]{1,64})",
+                       fl_quote(q, id->valuestring, strlen(id->valuestring)));
+    else if (rc == FL_OK && !cJSON_IsBool(ok))
+        rc = fl_reject(why, FL_REJECT_BAD_ACK,
+                       ok ? "\"ok\" must be true or false"
+                          : "ack without \"ok\" (true or false)");
+    if (rc == FL_OK) {
+        snprintf(out->id, sizeof(out->id), "%s", id->valuestring);
+        out->ok = cJSON_IsTrue(ok);
+        out->has_result = nresult;
+    } else {
+        memset(out, 0, sizeof(*out));
+    }
+    cJSON_Delete(root);
+    return rc;
 }

@@ -1,12 +1,13 @@
 /*
  * fl_payload.h - MQTT topics and telemetry payloads (CONTRACT.md section 3).
  *
- * fl_topic_parse() splits "devices/{id}/telemetry|state". fl_payload_parse()
- * turns one telemetry payload into points, each a timestamp and a list of
- * metrics, or explains why it is refused with a reason from a fixed list
- * (stable names for /metrics labels and dead-letter entries). Nothing is
- * dropped silently; the only values skipped are JSON nulls, and they are
- * counted.
+ * fl_topic_parse() splits "devices/{id}/telemetry|state|commands/ack".
+ * fl_payload_parse() turns one telemetry payload into points, each a
+ * timestamp and a list of metrics, fl_ack_parse() checks a device's answer
+ * to a command, or either explains why it is refused with a reason from a
+ * fixed list (stable names for /metrics labels and dead-letter entries).
+ * Nothing is dropped silently; the only values skipped are JSON nulls, and
+ * they are counted.
  *
  * Accepted payloads (UTF-8 JSON, strictly validated before cJSON sees it):
  *
@@ -96,7 +97,7 @@
  * stable: they are metric labels and dead-letter fields. Append only. */
 typedef enum {
     FL_REJECT_NONE = 0,
-    FL_REJECT_BAD_TOPIC,        /* not devices/{id}/telemetry|state */
+    FL_REJECT_BAD_TOPIC,        /* not devices/{id}/telemetry|state|... */
     FL_REJECT_BAD_DEVICE_ID,    /* id not [A-Za-z0-9_.:-]{1,64} */
     FL_REJECT_EMPTY,            /* no bytes, or only whitespace */
     FL_REJECT_TOO_LARGE,        /* above max_payload_bytes */
@@ -117,6 +118,8 @@ typedef enum {
     FL_REJECT_BAD_SENML,        /* SenML rules (RFC 8428) */
     FL_REJECT_NO_METRICS,       /* nothing but nulls / empty objects */
     FL_REJECT_INTERNAL,         /* cJSON refused validated input (OOM) */
+    FL_REJECT_BAD_ACK,          /* command ack without id / ok, wrong types */
+    FL_REJECT_UNKNOWN_COMMAND,  /* ack for no command of that device */
     FL_REJECT_COUNT
 } fl_reject_reason_t;
 
@@ -128,6 +131,7 @@ typedef struct {
 typedef enum {
     FL_TOPIC_TELEMETRY = 1,
     FL_TOPIC_STATE,
+    FL_TOPIC_CMD_ACK, /* devices/{id}/commands/ack */
 } fl_topic_kind_t;
 
 typedef enum {
@@ -232,6 +236,41 @@ typedef struct {
  */
 size_t fl_telemetry_cut(fl_telemetry_t *t, int64_t lo_us, int64_t hi_us,
                         fl_cut_t *old, fl_cut_t *future);
+
+/* A command id as the API makes them and paths carry them: the device id
+ * syntax, [A-Za-z0-9_.:-]{1,64}. */
+#define FL_COMMAND_ID_MAX 64
+
+/*
+ * A device's answer to a command (CONTRACT.md section 3), the payload of
+ * devices/{id}/commands/ack: a JSON object with
+ *
+ *   "id"      the command's id (a string, the command id syntax)
+ *   "ok"      true or false
+ *   "result"  optional, any JSON value (absent is null)
+ *
+ * Other keys are ignored (a device may add a time or a reason); "id",
+ * "ok" and "result" may each appear once. The payload is held to the same
+ * strict JSON as telemetry (fl_scan: UTF-8, no \u0000, no NaN, nesting
+ * at most max_depth) and to max_payload_bytes, so that its text can go
+ * to PostgreSQL's jsonb as it is.
+ */
+typedef struct {
+    char   id[FL_COMMAND_ID_MAX + 1];
+    int    ok;         /* 0 or 1 */
+    int    has_result; /* "result" present (possibly null) */
+    size_t json_off;   /* the JSON text starts here (after a BOM) */
+} fl_ack_t;
+
+/*
+ * Check one ack payload of len bytes (need not be NUL-terminated); lim
+ * NULL means the defaults (max_payload_bytes and max_depth apply).
+ * FL_OK: out is filled; nothing is allocated. FL_ERROR: why (if not NULL)
+ * says why: too_large, empty, the fl_scan reasons, not_an_object, or
+ * bad_ack for a missing, repeated or mistyped "id" / "ok" / "result".
+ */
+int fl_ack_parse(const void *buf, size_t len, const fl_payload_limits_t *lim,
+                 fl_ack_t *out, fl_reject_t *why);
 
 /* Stable snake_case names: "invalid_json", "too_deep", ... ("ok" for
  * FL_REJECT_NONE, "unknown" outside the enum). Static strings. */

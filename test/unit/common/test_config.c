@@ -96,10 +96,11 @@ static void check_defaults(const fl_config_t *cf)
     FL_CHECK_STR(cf->mqtt.uri, "tcp://127.0.0.1:1883");
     FL_CHECK_STR(cf->mqtt.username, "");
     FL_CHECK_STR(cf->mqtt.password, "");
-    FL_CHECK_EQ_INT(cf->mqtt.topics.n, 2);
-    if (cf->mqtt.topics.n == 2) {
+    FL_CHECK_EQ_INT(cf->mqtt.topics.n, 3);
+    if (cf->mqtt.topics.n == 3) {
         FL_CHECK_STR(cf->mqtt.topics.items[0], "devices/+/telemetry");
         FL_CHECK_STR(cf->mqtt.topics.items[1], "devices/+/state");
+        FL_CHECK_STR(cf->mqtt.topics.items[2], "devices/+/commands/ack");
     }
     FL_CHECK_EQ_INT(cf->mqtt.qos, 1);
 
@@ -110,6 +111,9 @@ static void check_defaults(const fl_config_t *cf)
     FL_CHECK_STR(cf->postgres.conninfo,
                  "host=127.0.0.1 port=5432 dbname=fleetd user=fleetd");
     FL_CHECK_EQ_INT(cf->postgres.retention_days, 30);
+    FL_CHECK_EQ_INT(cf->postgres.rollup_1m_retention_days, 90);
+    FL_CHECK_EQ_INT(cf->postgres.rollup_1h_retention_days, 730);
+    FL_CHECK(cf->postgres.rollup_refresh_ms == 15000);
 
     FL_CHECK_EQ_INT(cf->auth.admin_tokens.n, 1);
     if (cf->auth.admin_tokens.n == 1)
@@ -208,7 +212,7 @@ void test_config_scalars(void)
     FL_CHECK_EQ_INT(cf->http.max_connections, 50);
     /* untouched keys keep their defaults */
     FL_CHECK_EQ_INT(cf->http.max_header_bytes, 16384);
-    FL_CHECK_EQ_INT(cf->mqtt.topics.n, 2);
+    FL_CHECK_EQ_INT(cf->mqtt.topics.n, 3);
     fl_config_free(cf);
 }
 

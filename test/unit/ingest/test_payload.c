@@ -108,6 +108,14 @@ void test_payload_topic(void)
         {"/devices/a/telemetry", "bad_topic"},
         {"Devices/a/telemetry", "bad_topic"},
         {"devices/a/commands", "bad_topic"},
+        {"devices/a/commands/", "bad_topic"},
+        {"devices/a/commands/ack/x", "bad_topic"},
+        {"devices/a/commands/acks", "bad_topic"},
+        {"devices/a/command/ack", "bad_topic"},
+        {"devices/a/commands/Ack", "bad_topic"},
+        {"devices/a/ack", "bad_topic"},
+        {"devices//commands/ack", "bad_device_id"},
+        {"devices/+/commands/ack", "bad_device_id"},
         {"devices/a/telemetry/x", "bad_topic"},
         {"devices/a/b/telemetry", "bad_topic"},
         {"devices/a/", "bad_topic"},
@@ -130,6 +138,17 @@ void test_payload_topic(void)
         FL_OK);
     FL_CHECK_STR(dev, "a.b:c_d-E9");
     FL_CHECK_EQ_INT(kind, FL_TOPIC_STATE);
+
+    /* a device's answers to commands */
+    FL_CHECK_EQ_INT(
+        fl_topic_parse("devices/dev-1/commands/ack", 26, dev, &kind, &why),
+        FL_OK);
+    FL_CHECK_STR(dev, "dev-1");
+    FL_CHECK_EQ_INT(kind, FL_TOPIC_CMD_ACK);
+    FL_CHECK_EQ_INT(
+        fl_topic_parse("devices/dev-1/commands/ackX", 26, dev, &kind, &why),
+        FL_OK);
+    FL_CHECK_EQ_INT(kind, FL_TOPIC_CMD_ACK);
 
     /* the length counts, not a NUL */
     FL_CHECK_EQ_INT(
