@@ -95,7 +95,7 @@ fuzz: $(BUILD)/fuzz_config $(BUILD)/fuzz_http $(BUILD)/fuzz_payload
 	$(BUILD)/fuzz_http -max_total_time=$(FUZZ_SECONDS) $(BUILD)/corpus/http test/fuzz/corpus/http
 	$(BUILD)/fuzz_payload -max_total_time=$(FUZZ_SECONDS) $(BUILD)/corpus/payload test/fuzz/corpus/payload
 
-FUZZ_PAYLOAD_SRC := worker/ingest/fl_payload.c common/fl_scan.c common/fl_core.c
+FUZZ_PAYLOAD_SRC := worker/ingest/fl_payload.c common/fl_scan.c common/fl_core.c common/fl_time.c
 $(BUILD)/fuzz_payload: test/fuzz/fuzz_payload.c $(FUZZ_PAYLOAD_SRC) $(HEADERS)
 	@mkdir -p $(BUILD)
 	clang $(FUZZ_FLAGS) -o $@ test/fuzz/fuzz_payload.c $(FUZZ_PAYLOAD_SRC) $(shell pkg-config --libs libcjson)

@@ -109,6 +109,7 @@ void test_copy_ts_cache(void);
 void test_copy_rows(void);
 void test_copy_ts_us(void);
 void test_idset_basic(void);
+void test_time_rfc3339(void);
 void test_idset_many(void);
 
 void test_history_time_epoch_ms(void);
@@ -220,6 +221,7 @@ static const fl_test_t tests[] = {
     {"copy_rows", test_copy_rows},
     {"copy_ts_us", test_copy_ts_us},
     {"idset_basic", test_idset_basic},
+    {"time_rfc3339", test_time_rfc3339},
     {"idset_many", test_idset_many},
     {"history_time_epoch_ms", test_history_time_epoch_ms},
     {"history_time_rfc3339", test_history_time_rfc3339},

@@ -11,85 +11,11 @@
 #include "fl_config.h"
 #include "fl_core.h"
 #include "fl_history.h"
+#include "fl_time.h"
 
 #define MS_MINUTE ((int64_t)60000)
 #define MS_HOUR   ((int64_t)3600000)
 #define MS_DAY    ((int64_t)86400000)
-
-/* n digits at s into *v; FL_ERROR unless all are digits */
-static int digits(const char *s, int n, int *v)
-{
-    *v = 0;
-    for (int k = 0; k < n; k++) {
-        if (s[k] < '0' || s[k] > '9')
-            return FL_ERROR;
-        *v = *v * 10 + (s[k] - '0');
-    }
-    return FL_OK;
-}
-
-/* days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant) */
-static int64_t days_from_civil(int64_t y, int m, int d)
-{
-    int64_t era, yoe, doy, doe;
-
-    y -= m <= 2;
-    era = (y >= 0 ? y : y - 399) / 400;
-    yoe = y - era * 400;
-    doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + doe - 719468;
-}
-
-static int days_in_month(int y, int m)
-{
-    static const int dm[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-
-    if (m == 2 && ((y % 4 == 0 && y % 100 != 0) || y % 400 == 0))
-        return 29;
-    return dm[m - 1];
-}
-
-static int rfc3339(const char *s, size_t len, int64_t *out)
-{
-    int    y, mo, d, h, mi, sec, oh = 0, om = 0, sign = 0, frac = 0;
-    size_t i = 19, k;
-
-    if (len < 20 || len > 64 || digits(s, 4, &y) || s[4] != '-' ||
-        digits(s + 5, 2, &mo) || s[7] != '-' || digits(s + 8, 2, &d) ||
-        (s[10] != 'T' && s[10] != 't' && s[10] != ' ') ||
-        digits(s + 11, 2, &h) || s[13] != ':' || digits(s + 14, 2, &mi) ||
-        s[16] != ':' || digits(s + 17, 2, &sec))
-        return FL_ERROR;
-    if (s[i] == '.') {
-        for (i++, k = 0; i < len && isdigit((unsigned char)s[i]); i++, k++) {
-            if (k < 6)
-                frac = frac * 10 + (s[i] - '0');
-        }
-        if (k == 0)
-            return FL_ERROR;
-        for (; k < 6; k++)
-            frac *= 10;
-    }
-    if (i < len && (s[i] == 'Z' || s[i] == 'z')) {
-        i++;
-    } else if (i < len && (s[i] == '+' || s[i] == '-' || s[i] == ' ')) {
-        sign = s[i] == '-' ? -1 : 1;
-        if (len - i != 6 || digits(s + i + 1, 2, &oh) || s[i + 3] != ':' ||
-            digits(s + i + 4, 2, &om))
-            return FL_ERROR;
-        i += 6;
-    } else {
-        return FL_ERROR; /* RFC 3339 has no local times */
-    }
-    if (i != len || mo < 1 || mo > 12 || d < 1 || d > days_in_month(y, mo) ||
-        h > 23 || mi > 59 || sec > 60 || oh > 23 || om > 59)
-        return FL_ERROR;
-    *out = (((days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60 + sec) *
-               1000000 +
-           frac - (int64_t)sign * (oh * 60 + om) * 60000000;
-    return FL_OK;
-}
 
 int fl_history_time(const char *s, int64_t *us)
 {
@@ -118,7 +44,7 @@ int fl_history_time(const char *s, int64_t *us)
         *us = ms * 1000 + f;
         return FL_OK;
     }
-    if (rfc3339(s, len, us) != FL_OK || *us < 0)
+    if (fl_rfc3339_us(s, len, FL_RFC3339_SPACE_PLUS, us) != FL_OK || *us < 0)
         return FL_ERROR;
     return FL_OK;
 }

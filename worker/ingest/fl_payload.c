@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "fl_payload.h"
+#include "fl_time.h"
 
 #define FL_TS_MAX_US   253402300799999999LL /* 9999-12-31T23:59:59.999999Z */
 #define FL_SENML_REL_S 268435456.0          /* 2^28: RFC 8428 section 4.5.3 */
@@ -311,91 +312,6 @@ static void fl_arena_free(fl_arena_blk_t *b)
 
 /* ---- timestamps ------------------------------------------------------- */
 
-/* Days from 1970-01-01 to y-m-d, proleptic Gregorian (H. Hinnant). */
-static int64_t fl_days_from_civil(int64_t y, int m, int d)
-{
-    int64_t era, yoe, doy, doe;
-
-    y -= m <= 2;
-    era = (y >= 0 ? y : y - 399) / 400;
-    yoe = y - era * 400;
-    doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
-    doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    return era * 146097 + doe - 719468;
-}
-
-static int fl_days_in_month(int y, int m)
-{
-    static const int days[12] = {31, 28, 31, 30, 31, 30,
-                                 31, 31, 30, 31, 30, 31};
-
-    if (m == 2 && (y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)))
-        return 29;
-    return days[m - 1];
-}
-
-/* n decimal digits at s into *v; -1 if one is not a digit. */
-static int fl_digits(const char *s, int n, int *v)
-{
-    int k;
-
-    *v = 0;
-    for (k = 0; k < n; k++) {
-        if (s[k] < '0' || s[k] > '9')
-            return -1;
-        *v = *v * 10 + (s[k] - '0');
-    }
-    return 0;
-}
-
-/*
- * RFC 3339 date-time (section 5.6) of len bytes into epoch us. Accepts
- * 'T'/'t'/' ' between date and time, 'Z'/'z' or +hh:mm/-hh:mm, a second
- * of 60 (it becomes the next second), any number of fraction digits
- * (truncated to the microsecond).
- */
-static int fl_rfc3339_us(const char *s, size_t len, int64_t *out)
-{
-    int    y, mo, d, h, mi, sec, oh = 0, om = 0, sign = 0, frac = 0;
-    size_t i = 19, k;
-
-    if (len < 20 || len > 64)
-        return FL_ERROR;
-    if (fl_digits(s, 4, &y) || s[4] != '-' || fl_digits(s + 5, 2, &mo) ||
-        s[7] != '-' || fl_digits(s + 8, 2, &d) ||
-        (s[10] != 'T' && s[10] != 't' && s[10] != ' ') ||
-        fl_digits(s + 11, 2, &h) || s[13] != ':' || fl_digits(s + 14, 2, &mi) ||
-        s[16] != ':' || fl_digits(s + 17, 2, &sec))
-        return FL_ERROR;
-    if (s[i] == '.') {
-        for (i++, k = 0; i < len && s[i] >= '0' && s[i] <= '9'; i++, k++) {
-            if (k < 6)
-                frac = frac * 10 + (s[i] - '0');
-        }
-        if (k == 0)
-            return FL_ERROR;
-        for (; k < 6; k++)
-            frac *= 10;
-    }
-    if (i < len && (s[i] == 'Z' || s[i] == 'z')) {
-        i++;
-    } else if (i < len && (s[i] == '+' || s[i] == '-')) {
-        sign = s[i] == '-' ? -1 : 1;
-        if (len - i != 6 || fl_digits(s + i + 1, 2, &oh) || s[i + 3] != ':' ||
-            fl_digits(s + i + 4, 2, &om))
-            return FL_ERROR;
-        i += 6;
-    }
-    if (i != len || mo < 1 || mo > 12 || d < 1 || d > fl_days_in_month(y, mo) ||
-        h > 23 || mi > 59 || sec > 60 || oh > 23 || om > 59)
-        return FL_ERROR;
-
-    *out = (((fl_days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60 + sec) *
-               1000000 +
-           frac - (int64_t)sign * (oh * 60 + om) * 60000000;
-    return FL_OK;
-}
-
 /* ---- building the result ---------------------------------------------- */
 
 typedef struct {
@@ -469,7 +385,8 @@ static int fl_ts_json(fl_build_t *b, const cJSON *v, int64_t *out)
         return FL_OK;
     }
     if ((v->type & 0xff) == cJSON_String) {
-        if (fl_rfc3339_us(v->valuestring, strlen(v->valuestring), out) != FL_OK)
+        if (fl_rfc3339_us(v->valuestring, strlen(v->valuestring), 0, out) !=
+            FL_OK)
             return fl_reject(
                 b->why, FL_REJECT_BAD_TIMESTAMP,
                 "ts \"%s\" is not an RFC 3339 date-time",
