@@ -31,6 +31,14 @@
 #ifndef FL_SHADOW_H
 #define FL_SHADOW_H
 
+#include <stddef.h>
+
+/* Publish device's delta (JSON text, len bytes) on devices/{id}/desired,
+ * QoS 1, retained; "{}" clears the retained message. Logged, not
+ * reported, when MQTT is not connected: the next change publishes the
+ * delta again. */
+void fl_shadow_publish_delta(const char *device, const char *delta, size_t len);
+
 /*
  * Lua, to prepend to a script: fl_delta(dkey, skey) computes the delta of
  * desired hash dkey against shadow hash skey; when it differs from the

@@ -104,6 +104,17 @@ int fl_api_query(fl_api_req_t *r, int stmt, int nparams,
  * busy, 500 otherwise (logged). */
 void fl_api_db_error(fl_api_req_t *r, const char *err, const char *sqlstate);
 
+/*
+ * Keyset pagination: a page's cursor names the last id it holds ('c' and
+ * the id's bytes in hex: opaque to clients, and no character of it needs
+ * escaping in a URL). fl_api_cursor() writes one for id (at most
+ * FL_API_ID_MAX bytes) into out; fl_api_cursor_id() reads one back into
+ * id (FL_API_ID_MAX + 1 bytes), FL_ERROR when it is not one of ours.
+ */
+#define FL_API_CURSOR_MAX (2 * FL_API_ID_MAX + 2)
+void fl_api_cursor(const char *id, char *out);
+int  fl_api_cursor_id(const char *cursor, char *id);
+
 /* requests not yet answered (the module's busy count) */
 extern int fl_api_inflight;
 

@@ -208,3 +208,46 @@ const char *fl_api_param(fl_api_req_t *r, const char *name, char *buf,
     }
     return NULL;
 }
+
+/* ---- cursors ---- */
+
+void fl_api_cursor(const char *id, char *out)
+{
+    static const char d[] = "0123456789abcdef";
+    size_t            n = 0;
+
+    *out++ = 'c';
+    for (; *id && n < FL_API_ID_MAX; id++, n++) {
+        *out++ = d[(unsigned char)*id >> 4];
+        *out++ = d[(unsigned char)*id & 15];
+    }
+    *out = '\0';
+}
+
+int fl_api_cursor_id(const char *c, char *id)
+{
+    size_t n = strlen(c);
+
+    if (n < 3 || c[0] != 'c' || (n - 1) % 2 || (n - 1) / 2 > FL_API_ID_MAX)
+        return FL_ERROR;
+    for (size_t i = 1; i < n; i += 2) {
+        int v = 0;
+
+        for (int k = 0; k < 2; k++) {
+            char ch = c[i + k];
+
+            v <<= 4;
+            if (ch >= '0' && ch <= '9')
+                v |= ch - '0';
+            else if (ch >= 'a' && ch <= 'f')
+                v |= ch - 'a' + 10;
+            else
+                return FL_ERROR;
+        }
+        if (v == 0)
+            return FL_ERROR;
+        *id++ = (char)v;
+    }
+    *id = '\0';
+    return FL_OK;
+}

@@ -69,46 +69,6 @@ static int st_create, st_fail, st_sent, st_get, st_list, st_ack, st_expire,
 
 /* ---- small helpers ---- */
 
-static void tohex(const char *s, char *out)
-{
-    static const char d[] = "0123456789abcdef";
-
-    for (; *s; s++) {
-        *out++ = d[(unsigned char)*s >> 4];
-        *out++ = d[(unsigned char)*s & 15];
-    }
-    *out = '\0';
-}
-
-/* a cursor (fl_devices.c's form: 'c' + the hex of an id) back into the
- * id; FL_ERROR when it is not one */
-static int cursor_id(const char *c, char *id)
-{
-    size_t n = strlen(c);
-
-    if (n < 3 || c[0] != 'c' || (n - 1) % 2 || (n - 1) / 2 > FL_API_ID_MAX)
-        return FL_ERROR;
-    for (size_t i = 1; i < n; i += 2) {
-        int v = 0;
-
-        for (int k = 0; k < 2; k++) {
-            char ch = c[i + k];
-            v <<= 4;
-            if (ch >= '0' && ch <= '9')
-                v |= ch - '0';
-            else if (ch >= 'a' && ch <= 'f')
-                v |= ch - 'a' + 10;
-            else
-                return FL_ERROR;
-        }
-        if (v == 0)
-            return FL_ERROR;
-        *id++ = (char)v;
-    }
-    *id = '\0';
-    return FL_OK;
-}
-
 /*
  * A new command id: a UUIDv7 (RFC 9562) in lowercase hex, 36 bytes + NUL.
  * The first 48 bits are the wall clock in ms, so ids sort by creation time
@@ -518,10 +478,9 @@ static void on_list(fl_api_req_t *r, const PGresult *res, const char *err,
     fl_sb_lit(&b, "],\"next\":");
     if (k > 0 && k == atoi(PQgetvalue(res, 0, 3))) {
         /* a full page: there may be older ones after its last id */
-        char next[2 * FL_API_ID_MAX + 2];
+        char next[FL_API_CURSOR_MAX];
 
-        next[0] = 'c';
-        tohex(PQgetvalue(res, n - 1, 2), next + 1);
+        fl_api_cursor(PQgetvalue(res, n - 1, 2), next);
         fl_sb_jstr(&b, next);
     } else {
         fl_sb_lit(&b, "null");
@@ -545,7 +504,7 @@ static int command_list(fl_api_req_t *r)
     if (bad)
         return FL_OK;
     if (p[1]) {
-        if (cursor_id(cur, after) != FL_OK) {
+        if (fl_api_cursor_id(cur, after) != FL_OK) {
             fl_api_error(r, 400, "bad_request",
                          "cursor is not one this API gave");
             return FL_OK;

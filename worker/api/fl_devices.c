@@ -40,45 +40,6 @@ static int st_get, st_create, st_patch, st_delete, st_purge, st_list;
 
 /* ---- small helpers ---- */
 
-static void tohex(const char *s, char *out)
-{
-    static const char d[] = "0123456789abcdef";
-
-    for (; *s; s++) {
-        *out++ = d[(unsigned char)*s >> 4];
-        *out++ = d[(unsigned char)*s & 15];
-    }
-    *out = '\0';
-}
-
-/* a cursor back into the id it names; FL_ERROR when it is not one */
-static int cursor_id(const char *c, char *id)
-{
-    size_t n = strlen(c);
-
-    if (n < 3 || c[0] != 'c' || (n - 1) % 2 || (n - 1) / 2 > FL_API_ID_MAX)
-        return FL_ERROR;
-    for (size_t i = 1; i < n; i += 2) {
-        int v = 0;
-
-        for (int k = 0; k < 2; k++) {
-            char ch = c[i + k];
-            v <<= 4;
-            if (ch >= '0' && ch <= '9')
-                v |= ch - '0';
-            else if (ch >= 'a' && ch <= 'f')
-                v |= ch - 'a' + 10;
-            else
-                return FL_ERROR;
-        }
-        if (v == 0)
-            return FL_ERROR;
-        *id++ = (char)v;
-    }
-    *id = '\0';
-    return FL_OK;
-}
-
 /* A tag: the device id syntax. */
 static int tag_ok(const char *s)
 {
@@ -352,9 +313,9 @@ typedef struct {
     cJSON  *devices; /* the page, in id order */
     cJSON **items;
     int     n;
-    int     replies;                     /* HMGETs outstanding */
-    int     online;                      /* -1 any, 0, 1 */
-    char    next[2 * FL_API_ID_MAX + 2]; /* "" = last page */
+    int     replies;                 /* HMGETs outstanding */
+    int     online;                  /* -1 any, 0, 1 */
+    char    next[FL_API_CURSOR_MAX]; /* "" = last page */
 } list_t;
 
 static void list_answer(fl_api_req_t *r)
@@ -436,8 +397,7 @@ static void on_list(fl_api_req_t *r, const PGresult *res, const char *err,
     }
     if (n > 0 && n == atoi(PQgetvalue(res, 0, 2))) {
         /* a full page: there may be more after its last id */
-        l->next[0] = 'c';
-        tohex(PQgetvalue(res, n - 1, 1), l->next + 1);
+        fl_api_cursor(PQgetvalue(res, n - 1, 1), l->next);
     }
     if (l->n == 0 || !fl_redis_connected(fl_api.redis)) {
         /* no shadows to read: online unknown, say false */
@@ -495,7 +455,7 @@ static int device_list(fl_api_req_t *r)
     if (bad)
         return FL_OK;
     if (p[0]) {
-        if (cursor_id(cur, after) != FL_OK) {
+        if (fl_api_cursor_id(cur, after) != FL_OK) {
             fl_api_error(r, 400, "bad_request",
                          "cursor is not one this API "
                          "gave");

@@ -28,7 +28,6 @@
 #include "fl_api.h"
 #include "fl_enc.h"
 #include "fl_log.h"
-#include "fl_mqtt.h"
 #include "fl_shadow.h"
 
 #define DESIRED_MAX_BYTES (64 * 1024)
@@ -282,7 +281,6 @@ static void on_desired(fl_redis_t *rd, redisReply *reply, void *ud)
 {
     fl_api_req_t *r = ud;
     put_t        *u = r->ctx;
-    char          topic[128];
     cJSON        *doc, *delta;
 
     (void)rd;
@@ -293,18 +291,9 @@ static void on_desired(fl_redis_t *rd, redisReply *reply, void *ud)
         fl_api_error(r, 503, "unavailable", "redis unavailable");
         return;
     }
-    if (reply->element[0]->type == REDIS_REPLY_STRING) {
-        const redisReply *d = reply->element[0];
-
-        snprintf(topic, sizeof(topic), "devices/%s/desired", r->id);
-        /* an empty delta clears the retained message */
-        if (fl_mqtt_publish_ex(topic, d->str,
-                               strcmp(d->str, "{}") == 0 ? 0 : d->len, 1, 1, 0,
-                               NULL, NULL) != FL_OK)
-            fl_warn("desired delta of %s not published (mqtt not "
-                    "connected); it is published with the next change",
-                    r->id);
-    }
+    if (reply->element[0]->type == REDIS_REPLY_STRING)
+        fl_shadow_publish_delta(r->id, reply->element[0]->str,
+                                reply->element[0]->len);
     delta = cJSON_Parse(reply->element[1]->str);
     doc = cJSON_CreateObject();
     cJSON_AddStringToObject(doc, "device", r->id);

@@ -94,7 +94,6 @@
 #include "fl_enc.h"
 #include "fl_idset.h"
 #include "fl_log.h"
-#include "fl_mqtt.h"
 #include "fl_payload.h"
 #include "fl_pg.h"
 #include "fl_pool.h"
@@ -1106,20 +1105,11 @@ static void publish_batch(void)
  * the retained message. */
 static void publish_deltas(const redisReply *reply)
 {
-    char topic[128];
-
     for (size_t i = 0; i + 1 < reply->elements; i += 2) {
         const redisReply *id = reply->element[i], *d = reply->element[i + 1];
 
-        if (id->type != REDIS_REPLY_STRING || d->type != REDIS_REPLY_STRING)
-            continue;
-        snprintf(topic, sizeof(topic), "devices/%s/desired", id->str);
-        if (fl_mqtt_publish_ex(topic, d->str,
-                               strcmp(d->str, "{}") == 0 ? 0 : d->len, 1, 1, 0,
-                               NULL, NULL) != FL_OK)
-            fl_warn("desired delta of %s not published (mqtt not "
-                    "connected); it is published with the next change",
-                    id->str);
+        if (id->type == REDIS_REPLY_STRING && d->type == REDIS_REPLY_STRING)
+            fl_shadow_publish_delta(id->str, d->str, d->len);
     }
 }
 
