@@ -1082,6 +1082,47 @@ static int fl_walk(fl_build_t *b, const cJSON *root, fl_telemetry_t *out)
     return FL_OK;
 }
 
+/*
+ * What every document a device sends goes through before cJSON sees it
+ * (what is named "payload" or "ack" in the messages): the size limit, a
+ * leading UTF-8 BOM skipped, nothing but whitespace refused, then the
+ * strict pre-scan (fl_scan) up to lim's depth. FL_OK with *start at the
+ * first byte of the JSON text and s holding the scan (nvalues); FL_ERROR
+ * with why set.
+ */
+static int fl_prescan(const void *buf, size_t len,
+                      const fl_payload_limits_t *lim, const char *what,
+                      fl_scan_t *s, size_t *start, fl_reject_t *why)
+{
+    int depth;
+
+    if (len > lim->max_payload_bytes)
+        return fl_reject(why, FL_REJECT_TOO_LARGE, "%s is %zu bytes, limit %zu",
+                         what, len, lim->max_payload_bytes);
+    memset(s, 0, sizeof(*s));
+    s->p = buf;
+    s->len = len;
+    s->msg = why->msg;
+    s->msg_size = sizeof(why->msg);
+    if (len >= 3 && memcmp(s->p, "\xef\xbb\xbf", 3) == 0)
+        s->i = 3;
+    fl_scan_ws(s);
+    if (s->i == len) {
+        if (len)
+            return fl_reject(why, FL_REJECT_EMPTY, "%s is only whitespace",
+                             what);
+        return fl_reject(why, FL_REJECT_EMPTY, "empty %s", what);
+    }
+    *start = s->i;
+    depth =
+        lim->max_depth < 1 ? 1 : fl_min(lim->max_depth, FL_PAYLOAD_DEPTH_CAP);
+    if (fl_scan(s, depth) != FL_OK) {
+        why->reason = fl_scan_reason(s->err);
+        return FL_ERROR;
+    }
+    return FL_OK;
+}
+
 int fl_payload_parse(const void *buf, size_t len, int64_t now_us,
                      const fl_payload_limits_t *lim, fl_telemetry_t *out,
                      fl_reject_t *why)
@@ -1092,7 +1133,7 @@ int fl_payload_parse(const void *buf, size_t len, int64_t now_us,
     fl_build_t          b;
     cJSON              *root;
     size_t              start, estimate;
-    int                 depth, rc;
+    int                 rc;
 
     memset(out, 0, sizeof(*out));
     if (why == NULL)
@@ -1104,29 +1145,8 @@ int fl_payload_parse(const void *buf, size_t len, int64_t now_us,
         lim = &def;
     }
 
-    if (len > lim->max_payload_bytes)
-        return fl_reject(why, FL_REJECT_TOO_LARGE,
-                         "payload is %zu bytes, limit %zu", len,
-                         lim->max_payload_bytes);
-
-    memset(&s, 0, sizeof(s));
-    s.p = buf;
-    s.len = len;
-    s.msg = why->msg;
-    s.msg_size = sizeof(why->msg);
-    if (len >= 3 && memcmp(s.p, "\xef\xbb\xbf", 3) == 0)
-        s.i = 3;
-    fl_scan_ws(&s);
-    if (s.i == len)
-        return fl_reject(why, FL_REJECT_EMPTY,
-                         len ? "payload is only whitespace" : "empty payload");
-    start = s.i;
-    depth =
-        lim->max_depth < 1 ? 1 : fl_min(lim->max_depth, FL_PAYLOAD_DEPTH_CAP);
-    if (fl_scan(&s, depth) != FL_OK) {
-        why->reason = fl_scan_reason(s.err);
+    if (fl_prescan(buf, len, lim, "payload", &s, &start, why) != FL_OK)
         return FL_ERROR;
-    }
 
     root = cJSON_ParseWithLengthOpts((const char *)s.p + start, len - start,
                                      NULL, 0);
@@ -1234,7 +1254,8 @@ int fl_ack_parse(const void *buf, size_t len, const fl_payload_limits_t *lim,
     fl_reject_t         dummy;
     fl_scan_t           s;
     cJSON              *root, *it, *id = NULL, *ok = NULL;
-    int                 depth, nresult = 0, rc = FL_OK;
+    int                 nresult = 0, rc = FL_OK;
+    size_t              start;
     char                q[FL_QUOTE_MAX + 4];
 
     memset(out, 0, sizeof(*out));
@@ -1246,31 +1267,11 @@ int fl_ack_parse(const void *buf, size_t len, const fl_payload_limits_t *lim,
         fl_payload_limits_default(&def);
         lim = &def;
     }
-    if (len > lim->max_payload_bytes)
-        return fl_reject(why, FL_REJECT_TOO_LARGE,
-                         "ack is %zu bytes, limit %zu", len,
-                         lim->max_payload_bytes);
-
     /* the same strict pre-scan as telemetry: what passes is valid jsonb
      * input as it is (no \u0000, no NaN, strict UTF-8) */
-    memset(&s, 0, sizeof(s));
-    s.p = buf;
-    s.len = len;
-    s.msg = why->msg;
-    s.msg_size = sizeof(why->msg);
-    if (len >= 3 && memcmp(s.p, "\xef\xbb\xbf", 3) == 0)
-        s.i = 3;
-    out->json_off = s.i;
-    fl_scan_ws(&s);
-    if (s.i == len)
-        return fl_reject(why, FL_REJECT_EMPTY,
-                         len ? "ack is only whitespace" : "empty ack");
-    depth =
-        lim->max_depth < 1 ? 1 : fl_min(lim->max_depth, FL_PAYLOAD_DEPTH_CAP);
-    if (fl_scan(&s, depth) != FL_OK) {
-        why->reason = fl_scan_reason(s.err);
+    if (fl_prescan(buf, len, lim, "ack", &s, &start, why) != FL_OK)
         return FL_ERROR;
-    }
+    out->json_off = start;
     root = cJSON_ParseWithLengthOpts((const char *)s.p + out->json_off,
                                      len - out->json_off, NULL, 0);
     if (root == NULL)

@@ -259,7 +259,8 @@ typedef struct {
     char   id[FL_COMMAND_ID_MAX + 1];
     int    ok;         /* 0 or 1 */
     int    has_result; /* "result" present (possibly null) */
-    size_t json_off;   /* the JSON text starts here (after a BOM) */
+    size_t json_off;   /* the JSON text starts here (after a BOM and
+                          whitespace) */
 } fl_ack_t;
 
 /*

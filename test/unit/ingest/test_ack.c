@@ -66,10 +66,11 @@ void test_ack_accepts(void)
     j = "{\"id\": \"c1\", \"ok\": true, \"result\": 1e999}";
     FL_CHECK_EQ_INT(fl_ack_parse(j, strlen(j), NULL, &a, &why), FL_OK);
 
-    /* a byte order mark is skipped: json_off says where the JSON starts */
+    /* a byte order mark and whitespace are skipped: json_off says where
+     * the JSON text starts */
     j = "\xef\xbb\xbf {\"id\": \"c1\", \"ok\": true}";
     FL_REQUIRE(fl_ack_parse(j, strlen(j), NULL, &a, &why) == FL_OK);
-    FL_CHECK_EQ_INT(a.json_off, 3);
+    FL_CHECK_EQ_INT(a.json_off, 4);
 
     /* the length counts, not a NUL */
     j = "{\"id\": \"c1\", \"ok\": true}garbage";
