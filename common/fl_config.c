@@ -32,6 +32,7 @@ typedef enum {
     T_LISTEN,
     T_LOGLEVEL,
     T_STRLIST,
+    T_STRLIST0, /* a list that may be empty */
     T_BOOL,
     T_INT64,
 } conf_type_t;
@@ -81,6 +82,15 @@ static const conf_key_t conf_keys[] = {
      "10000"},
     {"http.max_output_bytes", T_SIZE, O(http.max_output_bytes), 4096,
      1073741824, "1m"},
+    {"limits.ws_slow_timeout", T_DURATION, O(limits.ws_slow_timeout_ms), 100,
+     3600000, "10s"},
+    {"limits.ws_max_connections", T_INT, O(limits.ws_max_connections), 1,
+     1000000, "10000"},
+    {"limits.ws_max_message", T_SIZE, O(limits.ws_max_message), 128,
+     16777216, "64k"},
+    {"limits.ws_max_subscriptions", T_INT, O(limits.ws_max_subscriptions), 1,
+     1000000, "1000"},
+    {"limits.ws_msg_rate", T_INT, O(limits.ws_msg_rate), 1, 1000000, "100"},
 
     S("mqtt"),
     {"mqtt.uri", T_STR, O(mqtt.uri), 1, 1024, "tcp://127.0.0.1:1883"},
@@ -151,6 +161,13 @@ static const conf_key_t conf_keys[] = {
     S("auth"),
     {"auth.admin_tokens", T_STRLIST, O(auth.admin_tokens), 1, 1024,
      "[\"change-me\"]"},
+    {"auth.ws_origins", T_STRLIST0, O(auth.ws_origins), 1, 1024, "[]"},
+
+    S("ws"),
+    {"ws.ping_interval", T_DURATION, O(ws.ping_interval_ms), 1000, 3600000,
+     "30s"},
+    {"ws.resume_keep", T_INT, O(ws.resume_keep), 0, 100000, "100"},
+    {"ws.resume_ttl", T_DURATION, O(ws.resume_ttl_ms), 1000, 86400000, "10m"},
 
     S("ingest"),
     {"ingest.batch", T_INT, O(ingest.batch), 1, 100000, "5000"},
@@ -170,6 +187,15 @@ static const conf_key_t conf_keys[] = {
      268435456, "64k"},
     {"limits.ws_send_buffer", T_SIZE, O(limits.ws_send_buffer), 1024,
      1073741824, "1m"},
+    {"limits.ws_slow_timeout", T_DURATION, O(limits.ws_slow_timeout_ms), 100,
+     3600000, "10s"},
+    {"limits.ws_max_connections", T_INT, O(limits.ws_max_connections), 1,
+     1000000, "10000"},
+    {"limits.ws_max_message", T_SIZE, O(limits.ws_max_message), 128,
+     16777216, "64k"},
+    {"limits.ws_max_subscriptions", T_INT, O(limits.ws_max_subscriptions), 1,
+     1000000, "1000"},
+    {"limits.ws_msg_rate", T_INT, O(limits.ws_msg_rate), 1, 1000000, "100"},
     {"limits.max_metrics", T_INT, O(limits.max_metrics), 1, 1500, "1000"},
     {"limits.max_name_bytes", T_INT, O(limits.max_name_bytes), 1, 1024, "128"},
     {"limits.max_depth", T_INT, O(limits.max_depth), 1, 64, "8"},
@@ -350,7 +376,8 @@ static const char *type_name(conf_type_t t)
 {
     switch (t) {
     case T_SECTION: return "a mapping";
-    case T_STRLIST: return "a list of strings";
+    case T_STRLIST:
+    case T_STRLIST0: return "a list of strings";
     case T_BOOL: return "true or false";
     case T_INT64: return "an integer";
     case T_INT: return "an integer";
@@ -556,7 +583,7 @@ static void conf_set_list(conf_ctx_t *ctx, yaml_document_t *doc,
         }
         l.items[l.n++] = fl_strdup((char *)it->data.scalar.value);
     }
-    if (l.n == 0) {
+    if (l.n == 0 && k->type == T_STRLIST) {
         conf_error(ctx, (int)node->start_mark.line + 1,
                    "\"%s\" must not be empty", k->path);
         strlist_free(&l);
@@ -614,7 +641,7 @@ static void conf_walk_mapping(conf_ctx_t *ctx, yaml_document_t *doc,
                 return;
             }
             conf_walk_mapping(ctx, doc, vn, path);
-        } else if (k->type == T_STRLIST) {
+        } else if (k->type == T_STRLIST || k->type == T_STRLIST0) {
             if (vn->type != YAML_SEQUENCE_NODE) {
                 conf_error(ctx, line, "\"%s\" must be %s", path,
                            type_name(k->type));
@@ -655,7 +682,7 @@ static void conf_defaults(conf_ctx_t *ctx)
 
         if (k->type == T_SECTION)
             continue;
-        if (k->type == T_STRLIST) {
+        if (k->type == T_STRLIST || k->type == T_STRLIST0) {
             yaml_parser_initialize(&parser);
             yaml_parser_set_input_string(&parser, (const unsigned char *)k->def,
                                          strlen(k->def));
@@ -789,7 +816,7 @@ void fl_config_free(fl_config_t *cf)
         const conf_key_t *k = &conf_keys[i];
         if (k->type == T_STR || k->type == T_NAME)
             free(*(char **)(base + k->off));
-        else if (k->type == T_STRLIST)
+        else if (k->type == T_STRLIST || k->type == T_STRLIST0)
             strlist_free((fl_strlist_t *)(base + k->off));
     }
     free(cf->listen);

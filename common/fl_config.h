@@ -105,7 +105,14 @@ typedef struct {
 
     struct {
         fl_strlist_t admin_tokens;
+        fl_strlist_t ws_origins; /* empty: any Origin may open /ws */
     } auth;
+
+    struct {
+        int64_t ping_interval_ms; /* heartbeat of idle WebSockets */
+        int     resume_keep;      /* messages kept per device for resume */
+        int64_t resume_ttl_ms;    /* ... this long after the newest */
+    } ws;
 
     struct {
         int     batch;          /* stream entries read at once */
@@ -120,7 +127,12 @@ typedef struct {
 
     struct {
         int64_t max_payload_bytes;
-        int64_t ws_send_buffer;
+        int64_t ws_send_buffer;   /* then a client is conflated */
+        int64_t ws_slow_timeout_ms; /* then closed with 1013 */
+        int     ws_max_connections; /* per worker */
+        int64_t ws_max_message;     /* a client message, fragments summed */
+        int     ws_max_subscriptions; /* devices per connection */
+        int     ws_msg_rate;          /* client messages per second */
         int     max_metrics;
         int     max_name_bytes;
         int     max_depth;

@@ -40,6 +40,21 @@ typedef enum {
 /* rows (metric values) dead-lettered for their time */
 enum { FL_ROW_TOO_OLD = 0, FL_ROW_IN_FUTURE, FL_SHM_ROW_REASONS };
 
+/* WebSocket handshakes refused, by reason */
+enum {
+    FL_WS_REJ_HANDSHAKE = 0, /* 400, 405, 426 */
+    FL_WS_REJ_ORIGIN,        /* 403 origin */
+    FL_WS_REJ_AUTH,          /* 401, 403 scope */
+    FL_WS_REJ_LIMIT,         /* 503 */
+    FL_SHM_WS_REJECTS
+};
+/* WebSocket closes counted by code; fl_shm_ws_close[i] is the code of
+ * ws_closes[i] (1006: the peer went away without a close frame) */
+#define FL_SHM_WS_CLOSES 11
+static const int fl_shm_ws_close[FL_SHM_WS_CLOSES] = {
+    1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011, 1013, 0,
+};
+
 /* Dependency states published by the modules that own a connection. */
 typedef enum {
     FL_DEP_UNUSED = 0, /* no module of this build uses it yet */
@@ -104,6 +119,19 @@ typedef struct {
     volatile uint64_t ingest_claimed; /* taken over from dead consumers */
     volatile uint64_t ingest_pg_failures;
     volatile uint64_t ingest_published;
+
+    /* WebSocket (worker/ws/) */
+    volatile uint64_t ws_accepted;
+    volatile uint64_t ws_rejected[FL_SHM_WS_REJECTS];
+    volatile uint64_t ws_messages;    /* telemetry messages to clients */
+    volatile uint32_t ws_conflated;   /* connections conflated now */
+    volatile uint64_t ws_frames_conflated; /* messages merged, not sent */
+    volatile uint64_t ws_closes[FL_SHM_WS_CLOSES]; /* by fl_shm_ws_close */
+    volatile uint64_t ws_replayed;    /* messages resent on resume */
+    volatile uint64_t ws_gaps;        /* gap messages sent */
+    volatile uint64_t ws_client_errors; /* error messages sent */
+    volatile uint64_t ws_pubsub_messages; /* from Redis Pub/Sub */
+
     fl_hist_t         batch_rows;       /* rows per committed batch */
     fl_hist_t         batch_latency_us; /* read -> committed */
     fl_hist_t         e2e_latency_us;   /* broker arrival -> committed */

@@ -9,6 +9,14 @@
  *       t:{metric}        its time, epoch ms
  *       r:{key}           reported state, JSON text
  *       last_seen         arrival of the newest message, epoch ms
+ *   {prefix}recent:{id}   list, the device's last ws.resume_keep
+ *                         telemetry messages in their WebSocket form,
+ *                         newest first, TTL ws.resume_ttl after the
+ *                         newest (for WebSocket resume, worker/ws/)
+ *   {prefix}wsid          string, the last telemetry message id given
+ *                         (fl_ingest.c shadow_lua)
+ *   {prefix}tele:{shard}  Pub/Sub channel of every telemetry message in
+ *                         its WebSocket form (fl_shadow_shard)
  *   {prefix}desired:{id}  hash, no TTL (desired state must wait for a
  *                         sleeping device however long it sleeps):
  *       d:{key}           desired value, JSON text
@@ -31,13 +39,48 @@
 #ifndef FL_SHADOW_H
 #define FL_SHADOW_H
 
+#include <hiredis/hiredis.h>
 #include <stddef.h>
+#include <stdint.h>
+
+#include "fl_enc.h"
 
 /* Publish device's delta (JSON text, len bytes) on devices/{id}/desired,
  * QoS 1, retained; "{}" clears the retained message. Logged, not
  * reported, when MQTT is not connected: the next change publishes the
  * delta again. */
 void fl_shadow_publish_delta(const char *device, const char *delta, size_t len);
+
+/* The fan-out channel {prefix}tele:N of a device: N = FNV-1a of its id
+ * modulo redis.channel_shards. */
+uint32_t fl_shadow_shard(const char *device, int shards);
+
+/* An HGETALL reply's [field, value, ...] as owned NUL-terminated
+ * strings (a reply lives only as long as its callback). */
+typedef struct {
+    char  **f;
+    size_t *len;
+    size_t  n; /* strings, twice the fields */
+} fl_kv_t;
+
+/* FL_ERROR when rep is not an array (an error or no reply). */
+int  fl_kv_from(fl_kv_t *kv, const redisReply *rep);
+void fl_kv_free(fl_kv_t *kv);
+
+/*
+ * A device's state as GET /api/v1/devices/{id}/state answers it (and the
+ * WebSocket snapshot carries it), from its shadow and desired hashes:
+ *
+ *   {"device": id, "ts": newest value time | null, "online": bool,
+ *    "last_seen": ms | null, "values": {metric: value},
+ *    "value_ts": {metric: ms}, "reported": {...}, "desired": {...},
+ *    "delta": {...}}
+ *
+ * Written without a JSON tree: the values are JSON text already.
+ */
+void fl_shadow_state_json(fl_sbuf_t *b, const char *device,
+                          const fl_kv_t *shadow, const fl_kv_t *desired,
+                          int64_t online_window_ms);
 
 /*
  * Lua, to prepend to a script: fl_delta(dkey, skey) computes the delta of

@@ -102,10 +102,7 @@ static int api(fl_http_req_t *req, void *ud)
     int                   bad = 0;
 
     (void)ud;
-    r = fl_calloc(1, sizeof(*r));
-    r->http = req;
-    r->start_us = fl_now_us();
-    fl_api_inflight++;
+    r = fl_api_begin(req, NULL);
     snprintf(path, sizeof(path), "%s", req->path + strlen(API_PREFIX));
     for (p = strtok_r(path, "/", &save); p && nseg < MAX_SEGMENTS;
          p = strtok_r(NULL, "/", &save))

@@ -115,6 +115,13 @@ void fl_api_db_error(fl_api_req_t *r, const char *err, const char *sqlstate);
 void fl_api_cursor(const char *id, char *out);
 int  fl_api_cursor_id(const char *cursor, char *id);
 
+/* A request for route rt outside the API's own routing (/ws uses the
+ * API's token check): finished like any other, or by fl_api_done(). */
+fl_api_req_t *fl_api_begin(fl_http_req_t *req, const fl_api_route_t *rt);
+/* Finish r without an answer: its connection was taken over (an
+ * Upgrade), r->http is no longer used. */
+void fl_api_done(fl_api_req_t *r);
+
 /* requests not yet answered (the module's busy count) */
 extern int fl_api_inflight;
 

@@ -31,6 +31,22 @@ static void finish(fl_api_req_t *r)
         fl_worker_drain_check();
 }
 
+fl_api_req_t *fl_api_begin(fl_http_req_t *req, const fl_api_route_t *rt)
+{
+    fl_api_req_t *r = fl_calloc(1, sizeof(*r));
+
+    r->http = req;
+    r->route = rt;
+    r->start_us = fl_now_us();
+    fl_api_inflight++;
+    return r;
+}
+
+void fl_api_done(fl_api_req_t *r)
+{
+    finish(r);
+}
+
 void fl_api_json_text(fl_api_req_t *r, int status, const char *text, size_t len)
 {
     fl_http_respond(r->http, status, "application/json", text, len);

@@ -49,43 +49,8 @@ static const char desired_lua[] = FL_DELTA_LUA
 
 /* ---- GET state ---- */
 
-/* A reply's [field, value, ...] as an owned array of strings. */
 typedef struct {
-    char  **f;
-    size_t *len;
-    size_t  n; /* strings, twice the fields */
-} kv_t;
-
-static void kv_free(kv_t *kv)
-{
-    for (size_t i = 0; i < kv->n; i++)
-        free(kv->f[i]);
-    free(kv->f);
-    free(kv->len);
-    memset(kv, 0, sizeof(*kv));
-}
-
-static int kv_from(kv_t *kv, const redisReply *rep)
-{
-    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY)
-        return FL_ERROR;
-    kv->n = rep->elements & ~(size_t)1;
-    kv->f = fl_calloc(kv->n + 1, sizeof(char *));
-    kv->len = fl_calloc(kv->n + 1, sizeof(size_t));
-    for (size_t i = 0; i < kv->n; i++) {
-        const redisReply *e = rep->element[i];
-        size_t            l = e->type == REDIS_REPLY_STRING ? e->len : 0;
-
-        kv->f[i] = fl_alloc(l + 1);
-        memcpy(kv->f[i], l ? e->str : "", l);
-        kv->f[i][l] = '\0';
-        kv->len[i] = l;
-    }
-    return FL_OK;
-}
-
-typedef struct {
-    kv_t shadow, desired;
+    fl_kv_t shadow, desired;
     int  replies, failed;
 } get_t;
 
@@ -93,101 +58,17 @@ static void get_free(void *p)
 {
     get_t *g = p;
 
-    kv_free(&g->shadow);
-    kv_free(&g->desired);
-}
-
-/* the value of field name in kv, or NULL */
-static const char *kv_get(const kv_t *kv, const char *name, size_t *len)
-{
-    for (size_t i = 0; i + 1 < kv->n; i += 2) {
-        if (strcmp(kv->f[i], name) == 0) {
-            *len = kv->len[i + 1];
-            return kv->f[i + 1];
-        }
-    }
-    return NULL;
-}
-
-/* {"k": raw, ...} of the fields with prefix pfx (2 bytes), raw JSON */
-static void raw_object(fl_sbuf_t *b, const kv_t *kv, const char *pfx)
-{
-    int first = 1;
-
-    fl_sb_lit(b, "{");
-    for (size_t i = 0; i + 1 < kv->n; i += 2) {
-        if (strncmp(kv->f[i], pfx, 2) != 0)
-            continue;
-        if (!first)
-            fl_sb_lit(b, ",");
-        first = 0;
-        fl_sb_jstr(b, kv->f[i] + 2);
-        fl_sb_lit(b, ":");
-        fl_sb_put(b, kv->f[i + 1], kv->len[i + 1]);
-    }
-    fl_sb_lit(b, "}");
+    fl_kv_free(&g->shadow);
+    fl_kv_free(&g->desired);
 }
 
 static void state_answer(fl_api_req_t *r)
 {
-    get_t      *g = r->ctx;
-    fl_sbuf_t   b = {0};
-    const char *seen_s;
-    size_t      len;
-    int64_t     seen = 0, ts = -1;
-    int         first = 1;
+    get_t    *g = r->ctx;
+    fl_sbuf_t b = {0};
 
-    seen_s = kv_get(&g->shadow, "last_seen", &len);
-    if (seen_s)
-        seen = atoll(seen_s);
-    for (size_t i = 0; i + 1 < g->shadow.n; i += 2) {
-        if (strncmp(g->shadow.f[i], "t:", 2) == 0)
-            ts = fl_max(ts, (int64_t)atoll(g->shadow.f[i + 1]));
-    }
-    fl_sb_lit(&b, "{\"device\":");
-    fl_sb_jstr(&b, r->id);
-    fl_sb_lit(&b, ",\"ts\":");
-    if (ts >= 0)
-        fl_sb_i64(&b, ts);
-    else
-        fl_sb_lit(&b, "null");
-    if (seen > 0 && fl_wall_ms() - seen <= fl_api.cf->ingest.online_window_ms)
-        fl_sb_lit(&b, ",\"online\":true,\"last_seen\":");
-    else
-        fl_sb_lit(&b, ",\"online\":false,\"last_seen\":");
-    if (seen > 0)
-        fl_sb_i64(&b, seen);
-    else
-        fl_sb_lit(&b, "null");
-    fl_sb_lit(&b, ",\"values\":");
-    raw_object(&b, &g->shadow, "v:");
-    fl_sb_lit(&b, ",\"value_ts\":");
-    raw_object(&b, &g->shadow, "t:");
-    fl_sb_lit(&b, ",\"reported\":");
-    raw_object(&b, &g->shadow, "r:");
-    fl_sb_lit(&b, ",\"desired\":");
-    raw_object(&b, &g->desired, "d:");
-    /* the delta: desired keys whose value is not the reported one */
-    fl_sb_lit(&b, ",\"delta\":{");
-    for (size_t i = 0; i + 1 < g->desired.n; i += 2) {
-        const char *k = g->desired.f[i], *rep;
-        char        name[1100];
-
-        if (strncmp(k, "d:", 2) != 0)
-            continue;
-        snprintf(name, sizeof(name), "r:%s", k + 2);
-        rep = kv_get(&g->shadow, name, &len);
-        if (rep && len == g->desired.len[i + 1] &&
-            memcmp(rep, g->desired.f[i + 1], len) == 0)
-            continue;
-        if (!first)
-            fl_sb_lit(&b, ",");
-        first = 0;
-        fl_sb_jstr(&b, k + 2);
-        fl_sb_lit(&b, ":");
-        fl_sb_put(&b, g->desired.f[i + 1], g->desired.len[i + 1]);
-    }
-    fl_sb_lit(&b, "}}");
+    fl_shadow_state_json(&b, r->id, &g->shadow, &g->desired,
+                         fl_api.cf->ingest.online_window_ms);
     fl_api_json_text(r, 200, b.p, b.len);
     fl_sb_free(&b);
 }
@@ -214,7 +95,7 @@ static void on_hash(fl_redis_t *rd, redisReply *reply, void *ud)
 
     (void)rd;
     /* replies come in order: the shadow's first */
-    if (kv_from(g->replies == 2 ? &g->shadow : &g->desired, reply) != FL_OK)
+    if (fl_kv_from(g->replies == 2 ? &g->shadow : &g->desired, reply) != FL_OK)
         g->failed = 1;
     if (--g->replies > 0)
         return;

@@ -238,6 +238,72 @@ static void node_counter(struct evbuffer *b, const fl_shm_worker_t *const *cur,
                         help, name, name, (unsigned long long)sum);
 }
 
+/* WebSocket series, node-wide. */
+static void ws_metrics(struct evbuffer *b, const fl_shm_worker_t *const *cur,
+                       int n)
+{
+    static const char *const rej[FL_SHM_WS_REJECTS] = {"handshake", "origin",
+                                                       "auth", "limit"};
+    uint64_t                 sum;
+
+#define WSC(f, name, help)                                                     \
+    node_counter(b, cur, n, name, help, offsetof(fl_shm_worker_t, f))
+    WSC(ws_accepted, "fleetd_ws_accepted_total",
+        "WebSocket handshakes accepted.");
+    WSC(ws_messages, "fleetd_ws_messages_total",
+        "Telemetry messages queued to WebSocket clients (conflated ones "
+        "included).");
+    WSC(ws_frames_conflated, "fleetd_ws_frames_conflated_total",
+        "Telemetry messages merged into a slow client's latest values "
+        "instead of being queued.");
+    WSC(ws_replayed, "fleetd_ws_replayed_total",
+        "Telemetry messages resent to clients that resumed with since.");
+    WSC(ws_gaps, "fleetd_ws_gaps_total",
+        "Gap messages: a resumed client's missed range was not all kept.");
+    WSC(ws_client_errors, "fleetd_ws_client_errors_total",
+        "Error messages sent for bad client messages.");
+    WSC(ws_pubsub_messages, "fleetd_ws_pubsub_messages_total",
+        "Messages received from Redis Pub/Sub for WebSocket fan-out.");
+#undef WSC
+    sum = 0;
+    for (int i = 0; i < n; i++)
+        sum += fl_shm_load(cur[i]->ws_conflated);
+    evbuffer_add_printf(b,
+                        "# HELP fleetd_ws_conflated_connections WebSocket "
+                        "clients over limits.ws_send_buffer now.\n"
+                        "# TYPE fleetd_ws_conflated_connections gauge\n"
+                        "fleetd_ws_conflated_connections %llu\n",
+                        (unsigned long long)sum);
+    evbuffer_add_printf(b, "# HELP fleetd_ws_rejected_total WebSocket "
+                           "handshakes refused, by reason.\n"
+                           "# TYPE fleetd_ws_rejected_total counter\n");
+    for (int r = 0; r < FL_SHM_WS_REJECTS; r++) {
+        sum = 0;
+        for (int i = 0; i < n; i++)
+            sum += fl_shm_load(cur[i]->ws_rejected[r]);
+        evbuffer_add_printf(b, "fleetd_ws_rejected_total{reason=\"%s\"} %llu\n",
+                            rej[r], (unsigned long long)sum);
+    }
+    evbuffer_add_printf(b, "# HELP fleetd_ws_closes_total WebSocket "
+                           "connections closed, by close code (1006: the "
+                           "peer went away without one; other: codes not "
+                           "listed).\n"
+                           "# TYPE fleetd_ws_closes_total counter\n");
+    for (int k = 0; k < FL_SHM_WS_CLOSES; k++) {
+        char code[16];
+
+        sum = 0;
+        for (int i = 0; i < n; i++)
+            sum += fl_shm_load(cur[i]->ws_closes[k]);
+        if (fl_shm_ws_close[k])
+            snprintf(code, sizeof(code), "%d", fl_shm_ws_close[k]);
+        else
+            snprintf(code, sizeof(code), "other");
+        evbuffer_add_printf(b, "fleetd_ws_closes_total{code=\"%s\"} %llu\n",
+                            code, (unsigned long long)sum);
+    }
+}
+
 /* MQTT intake and stream consumer series, node-wide. */
 static void ingest_metrics(struct evbuffer              *b,
                            const fl_shm_worker_t *const *cur, int n)
@@ -461,6 +527,7 @@ static int metrics(fl_http_req_t *req, void *ud)
         }
     }
     ingest_metrics(b, cur, n);
+    ws_metrics(b, cur, n);
 #undef HELP
 
     fl_http_respond_buffer(req, 200, "text/plain; version=0.0.4", b);

@@ -14,6 +14,10 @@
  *             fl_payload_parse, the COPY rows, and one shadow/fan-out
  *             script call per chunk in the protocol's form; the loop only
  *             sends what the jobs built
+ *   fan-out   per chunk one EVALSHA of shadow_lua, sent as soon as the
+ *             batch is prepared, while the store runs: the newest value
+ *             per metric into each shadow, a PUBLISH of each point on
+ *             {prefix}tele:{shard} and a push on its device's resume list
  *   store     one transaction (fl_pg.c): COPY into the telemetry table,
  *             or through a staging table when a key is already there: a
  *             batch written twice adds no row, of two messages with one
@@ -21,9 +25,8 @@
  *   answers   the devices' answers to commands (devices/{id}/commands/ack)
  *             of the batch: one UPDATE per ACK_SLICE of them through the
  *             API's pool (fl_commands_ack), see "Command answers" below
- *   publish   dead letters (XADD {prefix}dead), then per chunk one EVALSHA
- *             of shadow_lua: the newest value per metric into each shadow,
- *             and a PUBLISH of each point on {prefix}tele:{shard}
+ *   publish   dead letters (XADD {prefix}dead); then wait for the fan-out
+ *             replies
  *   ack       XACK, only after all of the above succeeded
  *
  * Nothing is acknowledged before it is committed: a crash anywhere leaves
@@ -147,7 +150,6 @@ typedef struct {
 /* A slice of the batch prepared by one pool job. */
 typedef struct {
     int           first, n; /* entries [first, first + n) */
-    int           parse;    /* the job parses and builds rows too */
     fl_pg_batch_t pgb;      /* their rows (moved into the batch's) */
     char         *cmd;      /* the shadow/fan-out script call, RESP */
     size_t        cmdlen;
@@ -171,9 +173,9 @@ typedef struct {
     chunk_t       *chunks;
     int            nchunks;
     int            jobs;      /* pool jobs outstanding */
-    int            rebuild;   /* jobs rebuild the script calls only */
     int            lingered;  /* the kick timer is the linger's */
-    int            replies;   /* publish replies outstanding */
+    int            replies;   /* publish replies outstanding (the
+                                 fan-out's from before the store on) */
     int            failed;    /* a publish command failed */
     int            isolate;   /* storing one entry at a time */
     int            next;      /* isolate: the entry being stored */
@@ -199,6 +201,8 @@ static struct {
     char                consumer[128];
     char                shadow_prefix[128];
     char                desired_prefix[128];
+    char                recent_prefix[128];
+    char                wsid_key[128];
     char                channel_prefix[128];
     phase_t             phase;
     batch_t             b;
@@ -221,11 +225,15 @@ static void store_batch(void);
 static void store_answers(void);
 static void register_devices(void);
 static void publish_batch(void);
+static void fan_out(void);
 
 static const char shadow_lua[] =
     /* KEYS: one shadow hash per entry (a device may repeat, in stream
      * order). ARGV[1] ttl_ms, ARGV[2] the length of the shadow key
-     * prefix, ARGV[3] the desired key prefix, then per key a record:
+     * prefix, ARGV[3] the desired key prefix, ARGV[4] the resume list
+     * prefix, ARGV[5] ws.resume_keep, ARGV[6] ws.resume_ttl in ms,
+     * ARGV[7] the last id given, ARGV[8] the messages to publish, then per
+     * key a record:
      *   mode ("t"|"s"), last_seen_ms, n, then n items -
      *     t: (metric, ts_ms, json), s: (key, json or "" for null) -
      *   then np, and when np > 0 a channel and np messages to PUBLISH.
@@ -234,12 +242,34 @@ static const char shadow_lua[] =
      * times, one HSET of what is newer. State is merged key by key, ""
      * (JSON null) deletes the key. The fan-out PUBLISH happens here, after
      * the shadow has the values: a dashboard that reads the shadow on a
-     * message sees at least that message. A state change of a device with
+     * message sees at least that message. Each published message gets
+     * its id here: Redis's clock in microseconds, or one more than the
+     * last id given when that is not smaller (ARGV[7] keeps it). Ids grow
+     * in the order messages are published, which is the order every
+     * subscriber receives them in, whichever worker or node published
+     * them - so a WebSocket client resumes after the last id it saw and
+     * misses nothing (stream ids would not do: two workers commit their
+     * batches concurrently) - and an id tells when it was published,
+     * which resume needs to know whether a range has expired. The
+     * published messages are
+     * also pushed on the device's resume list (newest first, the last
+     * resume_keep, expiring resume_ttl after the newest; worker/ws/),
+     * in the same script, so a WebSocket client that reads the list after
+     * its SUBSCRIBE was confirmed misses nothing between the two. A
+     * state change of a device with
      * desired state recomputes its delta (fl_shadow.h); the script
      * returns {device, delta, ...} for the deltas that changed, which the
      * caller publishes. */
     FL_DELTA_LUA
-    "local ttl, plen, dpfx, a = ARGV[1], tonumber(ARGV[2]), ARGV[3], 4\n"
+    "local ttl, plen, dpfx, a = ARGV[1], tonumber(ARGV[2]), ARGV[3], 9\n"
+    "local rpfx, keep, rttl = ARGV[4], tonumber(ARGV[5]), ARGV[6]\n"
+    "local total, id = tonumber(ARGV[8]), 0\n"
+    "if total > 0 then\n"
+    "  local t = redis.call('TIME')\n"
+    "  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+    "  id = math.max(tonumber(redis.call('GET', ARGV[7]) or '0'), now - 1)\n"
+    "  redis.call('SET', ARGV[7], string.format('%.0f', id + total))\n"
+    "end\n"
     "local out = {}\n"
     "for k = 1, #KEYS do\n"
     "  local key, mode = KEYS[k], ARGV[a]\n"
@@ -291,8 +321,20 @@ static const char shadow_lua[] =
     "  local np = tonumber(ARGV[a])\n"
     "  a = a + 1\n"
     "  if np > 0 then\n"
-    "    local ch = ARGV[a]\n"
-    "    for i = a + 1, a + np do redis.call('PUBLISH', ch, ARGV[i]) end\n"
+    "    local ch, msgs = ARGV[a], {}\n"
+    "    for i = a + 1, a + np do\n"
+    "      id = id + 1\n"
+    "      local m = '{\"type\":\"telemetry\",\"id\":\"' ..\n"
+    "        string.format('%.0f', id) .. '\",' .. ARGV[i]\n"
+    "      redis.call('PUBLISH', ch, m)\n"
+    "      msgs[#msgs + 1] = m\n"
+    "    end\n"
+    "    if keep > 0 then\n"
+    "      local rk = rpfx .. string.sub(key, plen + 1)\n"
+    "      redis.call('LPUSH', rk, unpack(msgs))\n"
+    "      redis.call('LTRIM', rk, 0, keep - 1)\n"
+    "      redis.call('PEXPIRE', rk, rttl)\n"
+    "    end\n"
     "    a = a + np + 1\n"
     "  end\n"
     "end\n"
@@ -510,15 +552,6 @@ static void parse_entry(entry_t *e)
  * own chunk, its entries, the read-only configuration and atomic counters.
  */
 
-static uint32_t shard_of(const char *device)
-{
-    uint32_t h = 2166136261u; /* FNV-1a */
-
-    for (const unsigned char *p = (const unsigned char *)device; *p; p++)
-        h = (h ^ *p) * 16777619u;
-    return h % (uint32_t)fl_worker.cf->redis.channel_shards;
-}
-
 static void metric_json(fl_sbuf_t *b, const fl_metric_t *m)
 {
     switch (m->type) {
@@ -533,19 +566,15 @@ static void metric_json(fl_sbuf_t *b, const fl_metric_t *m)
     }
 }
 
-/* The WebSocket form of point p of e (CONTRACT.md section 4). */
+/* The WebSocket form of point p of e (CONTRACT.md section 5) without its
+ * head: the script puts {"type":"telemetry","id":"N", in front, N from
+ * the id counter (see shadow_lua). */
 static void point_json(fl_sbuf_t *b, const entry_t *e, size_t p)
 {
     const fl_point_t *pt = &e->tele.points[p];
 
     b->len = 0;
-    fl_sb_lit(b, "{\"type\":\"telemetry\",\"id\":\"");
-    fl_sb_put(b, e->id, strlen(e->id)); /* digits and a dash */
-    if (p > 0) {
-        fl_sb_lit(b, ":");
-        fl_sb_i64(b, (int64_t)p);
-    }
-    fl_sb_lit(b, "\",\"device\":");
+    fl_sb_lit(b, "\"device\":");
     fl_sb_jstr(b, e->device);
     fl_sb_lit(b, ",\"ts\":");
     fl_sb_i64(b, pt->ts_us / 1000);
@@ -622,7 +651,7 @@ static void chunk_build_cmd(chunk_t *c)
             }
         }
         snprintf(channel, sizeof(channel), "%s%u", ing.channel_prefix,
-                 shard_of(e->device));
+                 fl_shadow_shard(e->device, cf->redis.channel_shards));
         fl_resp_i64(&args, (int64_t)e->tele.npoints);
         fl_resp_str(&args, channel);
         for (size_t p = 0; p < e->tele.npoints; p++) {
@@ -644,6 +673,11 @@ static void chunk_build_cmd(chunk_t *c)
     fl_resp_i64(&r, cf->redis.shadow_ttl_ms);
     fl_resp_i64(&r, (int64_t)strlen(ing.shadow_prefix));
     fl_resp_str(&r, ing.desired_prefix);
+    fl_resp_str(&r, ing.recent_prefix);
+    fl_resp_i64(&r, cf->ws.resume_keep);
+    fl_resp_i64(&r, cf->ws.resume_ttl_ms);
+    fl_resp_str(&r, ing.wsid_key);
+    fl_resp_i64(&r, (int64_t)c->published);
     fl_resp_append(&r, &args);
     fl_resp_free(&keys);
     fl_resp_free(&args);
@@ -654,16 +688,14 @@ static void chunk_work(void *arg)
 {
     chunk_t *c = arg;
 
-    if (c->parse) {
-        for (int i = c->first; i < c->first + c->n; i++) {
-            entry_t *e = &ing.b.e[i];
+    for (int i = c->first; i < c->first + c->n; i++) {
+        entry_t *e = &ing.b.e[i];
 
-            if (e->kind == E_DEAD)
-                continue;
-            parse_entry(e);
-            if (e->kind == E_TELEMETRY)
-                fl_pg_batch_add(&c->pgb, e->device, &e->tele, e->src);
-        }
+        if (e->kind == E_DEAD)
+            continue;
+        parse_entry(e);
+        if (e->kind == E_TELEMETRY)
+            fl_pg_batch_add(&c->pgb, e->device, &e->tele, e->src);
     }
     chunk_build_cmd(c);
 }
@@ -673,11 +705,7 @@ static void chunk_done(void *arg)
     (void)arg;
     if (--ing.b.jobs > 0 || ing.phase != P_PARSING)
         return;
-    if (ing.b.rebuild) {
-        ing.b.rebuild = 0;
-        store_answers();
-        return;
-    }
+    fan_out();
     /* the rows of all chunks, in entry order, make the batch's COPY */
     fl_pg_batch_reset(&ing.b.pgb);
     for (int i = 0; i < ing.b.nchunks; i++) {
@@ -688,6 +716,37 @@ static void chunk_done(void *arg)
     }
     register_devices();
     store_batch();
+}
+
+static void on_published(fl_redis_t *r, redisReply *reply, void *ud);
+
+/*
+ * The shadow and fan-out script calls go out as soon as the batch is
+ * prepared, while PostgreSQL stores it: a dashboard sees a message a
+ * commit sooner, and keeps seeing messages while PostgreSQL is away.
+ * Their replies are counted with the publish step's (on_published), and
+ * the batch is acknowledged only when all are in and the commit is done.
+ * An entry that PostgreSQL refuses later (dead-lettered with reason
+ * storage) has then been shown on dashboards already; and a batch taken
+ * back after a crash before its XACK is published again, under new ids.
+ */
+static void fan_out(void)
+{
+    ing.b.replies = 0;
+    ing.b.failed = 0;
+    for (int i = 0; i < ing.b.nchunks; i++) {
+        chunk_t *c = &ing.b.chunks[i];
+
+        if (c->cmd == NULL)
+            continue;
+        if (fl_redis_cmdraw(ing.wr, 0, on_published, NULL, c->cmd,
+                            c->cmdlen) != FL_OK) {
+            ing.b.failed = 1;
+            break;
+        }
+        ing.b.replies++;
+        fl_shm_add(fl_worker.stats->ingest_published, c->published);
+    }
 }
 
 /*
@@ -714,15 +773,14 @@ static void register_devices(void)
     }
 }
 
-/* Submit every chunk (parse: also parse and build rows). */
-static void chunks_submit(int parse)
+/* Submit every chunk to the pool. */
+static void chunks_submit(void)
 {
     ing.phase = P_PARSING;
     ing.b.jobs = ing.b.nchunks;
     for (int i = 0; i < ing.b.nchunks; i++) {
         chunk_t *c = &ing.b.chunks[i];
 
-        c->parse = parse;
         snprintf(c->sha, sizeof(c->sha), "%s", ing.shadow_sha);
         fl_pool_submit(ing.pool, chunk_work, chunk_done, c);
     }
@@ -768,7 +826,7 @@ static void parse_batch(void)
             (chunk_t){.first = first, .n = ing.b.n - first};
     for (int i = 0; i < ing.b.nchunks; i++)
         fl_pg_batch_init(&ing.b.chunks[i].pgb);
-    chunks_submit(1);
+    chunks_submit();
 }
 
 /* ---- storing ---- */
@@ -796,10 +854,7 @@ static void store_batch(void)
         while (ing.b.next < ing.b.n && ing.b.e[ing.b.next].kind != E_TELEMETRY)
             ing.b.next++;
         if (ing.b.next >= ing.b.n) {
-            /* some entries became dead letters: the script calls must
-             * leave them out */
-            ing.b.rebuild = 1;
-            chunks_submit(0);
+            store_answers();
             return;
         }
         fill_one();
@@ -988,7 +1043,6 @@ static void on_answers(int rc, const char *err, void *ud)
 
 /* ---- publishing: dead letters, shadow, fan-out ---- */
 
-static void on_published(fl_redis_t *r, redisReply *reply, void *ud);
 static void ack_batch(void);
 
 static int publish_dead(const entry_t *e, const char *reason, const char *msg)
@@ -1061,15 +1115,13 @@ static int publish_cut(const entry_t *e, const fl_cut_t *c, int old)
     return publish_dead(e, old ? REASON_TOO_OLD : REASON_IN_FUTURE, msg);
 }
 
-/* Dead letters first, then each chunk's script call (prepared on the
- * pool); on_published() counts the replies. */
+/* The dead letters; the script calls went out before the store
+ * (fan_out). on_published() counts the replies of both. */
 static void publish_batch(void)
 {
     int ok = 1;
 
     ing.phase = P_PUBLISHING;
-    ing.b.replies = 0;
-    ing.b.failed = 0;
     for (int i = 0; i < ing.b.n && ok; i++) {
         const entry_t *e = &ing.b.e[i];
 
@@ -1080,18 +1132,6 @@ static void publish_batch(void)
                 ok = publish_cut(e, &e->old, 1) == FL_OK;
             if (ok && e->future.npoints)
                 ok = publish_cut(e, &e->future, 0) == FL_OK;
-        }
-    }
-    for (int i = 0; i < ing.b.nchunks && ok; i++) {
-        chunk_t *c = &ing.b.chunks[i];
-
-        if (c->cmd == NULL)
-            continue;
-        ok = fl_redis_cmdraw(ing.wr, 0, on_published, NULL, c->cmd,
-                             c->cmdlen) == FL_OK;
-        if (ok) {
-            ing.b.replies++;
-            fl_shm_add(fl_worker.stats->ingest_published, c->published);
         }
     }
     if (!ok)
@@ -1614,6 +1654,9 @@ static int ingest_init(fl_worker_t *w)
              "%sdesired:", cf->redis.prefix);
     snprintf(ing.channel_prefix, sizeof(ing.channel_prefix),
              "%stele:", cf->redis.prefix);
+    snprintf(ing.recent_prefix, sizeof(ing.recent_prefix), "%srecent:",
+             cf->redis.prefix);
+    snprintf(ing.wsid_key, sizeof(ing.wsid_key), "%swsid", cf->redis.prefix);
     ing.retry_ms = RETRY_MIN_MS;
     fl_pg_batch_init(&ing.b.pgb);
     fl_idset_init(&ing.known, KNOWN_MAX, KNOWN_TTL_MS);

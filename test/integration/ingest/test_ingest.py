@@ -367,9 +367,11 @@ def test_fanout_publishes_websocket_form(ingest):
     assert a["ts"] == t and b["ts"] == t + 1000, (a, b)
     assert same_json(a["values"], {"temp": 21.5, "on": True, "note": note}), a
     assert same_json(b["values"], {"temp": 1e-7, "n": 12345678901}), b
-    # the stream entry's id; the second point of the message gets ":1"
-    assert re.fullmatch(r"[0-9]+-[0-9]+", a["id"]), a["id"]
-    assert b["id"] == a["id"] + ":1", (a["id"], b["id"])
+    # ids: Redis's clock in µs at publish, strictly increasing; the second
+    # point of the message is published right after the first
+    assert re.fullmatch(r"[1-9][0-9]{15}", a["id"]), a["id"]
+    assert int(b["id"]) == int(a["id"]) + 1, (a["id"], b["id"])
+    assert abs(int(a["id"]) / 1000 - time.time() * 1000) < 60000, a["id"]
 
 
 # --------------------------------------------------------------- shadow
