@@ -127,6 +127,29 @@ void test_enc_resp(void);
 void test_enc_resp_append(void);
 void test_enc_resp_large(void);
 
+void test_ws_accept(void);
+void test_ws_accept_bad_keys(void);
+void test_ws_header(void);
+void test_ws_close_payload(void);
+void test_wsrx_text_in_place(void);
+void test_wsrx_split_anywhere(void);
+void test_wsrx_fragments_with_ping(void);
+void test_wsrx_lengths(void);
+void test_wsrx_err_unmasked(void);
+void test_wsrx_err_rsv(void);
+void test_wsrx_err_opcode(void);
+void test_wsrx_err_control(void);
+void test_wsrx_err_continuation(void);
+void test_wsrx_err_length_top_bit(void);
+void test_wsrx_err_text_utf8(void);
+void test_wsrx_too_big_on_header(void);
+void test_wsrx_memory(void);
+void test_wsrx_stop(void);
+void test_wsrx_close_codes(void);
+void test_wsrx_close_forms(void);
+void test_wsrx_after_error(void);
+void test_wsrx_empty(void);
+
 static const fl_test_t tests[] = {
     {"hist_empty", test_hist_empty},
     {"hist_single", test_hist_single},
@@ -237,6 +260,29 @@ static const fl_test_t tests[] = {
     {"enc_resp", test_enc_resp},
     {"enc_resp_append", test_enc_resp_append},
     {"enc_resp_large", test_enc_resp_large},
+
+    {"ws_accept", test_ws_accept},
+    {"ws_accept_bad_keys", test_ws_accept_bad_keys},
+    {"ws_header", test_ws_header},
+    {"ws_close_payload", test_ws_close_payload},
+    {"wsrx_text_in_place", test_wsrx_text_in_place},
+    {"wsrx_split_anywhere", test_wsrx_split_anywhere},
+    {"wsrx_fragments_with_ping", test_wsrx_fragments_with_ping},
+    {"wsrx_lengths", test_wsrx_lengths},
+    {"wsrx_err_unmasked", test_wsrx_err_unmasked},
+    {"wsrx_err_rsv", test_wsrx_err_rsv},
+    {"wsrx_err_opcode", test_wsrx_err_opcode},
+    {"wsrx_err_control", test_wsrx_err_control},
+    {"wsrx_err_continuation", test_wsrx_err_continuation},
+    {"wsrx_err_length_top_bit", test_wsrx_err_length_top_bit},
+    {"wsrx_err_text_utf8", test_wsrx_err_text_utf8},
+    {"wsrx_too_big_on_header", test_wsrx_too_big_on_header},
+    {"wsrx_memory", test_wsrx_memory},
+    {"wsrx_stop", test_wsrx_stop},
+    {"wsrx_close_codes", test_wsrx_close_codes},
+    {"wsrx_close_forms", test_wsrx_close_forms},
+    {"wsrx_after_error", test_wsrx_after_error},
+    {"wsrx_empty", test_wsrx_empty},
 };
 
 static int current_failures;
