@@ -10,6 +10,9 @@
  *     {"ts": <send time, epoch ms>, "temperature": 21.5, "humidity": 40,
  *      "seq": <per-device counter from 1>}
  *
+ * (with --t-us also "t_us": <send time, epoch microseconds>, from the same
+ * clock reading as ts, for bench/ws-bench's latency measurements)
+ *
  * ts is the wall clock when the message is handed to the client library,
  * made strictly increasing per device (a device never sends two messages
  * with the same ts, which would collapse into one row under fleetd's
@@ -27,8 +30,11 @@
  * message at once and count them. It stops after --expect messages, after
  * --idle seconds without a message (once one arrived), after -d seconds,
  * or on SIGINT/SIGTERM. The publish -> delivered latency comes from the
- * payload's ts. This measures the broker's own QoS 1 delivery ceiling to a
- * subscriber that does no work.
+ * payload's ts (1 ms buckets); with --t-us from its "t_us" instead (10 us
+ * buckets up to 10 s, quantiles in ms with two decimals, and p99.9). This
+ * measures the broker's own QoS 1 delivery ceiling to a subscriber that
+ * does no work, and with --t-us the broker's publish -> deliver latency at
+ * a given rate (bench/ws-bench's baseline).
  *
  * Intake floor (--subscribe --lib paho --xadd HOST:PORT): the broker
  * ceiling of a subscriber that does fleetd's mandatory per-message work:
@@ -108,6 +114,8 @@
 #include <sys/resource.h>
 
 #define LAT_BUCKETS 120001 /* 1 ms buckets, 0 .. 120 s; above: last one */
+#define US_BUCKET   10      /* --t-us: 10 us buckets ... */
+#define US_BUCKETS  1000001 /* ... 0 .. 10 s; above: last one */
 
 typedef struct {
     MQTTAsync         paho;
@@ -147,6 +155,7 @@ static struct {
     double      idle;
     int         receive_max;
     int         quiet;
+    int         t_us; /* --t-us: "t_us" in payloads, latency from it */
     const char *xadd; /* --xadd HOST:PORT, NULL = no XADD */
     char        xadd_host[256];
     int         xadd_port;
@@ -184,6 +193,8 @@ static atomic_int_fast64_t  rx_first_ms = -1;
 static atomic_int_fast64_t  rx_last_ms;
 static atomic_uint_fast64_t rx_no_ts;
 static atomic_uint          lat_hist[LAT_BUCKETS];
+static atomic_uint         *us_hist; /* --t-us, US_BUCKETS */
+static atomic_int_fast64_t  us_max;
 static atomic_uint_fast64_t xadd_ok;
 static atomic_uint_fast64_t xadd_errors;
 
@@ -199,6 +210,14 @@ static double mono_s(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int64_t wall_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static int64_t wall_ms(void)
@@ -258,12 +277,57 @@ static int64_t payload_ts(const char *p, size_t len)
     return digits ? v : -1;
 }
 
+/* "t_us": <digits> anywhere in the payload -> epoch us, or -1. */
+static int64_t payload_t_us(const char *p, size_t len)
+{
+    const char *k = memmem(p, len, "\"t_us\"", 6);
+    const char *end = p + len;
+    int64_t     v = 0;
+    int         digits = 0;
+
+    if (!k)
+        return -1;
+    k += 6;
+    while (k < end && (*k == ' ' || *k == ':'))
+        k++;
+    while (k < end && *k >= '0' && *k <= '9' && digits < 18) {
+        v = v * 10 + (*k - '0');
+        k++;
+        digits++;
+    }
+    return digits ? v : -1;
+}
+
 /* Subscriber: one message delivered; count it and its latency. */
 static void count_message(const void *payload, size_t len)
 {
-    int64_t now = wall_ms();
-    int64_t ts = payload_ts(payload, len);
-    int64_t expected = -1;
+    int64_t now, ts, expected = -1;
+
+    if (opt.t_us) {
+        int64_t now_us = wall_us(), t = payload_t_us(payload, len), lat, max;
+
+        now = now_us / 1000;
+        atomic_compare_exchange_strong(&rx_first_ms, &expected, now);
+        atomic_store_explicit(&rx_last_ms, now, memory_order_relaxed);
+        atomic_fetch_add_explicit(&rx_count, 1, memory_order_relaxed);
+        if (t < 0) {
+            atomic_fetch_add_explicit(&rx_no_ts, 1, memory_order_relaxed);
+            return;
+        }
+        lat = now_us - t;
+        if (lat < 0)
+            lat = 0;
+        max = atomic_load_explicit(&us_max, memory_order_relaxed);
+        while (lat > max && !atomic_compare_exchange_weak(&us_max, &max, lat))
+            ;
+        lat /= US_BUCKET;
+        if (lat >= US_BUCKETS)
+            lat = US_BUCKETS - 1;
+        atomic_fetch_add_explicit(&us_hist[lat], 1, memory_order_relaxed);
+        return;
+    }
+    now = wall_ms();
+    ts = payload_ts(payload, len);
 
     atomic_compare_exchange_strong(&rx_first_ms, &expected, now);
     atomic_store_explicit(&rx_last_ms, now, memory_order_relaxed);
@@ -1134,7 +1198,7 @@ static int run_publish(void)
             conn_t     *c = &conns[d % opt.conns];
             char        payload[160];
             const char *err = NULL;
-            int64_t     ts;
+            int64_t     ts, t_us;
             int         len;
 
             if (atomic_load(&c->lost)) {
@@ -1148,13 +1212,21 @@ static int run_publish(void)
                 blocked = 1;
                 break;
             }
-            ts = wall_ms();
+            t_us = wall_us();
+            ts = t_us / 1000;
             if (ts <= last_ts[d])
                 ts = last_ts[d] + 1;
-            len = snprintf(payload, sizeof(payload),
-                           "{\"ts\": %" PRId64 ", \"temperature\": 21.5, "
-                           "\"humidity\": 40, \"seq\": %" PRIu64 "}",
-                           ts, seq[d] + 1);
+            if (opt.t_us)
+                len = snprintf(payload, sizeof(payload),
+                               "{\"ts\": %" PRId64 ", \"t_us\": %" PRId64
+                               ", \"temperature\": 21.5, \"humidity\": 40, "
+                               "\"seq\": %" PRIu64 "}",
+                               ts, t_us, seq[d] + 1);
+            else
+                len = snprintf(payload, sizeof(payload),
+                               "{\"ts\": %" PRId64 ", \"temperature\": 21.5, "
+                               "\"humidity\": 40, \"seq\": %" PRIu64 "}",
+                               ts, seq[d] + 1);
             if (be->publish(c, topics[d], payload, len, &err) != 0) {
                 if (send_errors++ < 5)
                     fprintf(stderr, "devsim: publish on %s failed: %s\n",
@@ -1248,6 +1320,27 @@ static int64_t lat_quantile(double q)
             return i;
     }
     return LAT_BUCKETS - 1;
+}
+
+/* --t-us: q-quantile in ms, the upper edge of its 10 us bucket; -1 when
+ * empty */
+static double us_quantile(double q)
+{
+    uint64_t total = 0, want, seen = 0;
+
+    for (int i = 0; i < US_BUCKETS; i++)
+        total += atomic_load(&us_hist[i]);
+    if (total == 0)
+        return -1;
+    want = (uint64_t)(q * (double)total + 0.999999);
+    if (want < 1)
+        want = 1;
+    for (int i = 0; i < US_BUCKETS; i++) {
+        seen += atomic_load(&us_hist[i]);
+        if (seen >= want)
+            return (i + 1) * US_BUCKET / 1000.0;
+    }
+    return US_BUCKETS * US_BUCKET / 1000.0;
 }
 
 static int run_subscribe(void)
@@ -1350,16 +1443,24 @@ static int run_subscribe(void)
         snprintf(xadd, sizeof(xadd), " xadd=%" PRIu64 " xadd_errors=%" PRIu64,
                  atomic_load(&xadd_ok), atomic_load(&xadd_errors));
     printf("RESULT mode=subscribe received=%" PRIu64 " elapsed_s=%.3f"
-           " rate=%.1f first_ms=%" PRId64 " last_ms=%" PRId64
-           " lat_p50_ms=%" PRId64 " lat_p99_ms=%" PRId64
-           " lat_max_ms=%" PRId64 " no_ts=%" PRIu64 " connections=%d"
-           " lost_connections=%d lib=%s cpu_s=%.3f%s\n",
+           " rate=%.1f first_ms=%" PRId64 " last_ms=%" PRId64,
            n, n > 1 ? (last - first) / 1000.0 : 0.0,
            n > 1 && last > first ? (double)(n - 1) * 1000.0 / (last - first)
                                  : 0.0,
-           first, last, lat_quantile(0.50), lat_quantile(0.99),
-           lat_quantile(1.0), atomic_load(&rx_no_ts), opt.conns,
-           lost_connections(), opt.paho ? "paho" : "mosquitto", cpu, xadd);
+           first, last);
+    if (opt.t_us)
+        printf(" lat_p50_ms=%.2f lat_p99_ms=%.2f lat_p999_ms=%.2f"
+               " lat_max_ms=%.3f no_t_us=%" PRIu64,
+               us_quantile(0.50), us_quantile(0.99), us_quantile(0.999),
+               atomic_load(&us_max) / 1000.0, atomic_load(&rx_no_ts));
+    else
+        printf(" lat_p50_ms=%" PRId64 " lat_p99_ms=%" PRId64
+               " lat_max_ms=%" PRId64 " no_ts=%" PRIu64,
+               lat_quantile(0.50), lat_quantile(0.99), lat_quantile(1.0),
+               atomic_load(&rx_no_ts));
+    printf(" connections=%d lost_connections=%d lib=%s cpu_s=%.3f%s\n",
+           opt.conns, lost_connections(), opt.paho ? "paho" : "mosquitto",
+           cpu, xadd);
     fflush(stdout);
     close_all();
     return rc;
@@ -1399,6 +1500,9 @@ static void usage(FILE *f)
 "                         messageArrived (the PUBACK follows the append)\n"
 "      --xadd-stream KEY  stream for --xadd (bench:ingest)\n"
 "      --xadd-maxlen N    XADD ... MAXLEN ~ N (1000000)\n"
+"      --t-us             publish: add \"t_us\" (send time, epoch us) to\n"
+"                         each payload; subscribe: latency from it (10 us\n"
+"                         buckets, ms with 2 decimals, adds lat_p999_ms)\n"
 "  -Q, --quiet            no progress lines on stderr\n"
 "  -h, --help\n"
 "Ends with one line on stdout: RESULT mode=... key=value ...\n");
@@ -1482,6 +1586,7 @@ int main(int argc, char **argv)
         {"xadd", required_argument, NULL, 'X'},
         {"xadd-stream", required_argument, NULL, 'K'},
         {"xadd-maxlen", required_argument, NULL, 'M'},
+        {"t-us", no_argument, NULL, 'U'},
         {"quiet", no_argument, NULL, 'Q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -1569,6 +1674,7 @@ int main(int argc, char **argv)
             snprintf(opt.xadd_maxlen, sizeof(opt.xadd_maxlen), "%" PRIu64,
                      (uint64_t)v);
             break;
+        case 'U': opt.t_us = 1; break;
         case 'Q': opt.quiet = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -1616,6 +1722,14 @@ int main(int argc, char **argv)
         opt.duration = opt.subscribe ? 600 : 30;
     if (!opt.subscribe && opt.conns > opt.devices)
         opt.conns = opt.devices;
+
+    if (opt.t_us && opt.subscribe) {
+        us_hist = calloc(US_BUCKETS, sizeof(*us_hist));
+        if (!us_hist) {
+            fprintf(stderr, "devsim: out of memory\n");
+            return 1;
+        }
+    }
 
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal;

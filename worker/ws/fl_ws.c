@@ -940,7 +940,7 @@ static void conn_new(struct bufferevent *bev, const char *accept)
     size_t          extra = evbuffer_get_length(in);
     unsigned char  *early = NULL;
     char            resp[160];
-    int             one = 1, n;
+    int             one = 1, n, sndbuf;
 
     c->fd = bufferevent_getfd(bev);
     if (extra > 0) {
@@ -951,6 +951,13 @@ static void conn_new(struct bufferevent *bev, const char *accept)
     bufferevent_setfd(bev, -1);
     bufferevent_free(bev);
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* Bound what the kernel holds for a client that does not read, or
+     * the queue limit means little: autotuning grows a send buffer to
+     * megabytes. Linux doubles the value: the kernel keeps at most half of
+     * ws_send_buffer (256 KiB at most, plenty for a dashboard). */
+    sndbuf = (int)fl_min(fl_max(ws.cf->limits.ws_send_buffer / 4, 4096),
+                         128 * 1024);
+    setsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof(sndbuf));
     ws.nconns++;
     fl_shm_store(fl_worker.stats->conns_ws, (uint32_t)ws.nconns);
     fl_shm_add(fl_worker.stats->ws_accepted, 1);
