@@ -174,6 +174,9 @@ typedef struct {
     int            nchunks;
     int            jobs;      /* pool jobs outstanding */
     int            lingered;  /* the kick timer is the linger's */
+    int            linger_more; /* after this round: linger, read more */
+    int            parsed;    /* entries in chunks so far */
+    int            fanned;    /* chunks whose script call went out */
     int            replies;   /* publish replies outstanding (the
                                  fan-out's from before the store on) */
     int            failed;    /* a publish command failed */
@@ -226,6 +229,7 @@ static void store_answers(void);
 static void register_devices(void);
 static void publish_batch(void);
 static void fan_out(void);
+static int  read_new(int count, int64_t block_ms);
 
 static const char shadow_lua[] =
     /* KEYS: one shadow hash per entry (a device may repeat, in stream
@@ -700,12 +704,27 @@ static void chunk_work(void *arg)
     chunk_build_cmd(c);
 }
 
-static void chunk_done(void *arg)
+/* A round of the batch is prepared and fanned out: linger for more, or
+ * store it all. */
+static void round_done(void)
 {
-    (void)arg;
-    if (--ing.b.jobs > 0 || ing.phase != P_PARSING)
-        return;
-    fan_out();
+    const fl_config_t *cf = fl_worker.cf;
+
+    if (ing.b.linger_more && !ing.stopping) {
+        int64_t left_ms =
+            cf->ingest.linger_ms - (fl_now_us() - ing.b.read_us) / 1000;
+
+        ing.b.linger_more = 0;
+        ing.b.lingered = 1;
+        ing.phase = P_READING;
+        if (left_ms >= 1) {
+            kick(left_ms); /* on_kick() reads what came meanwhile */
+            return;
+        }
+        if (read_new(cf->ingest.batch - ing.b.n, -1) == FL_OK)
+            return;
+    }
+    ing.b.linger_more = 0;
     /* the rows of all chunks, in entry order, make the batch's COPY */
     fl_pg_batch_reset(&ing.b.pgb);
     for (int i = 0; i < ing.b.nchunks; i++) {
@@ -716,6 +735,15 @@ static void chunk_done(void *arg)
     }
     register_devices();
     store_batch();
+}
+
+static void chunk_done(void *arg)
+{
+    (void)arg;
+    if (--ing.b.jobs > 0 || ing.phase != P_PARSING)
+        return;
+    fan_out();
+    round_done();
 }
 
 static void on_published(fl_redis_t *r, redisReply *reply, void *ud);
@@ -732,9 +760,11 @@ static void on_published(fl_redis_t *r, redisReply *reply, void *ud);
  */
 static void fan_out(void)
 {
-    ing.b.replies = 0;
-    ing.b.failed = 0;
-    for (int i = 0; i < ing.b.nchunks; i++) {
+    if (ing.b.fanned == 0) {
+        ing.b.replies = 0;
+        ing.b.failed = 0;
+    }
+    for (int i = ing.b.fanned; i < ing.b.nchunks && !ing.b.failed; i++) {
         chunk_t *c = &ing.b.chunks[i];
 
         if (c->cmd == NULL)
@@ -747,6 +777,7 @@ static void fan_out(void)
         ing.b.replies++;
         fl_shm_add(fl_worker.stats->ingest_published, c->published);
     }
+    ing.b.fanned = ing.b.nchunks;
 }
 
 /*
@@ -773,12 +804,12 @@ static void register_devices(void)
     }
 }
 
-/* Submit every chunk to the pool. */
-static void chunks_submit(void)
+/* Submit the chunks from index from on to the pool. */
+static void chunks_submit(int from)
 {
     ing.phase = P_PARSING;
-    ing.b.jobs = ing.b.nchunks;
-    for (int i = 0; i < ing.b.nchunks; i++) {
+    ing.b.jobs = ing.b.nchunks - from;
+    for (int i = from; i < ing.b.nchunks; i++) {
         chunk_t *c = &ing.b.chunks[i];
 
         snprintf(c->sha, sizeof(c->sha), "%s", ing.shadow_sha);
@@ -786,14 +817,20 @@ static void chunks_submit(void)
     }
 }
 
-/* Split the batch into chunks and prepare them on the pool; store_batch()
- * follows. */
+/* Split the entries not yet prepared (those of the batch's last read)
+ * into chunks and prepare them on the pool; chunk_done() follows, or
+ * round_done() at once when there are none. */
 static void parse_batch(void)
 {
     int64_t big = fl_worker.cf->ingest.parse_inline_max;
-    int     first = 0;
+    int     first = ing.b.parsed, from = ing.b.nchunks;
 
-    for (int i = 0; i < ing.b.n; i++) {
+    if (ing.b.parsed == ing.b.n) {
+        ing.phase = P_PARSING;
+        round_done();
+        return;
+    }
+    for (int i = ing.b.parsed; i < ing.b.n; i++) {
         entry_t *e = &ing.b.e[i];
 
         if (e->kind != E_DEAD &&
@@ -806,8 +843,9 @@ static void parse_batch(void)
             dead(e, REASON_DELIVERIES, msg);
         }
     }
-    ing.b.chunks = fl_calloc((size_t)ing.b.n, sizeof(chunk_t));
-    for (int i = 0; i < ing.b.n; i++) {
+    /* at most one chunk per entry */
+    ing.b.chunks = fl_realloc(ing.b.chunks, (size_t)ing.b.n * sizeof(chunk_t));
+    for (int i = ing.b.parsed; i < ing.b.n; i++) {
         int alone = (int64_t)ing.b.e[i].plen > big;
 
         /* close the open chunk before a big entry, when full, at the end */
@@ -824,9 +862,10 @@ static void parse_batch(void)
     if (first < ing.b.n)
         ing.b.chunks[ing.b.nchunks++] =
             (chunk_t){.first = first, .n = ing.b.n - first};
-    for (int i = 0; i < ing.b.nchunks; i++)
+    ing.b.parsed = ing.b.n;
+    for (int i = from; i < ing.b.nchunks; i++)
         fl_pg_batch_init(&ing.b.chunks[i].pgb);
-    chunks_submit();
+    chunks_submit(from);
 }
 
 /* ---- storing ---- */
@@ -1344,28 +1383,18 @@ static void on_read(fl_redis_t *r, redisReply *reply, void *ud)
     fl_shm_add(fl_worker.stats->ingest_read, ing.b.n - n0);
     if (n0 == 0)
         ing.b.read_us = fl_now_us(); /* not the time spent blocked waiting */
-    /* Linger: a batch whose first read brought only a few entries waits
-     * for the rest of ingest.linger, then takes what came meanwhile in
-     * one more read (without BLOCK), so that at moderate rates a
-     * transaction, a script call and an XACK carry tens of messages
-     * rather than a handful: flush by size or by age. A first read of
-     * LINGER_BELOW entries or more means a backlog: the batch already
-     * pays for itself, and waiting would only add to the backlog (the
-     * consumer is one batch at a time). */
-    if (!ing.stopping && n0 == 0 &&
-        ing.b.n < fl_min(cf->ingest.batch, LINGER_BELOW) &&
-        cf->ingest.linger_ms > 0) {
-        int64_t left_ms =
-            cf->ingest.linger_ms - (fl_now_us() - ing.b.read_us) / 1000;
-
-        ing.b.lingered = 1;
-        if (left_ms >= 1) {
-            kick(left_ms); /* on_kick() reads what came meanwhile */
-            return;
-        }
-        if (read_new(cf->ingest.batch - ing.b.n, -1) == FL_OK)
-            return;
-    }
+    /* Linger: a batch whose first read brought only a few entries is
+     * prepared and fanned out at once (dashboards do not wait), then
+     * waits for the rest of ingest.linger and takes what came meanwhile
+     * in one more read (without BLOCK), so that at moderate rates a
+     * transaction and an XACK carry tens of messages rather than a
+     * handful: flush by size or by age. A first read of LINGER_BELOW
+     * entries or more means a backlog: the batch already pays for itself,
+     * and waiting would only add to the backlog (the consumer is one
+     * batch at a time). */
+    ing.b.linger_more = !ing.stopping && n0 == 0 &&
+                        ing.b.n < fl_min(cf->ingest.batch, LINGER_BELOW) &&
+                        cf->ingest.linger_ms > 0;
     parse_batch();
 }
 
@@ -1529,7 +1558,8 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
     (void)fd, (void)what, (void)arg;
 
     if (ing.phase == P_READING && ing.b.lingered && ing.b.n > 0) {
-        /* the linger is over: what came meanwhile, then store */
+        /* the linger is over: what came meanwhile, then store (a read
+         * that cannot be sent: store what is in hand) */
         if (ing.stopping ||
             read_new(fl_worker.cf->ingest.batch - ing.b.n, -1) != FL_OK)
             parse_batch();
