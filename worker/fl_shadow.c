@@ -38,7 +38,7 @@ int fl_kv_from(fl_kv_t *kv, const redisReply *rep)
 {
     if (rep == NULL || rep->type != REDIS_REPLY_ARRAY)
         return FL_ERROR;
-    kv->n = rep->elements & ~(size_t)1;
+    kv->n = rep->elements;
     kv->f = fl_calloc(kv->n + 1, sizeof(char *));
     kv->len = fl_calloc(kv->n + 1, sizeof(size_t));
     for (size_t i = 0; i < kv->n; i++) {

@@ -55,12 +55,13 @@ void fl_shadow_publish_delta(const char *device, const char *delta, size_t len);
  * modulo redis.channel_shards. */
 uint32_t fl_shadow_shard(const char *device, int shards);
 
-/* An HGETALL reply's [field, value, ...] as owned NUL-terminated
- * strings (a reply lives only as long as its callback). */
+/* An HGETALL reply's [field, value, ...] (or any array reply's
+ * elements) as owned NUL-terminated strings: a reply lives only as long
+ * as its callback. */
 typedef struct {
     char  **f;
     size_t *len;
-    size_t  n; /* strings, twice the fields */
+    size_t  n; /* strings (twice the fields of a hash) */
 } fl_kv_t;
 
 /* FL_ERROR when rep is not an array (an error or no reply). */

@@ -311,7 +311,11 @@ static void respond(fl_http_req_t *req, int status, const char *ctype,
         return;
     }
 
-    keep = req->keep_alive && !c->error_status && !fl_worker.draining;
+    /* an Upgrade answered without upgrading (a refused WebSocket
+     * handshake): what the client sends after it is not HTTP, so the
+     * connection ends with this answer */
+    keep = req->keep_alive && !req->upgrade && !c->error_status &&
+           !fl_worker.draining;
     if (body_buf)
         len = evbuffer_get_length(body_buf);
     n = snprintf(
@@ -635,12 +639,6 @@ static void conn_process(fl_http_conn_t *c)
             c->state = C_HANDLING;
             evtimer_del(c->timer);
             dispatch(req);
-            if (!c->dead && c->state == C_IDLE && c->parser.upgrade) {
-                /* an Upgrade nobody took: the bytes after it are not
-                 * HTTP, so this connection cannot go on */
-                c->state = C_CLOSING;
-                bufferevent_disable(c->bev, EV_READ);
-            }
         }
     }
     c->processing = 0;

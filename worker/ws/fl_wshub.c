@@ -568,25 +568,6 @@ static void op_finish(fl_ws_op_t *op)
     fl_ws_flush_dirty();
 }
 
-/* An LRANGE reply as owned strings (fl_kv_t, every element). */
-static void list_from(fl_kv_t *kv, const redisReply *rep)
-{
-    if (rep->type != REDIS_REPLY_ARRAY)
-        return;
-    kv->f = fl_calloc(rep->elements + 1, sizeof(char *));
-    kv->len = fl_calloc(rep->elements + 1, sizeof(size_t));
-    for (size_t i = 0; i < rep->elements; i++) {
-        const redisReply *e = rep->element[i];
-        size_t            l = e->type == REDIS_REPLY_STRING ? e->len : 0;
-
-        kv->f[i] = fl_alloc(l + 1);
-        memcpy(kv->f[i], l ? e->str : "", l);
-        kv->f[i][l] = '\0';
-        kv->len[i] = l;
-    }
-    kv->n = rep->elements;
-}
-
 static void on_fetch(fl_redis_t *r, redisReply *reply, void *ud)
 {
     fl_ws_op_t *op = ud;
@@ -601,7 +582,7 @@ static void on_fetch(fl_redis_t *r, redisReply *reply, void *ud)
     else if (k % per == 1)
         fl_kv_from(&op->desired[i], reply);
     else
-        list_from(&op->recent[i], reply);
+        fl_kv_from(&op->recent[i], reply);
     if (op->answered == op->expect)
         op_finish(op);
 }

@@ -361,11 +361,6 @@ class ConnectionHeld(AssertionError):
     """The one failure the xfail below expects (any other is a failure)."""
 
 
-@pytest.mark.xfail(strict=True, raises=ConnectionHeld, reason=(
-    "fleetd bug: a refused /ws handshake (400/401/403/405/426 to a request "
-    "with Connection: Upgrade) is answered keep-alive, then the worker stops "
-    "reading the socket: it misses the client's FIN and holds the fd and a "
-    "connections.http slot until http.idle_timeout (60 s)"))
 @pytest.mark.timeout(30)
 def test_refused_handshake_releases_its_connection(fleetd, node_ws):
     """ws refused for its Origin (403) and for its token (401): once the
