@@ -17,7 +17,8 @@ messages the server sends, its close frames and codes, /healthz and
 Devices publish with paho (ingest_util.Publisher / RatePublisher below).
 Every message a test publishes has a "seq" metric (and its own ts), so a
 client's telemetry can be compared with what was published by
-(device, seq) and by the Redis id the server gave it.
+(device, seq) and by the id the server gave it (README, "Message ids and
+resume").
 
 Every wait has a deadline.
 """
@@ -727,6 +728,7 @@ class RatePublisher:
         self.sent = {}           # seq -> (device, t_pub, mid)
         self.mids = {}           # mid -> seq
         self.acked = set()       # seqs
+        self._early = set()      # mids acknowledged before they were recorded
         self.errors = []
         self._stop = threading.Event()
         self.done = threading.Event()
@@ -753,6 +755,8 @@ class RatePublisher:
             k = self.mids.get(mid)
             if k is not None:
                 self.acked.add(k)
+            else:
+                self._early.add(mid)
 
     def start(self):
         self.thread.start()
@@ -769,12 +773,17 @@ class RatePublisher:
                     break
                 dev = self.device(k)
                 data = to_bytes(self.make(k))
+                # not under self.lock: paho's network thread holds its own
+                # lock while it calls _on_publish, which takes self.lock
+                t = time.monotonic()
+                info = self.client.publish("devices/%s/telemetry" % dev,
+                                           data, qos=1)
                 with self.lock:
-                    t = time.monotonic()
-                    info = self.client.publish("devices/%s/telemetry" % dev,
-                                               data, qos=1)
                     self.sent[k] = (dev, t, info.mid)
                     self.mids[info.mid] = k
+                    if info.mid in self._early:      # PUBACK came first
+                        self._early.discard(info.mid)
+                        self.acked.add(k)
                 k += 1
                 nxt += period
                 d = nxt - time.monotonic()
