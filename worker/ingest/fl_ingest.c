@@ -56,8 +56,10 @@
  * stored.
  *
  * Pending entries: at start the worker takes back the entries its previous
- * life left pending (same consumer name); every claim_idle / 2 it claims
- * entries idle for claim_idle on any consumer (a dead worker or node).
+ * life left pending (same consumer name; during a reload only once the
+ * slot's old worker is gone, see predecessor_alive()); every
+ * claim_idle / 2 it claims entries idle for claim_idle on any consumer (a
+ * dead worker or node).
  * Both go through XPENDING + XCLAIM rather than XAUTOCLAIM, because only
  * XPENDING tells how many times an entry was delivered: an entry delivered
  * more than ingest.max_deliveries times (it keeps killing workers, or
@@ -86,6 +88,7 @@
  */
 #include <inttypes.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1510,6 +1513,26 @@ static void on_group(fl_redis_t *r, redisReply *reply, void *ud)
  * periodically), or read new entries. Does nothing while a dependency is
  * down: the kick timer or a state change calls it again.
  */
+/*
+ * During a reload the new worker of a slot starts while the old one (same
+ * consumer name) still works on its last batch: taking "our own" pending
+ * entries back then would process them twice (stored once, but published
+ * to dashboards twice). So the take-back waits until the slot's worker
+ * of the other generation is gone.
+ */
+static int predecessor_alive(void)
+{
+    int                    me = (int)(fl_worker.stats - fl_shm->w);
+    const fl_shm_worker_t *o = &fl_shm->w[(me + FL_MAX_WORKERS) %
+                                          FL_SHM_ENTRIES];
+    pid_t                  pid = fl_shm_load(o->pid);
+    int                    st = fl_shm_load(o->state);
+
+    return pid > 0 && fl_shm_load(o->generation) != fl_worker.generation &&
+           (st == FL_W_READY || st == FL_W_DRAINING || st == FL_W_STARTING) &&
+           kill(pid, 0) == 0;
+}
+
 static void step(void)
 {
     char count[24], cnt_pending[24];
@@ -1531,7 +1554,7 @@ static void step(void)
     if (!ing.group_ready) {
         rc = fl_redis_cmd(ing.wr, 0, on_group, NULL,
                           "XGROUP CREATE %s %s 0 MKSTREAM", ing.stream, GROUP);
-    } else if (ing.recover_own) {
+    } else if (ing.recover_own && !predecessor_alive()) {
         rc = fl_redis_cmd(ing.wr, 0, on_pending, NULL,
                           "XPENDING %s %s - + %s %s", ing.stream, GROUP, count,
                           ing.consumer);

@@ -929,10 +929,6 @@ static int refuse(fl_http_req_t *req, int reason, int status, const char *code,
     return FL_OK;
 }
 
-typedef struct {
-    char accept[29];
-} hs_t;
-
 static void conn_new(struct bufferevent *bev, const char *accept)
 {
     fl_ws_conn_t   *c = fl_calloc(1, sizeof(*c));
@@ -983,8 +979,8 @@ static void conn_new(struct bufferevent *bev, const char *accept)
 
 static void on_auth(fl_api_req_t *r, int scopes)
 {
-    hs_t               *hs = r->ctx;
     struct bufferevent *bev;
+    char                accept[29];
 
     if (scopes == 0) {
         fl_shm_add(fl_worker.stats->ws_rejected[FL_WS_REJ_AUTH], 1);
@@ -1007,9 +1003,11 @@ static void on_auth(fl_api_req_t *r, int scopes)
         fl_api_error(r, 503, "gone", "client went away");
         return;
     }
+    /* the key was checked by handshake(); r->ctx is fl_auth's */
+    fl_ws_accept(fl_http_header(r->http, "Sec-WebSocket-Key"), accept);
     bev = fl_http_upgrade(r->http);
     r->http = NULL;
-    conn_new(bev, hs->accept);
+    conn_new(bev, accept);
     fl_api_done(r);
 }
 
@@ -1018,7 +1016,6 @@ static int handshake(fl_http_req_t *req, void *ud)
     const char   *h, *auth;
     char          accept[29], tok[1024];
     fl_api_req_t *r;
-    hs_t         *hs;
     int           bad = 0;
     static const fl_api_route_t route = {"GET", "ws", FL_SCOPE_READ, NULL};
 
@@ -1064,9 +1061,6 @@ static int handshake(fl_http_req_t *req, void *ud)
                                   : "too many WebSocket connections");
 
     r = fl_api_begin(req, &route);
-    hs = fl_calloc(1, sizeof(*hs));
-    memcpy(hs->accept, accept, sizeof(accept));
-    r->ctx = hs;
     if (fl_api_param(r, "token", tok, sizeof(tok), &bad) == NULL) {
         if (bad)
             return FL_OK; /* answered 400 */
