@@ -72,6 +72,10 @@ typedef struct {
 static route_t                routes[MAX_ROUTES];
 static int                    nroutes;
 static struct evconnlistener *listener;
+static struct event          *ev_accept_resume;
+
+#define ACCEPT_PAUSE_MS 100
+#define ACCEPT_LOG_MS   10000
 static fl_http_conn_t        *conns;   /* live connections */
 static fl_http_conn_t        *zombies; /* closed, freed by the reaper */
 static struct event          *ev_reaper;
@@ -795,13 +799,42 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
     fl_http_serve_fd(fd);
 }
 
+static void on_accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what, (void)arg;
+    if (listener && !fl_worker.draining)
+        evconnlistener_enable(listener);
+}
+
+/*
+ * accept() failed. Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS,
+ * ENOMEM) the pending connection stays queued and the listening socket
+ * stays readable: going on would spin on the same error at full CPU. So
+ * accepting pauses for ACCEPT_PAUSE_MS (as nginx does), and the error is
+ * logged once per ACCEPT_LOG_MS with how often it happened meanwhile.
+ */
 static void on_accept_error(struct evconnlistener *l, void *arg)
 {
-    int err = EVUTIL_SOCKET_ERROR();
+    static int64_t  last_log;
+    static uint64_t failures;
+    int             err = EVUTIL_SOCKET_ERROR();
+    int64_t         now = fl_now_ms();
+    struct timeval  tv = {0, ACCEPT_PAUSE_MS * 1000};
 
-    (void)l, (void)arg;
-    /* EMFILE and friends: logged, the listener keeps going */
-    fl_log_errno(FL_LOG_ERROR, err, "accept() failed");
+    (void)arg;
+    failures++;
+    if (now - last_log >= ACCEPT_LOG_MS) {
+        fl_log_errno(FL_LOG_ERROR, err,
+                     "accept() failed (%llu times since the last report), "
+                     "accepting again in %d ms",
+                     (unsigned long long)failures, ACCEPT_PAUSE_MS);
+        last_log = now;
+        failures = 0;
+    }
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        evconnlistener_disable(l);
+        event_add(ev_accept_resume, &tv);
+    }
 }
 
 /* ---- module ---- */
@@ -818,6 +851,7 @@ static int http_init(fl_worker_t *w)
     read_high_wm = fl_max((size_t)w->cf->http.max_header_bytes, 65536);
 
     ev_reaper = event_new(w->base, -1, 0, on_reap, NULL);
+    ev_accept_resume = event_new(w->base, -1, 0, on_accept_resume, NULL);
     if (w->listen_fd == -1)
         return FL_OK; /* fuzzing and tests feed fl_http_serve_fd */
     listener = evconnlistener_new(w->base, on_accept, NULL,
@@ -881,6 +915,7 @@ static void http_destroy(fl_worker_t *w)
         evconnlistener_free(listener);
     listener = NULL;
     event_free(ev_reaper);
+    event_free(ev_accept_resume);
 }
 
 const fl_module_t fl_http_module = {
