@@ -114,6 +114,8 @@
 #define DEAD_PAYLOAD  1024    /* bytes of a payload kept in a dead letter */
 #define CHUNK_ENTRIES 256     /* entries per pool job (and per script call) */
 #define LINGER_BELOW  64      /* a first read this big is stored at once */
+#define INLINE_ENTRIES 8      /* a round this small is parsed on the loop */
+#define INLINE_BYTES  4096
 #define KNOWN_MAX     200000  /* device ids remembered as registered */
 #define KNOWN_TTL_MS  600000  /* and for how long */
 #define ACK_SLICE     256     /* command answers per UPDATE, at most */
@@ -176,8 +178,7 @@ typedef struct {
     chunk_t       *chunks;
     int            nchunks;
     int            jobs;      /* pool jobs outstanding */
-    int            lingered;  /* the kick timer is the linger's */
-    int            linger_more; /* after this round: linger, read more */
+    int            lingering; /* the batch gathers for ingest.linger */
     int            parsed;    /* entries in chunks so far */
     int            fanned;    /* chunks whose script call went out */
     int            replies;   /* publish replies outstanding (the
@@ -712,22 +713,16 @@ static void chunk_work(void *arg)
 static void round_done(void)
 {
     const fl_config_t *cf = fl_worker.cf;
+    int64_t            left_ms =
+        cf->ingest.linger_ms - (fl_now_us() - ing.b.read_us) / 1000;
 
-    if (ing.b.linger_more && !ing.stopping) {
-        int64_t left_ms =
-            cf->ingest.linger_ms - (fl_now_us() - ing.b.read_us) / 1000;
-
-        ing.b.linger_more = 0;
-        ing.b.lingered = 1;
+    if (ing.b.lingering && !ing.stopping && left_ms > 0 &&
+        ing.b.n < cf->ingest.batch) {
         ing.phase = P_READING;
-        if (left_ms >= 1) {
-            kick(left_ms); /* on_kick() reads what came meanwhile */
-            return;
-        }
-        if (read_new(cf->ingest.batch - ing.b.n, -1) == FL_OK)
+        if (read_new(cf->ingest.batch - ing.b.n, left_ms) == FL_OK)
             return;
     }
-    ing.b.linger_more = 0;
+    ing.b.lingering = 0;
     /* the rows of all chunks, in entry order, make the batch's COPY */
     fl_pg_batch_reset(&ing.b.pgb);
     for (int i = 0; i < ing.b.nchunks; i++) {
@@ -807,11 +802,28 @@ static void register_devices(void)
     }
 }
 
-/* Submit the chunks from index from on to the pool. */
+/* Submit the chunks from index from on to the pool; a round of a few
+ * small entries (INLINE_ENTRIES, INLINE_BYTES in all) is prepared on the
+ * loop instead: a few microseconds of parsing cost less than the two
+ * thread hand-offs, which a dashboard would wait for. */
 static void chunks_submit(int from)
 {
+    size_t bytes = 0;
+
     ing.phase = P_PARSING;
     ing.b.jobs = ing.b.nchunks - from;
+    if (ing.b.jobs == 1 && ing.b.chunks[from].n <= INLINE_ENTRIES) {
+        chunk_t *c = &ing.b.chunks[from];
+
+        for (int i = c->first; i < c->first + c->n; i++)
+            bytes += ing.b.e[i].plen;
+        if (bytes <= INLINE_BYTES) {
+            snprintf(c->sha, sizeof(c->sha), "%s", ing.shadow_sha);
+            chunk_work(c);
+            chunk_done(c);
+            return;
+        }
+    }
     for (int i = from; i < ing.b.nchunks; i++) {
         chunk_t *c = &ing.b.chunks[i];
 
@@ -1386,18 +1398,20 @@ static void on_read(fl_redis_t *r, redisReply *reply, void *ud)
     fl_shm_add(fl_worker.stats->ingest_read, ing.b.n - n0);
     if (n0 == 0)
         ing.b.read_us = fl_now_us(); /* not the time spent blocked waiting */
-    /* Linger: a batch whose first read brought only a few entries is
-     * prepared and fanned out at once (dashboards do not wait), then
-     * waits for the rest of ingest.linger and takes what came meanwhile
-     * in one more read (without BLOCK), so that at moderate rates a
+    /* Linger: a batch whose first read brought only a few entries keeps
+     * gathering for ingest.linger, so that at moderate rates a
      * transaction and an XACK carry tens of messages rather than a
-     * handful: flush by size or by age. A first read of LINGER_BELOW
-     * entries or more means a backlog: the batch already pays for itself,
-     * and waiting would only add to the backlog (the consumer is one
-     * batch at a time). */
-    ing.b.linger_more = !ing.stopping && n0 == 0 &&
-                        ing.b.n < fl_min(cf->ingest.batch, LINGER_BELOW) &&
-                        cf->ingest.linger_ms > 0;
+     * handful (flush by size or by age). It gathers in rounds: a read
+     * that BLOCKs for the rest of the linger returns what has come,
+     * which is prepared and fanned out at once, so dashboards do not
+     * wait for the linger; then the next read. A
+     * first read of LINGER_BELOW entries or more means a backlog: the
+     * batch already pays for itself, and waiting would only add to the
+     * backlog (the consumer is one batch at a time). */
+    if (n0 == 0)
+        ing.b.lingering = !ing.stopping &&
+                          ing.b.n < fl_min(cf->ingest.batch, LINGER_BELOW) &&
+                          cf->ingest.linger_ms > 0;
     parse_batch();
 }
 
@@ -1580,14 +1594,6 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what, (void)arg;
 
-    if (ing.phase == P_READING && ing.b.lingered && ing.b.n > 0) {
-        /* the linger is over: what came meanwhile, then store (a read
-         * that cannot be sent: store what is in hand) */
-        if (ing.stopping ||
-            read_new(fl_worker.cf->ingest.batch - ing.b.n, -1) != FL_OK)
-            parse_batch();
-        return;
-    }
     if (ing.phase == P_STORING)
         store_batch();
     else if (ing.phase == P_ANSWERS)
