@@ -173,6 +173,8 @@ static const conf_key_t conf_keys[] = {
     {"ingest.batch", T_INT, O(ingest.batch), 1, 100000, "5000"},
     {"ingest.block", T_DURATION, O(ingest.block_ms), 1, 60000, "100ms"},
     {"ingest.linger", T_DURATION, O(ingest.linger_ms), 0, 10000, "20ms"},
+    {"ingest.fanout_interval", T_DURATION, O(ingest.fanout_interval_ms), 1,
+     10000, "2ms"},
     {"ingest.claim_idle", T_DURATION, O(ingest.claim_idle_ms), 1000, 86400000,
      "30s"},
     {"ingest.max_deliveries", T_INT, O(ingest.max_deliveries), 1, 1000, "5"},

@@ -118,6 +118,7 @@ typedef struct {
         int     batch;          /* stream entries read at once */
         int64_t block_ms;       /* XREADGROUP BLOCK */
         int64_t linger_ms;      /* a batch fills this long at most */
+        int64_t fanout_interval_ms; /* lingering: a round this often */
         int64_t claim_idle_ms;  /* pending this long: claimed */
         int     max_deliveries; /* then dead-lettered */
         int     parse_threads;

@@ -179,6 +179,7 @@ typedef struct {
     int            nchunks;
     int            jobs;      /* pool jobs outstanding */
     int            lingering; /* the batch gathers for ingest.linger */
+    int64_t        round_us;  /* when the last round's read was sent */
     int            parsed;    /* entries in chunks so far */
     int            fanned;    /* chunks whose script call went out */
     int            replies;   /* publish replies outstanding (the
@@ -708,21 +709,43 @@ static void chunk_work(void *arg)
     chunk_build_cmd(c);
 }
 
-/* A round of the batch is prepared and fanned out: linger for more, or
- * store it all. */
-static void round_done(void)
+static void round_done(void);
+
+/* Lingering: read what came, waiting (BLOCK) for the rest of the
+ * linger; or store when the linger is over. */
+static void linger_read(void)
 {
     const fl_config_t *cf = fl_worker.cf;
     int64_t            left_ms =
         cf->ingest.linger_ms - (fl_now_us() - ing.b.read_us) / 1000;
 
-    if (ing.b.lingering && !ing.stopping && left_ms > 0 &&
-        ing.b.n < cf->ingest.batch) {
-        ing.phase = P_READING;
+    ing.phase = P_READING;
+    if (left_ms > 0 && !ing.stopping && ing.b.n < cf->ingest.batch) {
+        ing.b.round_us = fl_now_us();
         if (read_new(cf->ingest.batch - ing.b.n, left_ms) == FL_OK)
             return;
     }
     ing.b.lingering = 0;
+    round_done();
+}
+
+/* A round of the batch is prepared and fanned out: the next round, at
+ * most one per ingest.fanout_interval (each costs a read and a script
+ * call: at a few thousand messages a second, rounds as fast as messages
+ * come would multiply what Redis spends per message), or store it all. */
+static void round_done(void)
+{
+    if (ing.b.lingering) {
+        int64_t wait_us = fl_worker.cf->ingest.fanout_interval_ms * 1000 -
+                          (fl_now_us() - ing.b.round_us);
+
+        ing.phase = P_READING;
+        if (wait_us >= 1000)
+            kick(wait_us / 1000); /* on_kick() -> linger_read() */
+        else
+            linger_read();
+        return;
+    }
     /* the rows of all chunks, in entry order, make the batch's COPY */
     fl_pg_batch_reset(&ing.b.pgb);
     for (int i = 0; i < ing.b.nchunks; i++) {
@@ -1409,6 +1432,8 @@ static void on_read(fl_redis_t *r, redisReply *reply, void *ud)
      * batch already pays for itself, and waiting would only add to the
      * backlog (the consumer is one batch at a time). */
     if (n0 == 0)
+        ing.b.round_us = ing.b.read_us;
+    if (n0 == 0)
         ing.b.lingering = !ing.stopping &&
                           ing.b.n < fl_min(cf->ingest.batch, LINGER_BELOW) &&
                           cf->ingest.linger_ms > 0;
@@ -1594,7 +1619,9 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what, (void)arg;
 
-    if (ing.phase == P_STORING)
+    if (ing.phase == P_READING && ing.b.lingering && ing.b.n > 0)
+        linger_read();
+    else if (ing.phase == P_STORING)
         store_batch();
     else if (ing.phase == P_ANSWERS)
         store_answers();
