@@ -499,6 +499,15 @@ static void conn_gone(fl_ws_conn_t *c)
     ws.grave = c;
 }
 
+/* The socket failed or the peer closed it: counted as 1006 unless a
+ * close was under way. */
+static void conn_lost(fl_ws_conn_t *c)
+{
+    if (!c->closing)
+        count_close(1006);
+    conn_gone(c);
+}
+
 static void conn_flush(fl_ws_conn_t *c)
 {
     struct iovec iov[WRITEV_MAX];
@@ -527,9 +536,7 @@ static void conn_flush(fl_ws_conn_t *c)
         if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             break;
         if (w <= 0) {
-            if (!c->closing)
-                count_close(1006);
-            conn_gone(c);
+            conn_lost(c);
             return;
         }
         q_consumed(c, (size_t)w);
@@ -741,9 +748,7 @@ static void conn_read(fl_ws_conn_t *c)
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
             break;
         if (n <= 0) {
-            if (!c->closing)
-                count_close(1006);
-            conn_gone(c);
+            conn_lost(c);
             return;
         }
         if (!c->closing) {
