@@ -114,6 +114,7 @@
 #define DEAD_PAYLOAD  1024    /* bytes of a payload kept in a dead letter */
 #define CHUNK_ENTRIES 256     /* entries per pool job (and per script call) */
 #define LINGER_BELOW  64      /* a first read this big is stored at once */
+#define ROUND_BURST   8       /* rounds that may follow one another at once */
 #define INLINE_ENTRIES 8      /* a round this small is parsed on the loop */
 #define INLINE_BYTES  4096
 #define KNOWN_MAX     200000  /* device ids remembered as registered */
@@ -179,7 +180,6 @@ typedef struct {
     int            nchunks;
     int            jobs;      /* pool jobs outstanding */
     int            lingering; /* the batch gathers for ingest.linger */
-    int64_t        round_us;  /* when the last round's read was sent */
     int            parsed;    /* entries in chunks so far */
     int            fanned;    /* chunks whose script call went out */
     int            replies;   /* publish replies outstanding (the
@@ -211,6 +211,8 @@ static struct {
     char                desired_prefix[128];
     char                recent_prefix[128];
     char                wsid_key[128];
+    int64_t             round_credit_us; /* token bucket of linger rounds */
+    int64_t             round_last_us;
     char                channel_prefix[128];
     phase_t             phase;
     batch_t             b;
@@ -721,7 +723,6 @@ static void linger_read(void)
 
     ing.phase = P_READING;
     if (left_ms > 0 && !ing.stopping && ing.b.n < cf->ingest.batch) {
-        ing.b.round_us = fl_now_us();
         if (read_new(cf->ingest.batch - ing.b.n, left_ms) == FL_OK)
             return;
     }
@@ -729,19 +730,40 @@ static void linger_read(void)
     round_done();
 }
 
-/* A round of the batch is prepared and fanned out: the next round, at
- * most one per ingest.fanout_interval (each costs a read and a script
- * call: at a few thousand messages a second, rounds as fast as messages
- * come would multiply what Redis spends per message), or store it all. */
+/*
+ * How long the next linger round must wait: rounds draw on a token
+ * bucket that refills one per ingest.fanout_interval and holds
+ * ROUND_BURST. Each round costs a read and a script call, so at a few
+ * thousand messages a second rounds as fast as messages come would
+ * multiply what Redis spends per message; at low rates the bucket is
+ * full and a message is fanned out the moment it is read.
+ */
+static int64_t round_wait_us(void)
+{
+    int64_t now = fl_now_us();
+    int64_t iv = fl_worker.cf->ingest.fanout_interval_ms * 1000;
+
+    ing.round_credit_us =
+        fl_min(ing.round_credit_us + (now - ing.round_last_us),
+               ROUND_BURST * iv);
+    ing.round_last_us = now;
+    if (ing.round_credit_us >= iv) {
+        ing.round_credit_us -= iv;
+        return 0;
+    }
+    return iv - ing.round_credit_us;
+}
+
+/* A round of the batch is prepared and fanned out: the next round when
+ * the bucket allows (round_wait_us), or store it all. */
 static void round_done(void)
 {
     if (ing.b.lingering) {
-        int64_t wait_us = fl_worker.cf->ingest.fanout_interval_ms * 1000 -
-                          (fl_now_us() - ing.b.round_us);
+        int64_t wait_us = round_wait_us();
 
         ing.phase = P_READING;
-        if (wait_us >= 1000)
-            kick(wait_us / 1000); /* on_kick() -> linger_read() */
+        if (wait_us > 0)
+            kick((wait_us + 999) / 1000); /* on_kick() -> round_done() */
         else
             linger_read();
         return;
@@ -1432,8 +1454,6 @@ static void on_read(fl_redis_t *r, redisReply *reply, void *ud)
      * batch already pays for itself, and waiting would only add to the
      * backlog (the consumer is one batch at a time). */
     if (n0 == 0)
-        ing.b.round_us = ing.b.read_us;
-    if (n0 == 0)
         ing.b.lingering = !ing.stopping &&
                           ing.b.n < fl_min(cf->ingest.batch, LINGER_BELOW) &&
                           cf->ingest.linger_ms > 0;
@@ -1620,7 +1640,7 @@ static void on_kick(evutil_socket_t fd, short what, void *arg)
     (void)fd, (void)what, (void)arg;
 
     if (ing.phase == P_READING && ing.b.lingering && ing.b.n > 0)
-        linger_read();
+        round_done();
     else if (ing.phase == P_STORING)
         store_batch();
     else if (ing.phase == P_ANSWERS)
