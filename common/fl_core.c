@@ -9,6 +9,16 @@
 
 #include "fl_core.h"
 
+uint32_t fl_fnv1a(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    uint32_t             h = 2166136261u;
+
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 16777619u;
+    return h;
+}
+
 int64_t fl_now_ms(void)
 {
     struct timespec ts;

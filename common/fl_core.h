@@ -38,6 +38,10 @@ int64_t fl_test_hook(const char *name);
 
 #endif
 
+/* 32-bit FNV-1a of p[0..n): hash tables and the fan-out channel shard
+ * (whose value is part of what nodes agree on: do not change it). */
+uint32_t fl_fnv1a(const void *p, size_t n);
+
 /* Monotonic clock in milliseconds / microseconds; wall clock in ms. */
 int64_t fl_now_ms(void);
 int64_t fl_now_us(void);

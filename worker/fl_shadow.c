@@ -148,9 +148,5 @@ void fl_shadow_state_json(fl_sbuf_t *b, const char *device,
 
 uint32_t fl_shadow_shard(const char *device, int shards)
 {
-    uint32_t h = 2166136261u; /* FNV-1a */
-
-    for (const unsigned char *p = (const unsigned char *)device; *p; p++)
-        h = (h ^ *p) * 16777619u;
-    return h % (uint32_t)shards;
+    return fl_fnv1a(device, strlen(device)) % (uint32_t)shards;
 }

@@ -126,6 +126,7 @@ void test_enc_i64(void);
 void test_enc_resp(void);
 void test_enc_resp_append(void);
 void test_enc_resp_large(void);
+void test_fnv1a_vectors(void);
 
 void test_ws_accept(void);
 void test_ws_accept_bad_keys(void);
@@ -260,6 +261,7 @@ static const fl_test_t tests[] = {
     {"enc_resp", test_enc_resp},
     {"enc_resp_append", test_enc_resp_append},
     {"enc_resp_large", test_enc_resp_large},
+    {"fnv1a_vectors", test_fnv1a_vectors},
 
     {"ws_accept", test_ws_accept},
     {"ws_accept_bad_keys", test_ws_accept_bad_keys},

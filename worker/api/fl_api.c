@@ -21,6 +21,7 @@
 #include "fl_api.h"
 #include "fl_auth.h"
 #include "fl_log.h"
+#include "fl_payload.h"
 #include "fl_routes.h"
 #include "fl_scan.h"
 #include "fl_worker.h"
@@ -29,21 +30,6 @@
 #define MAX_SEGMENTS 8
 
 /* ---- routing ---- */
-
-static int id_ok(const char *s, size_t n)
-{
-    if (n == 0 || n > FL_API_ID_MAX)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-              (c >= '0' && c <= '9') || c == '_' || c == '.' || c == ':' ||
-              c == '-'))
-            return 0;
-    }
-    return 1;
-}
 
 /* Does the path (segments seg[0..nseg)) match pattern? Fills the ids. */
 static int match(const char *pattern, char **seg, int nseg, char *id, char *id2)
@@ -60,7 +46,7 @@ static int match(const char *pattern, char **seg, int nseg, char *id, char *id2)
             return 0;
         l = strlen(seg[i]);
         if (n == 2 && p[0] == '{' && p[1] == '}') {
-            if (!id_ok(seg[i], l))
+            if (!fl_device_id_valid(seg[i], l))
                 return 0;
             memcpy(nids++ ? id2 : id, seg[i], l + 1); /* l <= ID_MAX */
         } else if (l != n || memcmp(p, seg[i], n) != 0) {

@@ -88,11 +88,7 @@ static void tohex(const unsigned char *p, size_t n, char *out)
 
 static unsigned slot_of(const char *id)
 {
-    unsigned h = 2166136261u;
-
-    for (; *id; id++)
-        h = (h ^ (unsigned char)*id) * 16777619u;
-    return h & (AUTH_CACHE_SLOTS - 1);
+    return fl_fnv1a(id, strlen(id)) & (AUTH_CACHE_SLOTS - 1);
 }
 
 int fl_auth_scopes(const char *const *names, int n)

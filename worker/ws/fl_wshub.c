@@ -45,6 +45,7 @@
 
 #include "fl_api.h"
 #include "fl_log.h"
+#include "fl_payload.h"
 #include "fl_shadow.h"
 #include "fl_worker.h"
 #include "fl_ws.h"
@@ -156,22 +157,13 @@ static int tele_head(const char *p, size_t len, fl_ws_id_t *id,
 
 /* ---- devices ---- */
 
-static uint32_t dev_hash(const char *id, size_t len)
-{
-    uint32_t h = 2166136261u;
-
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (unsigned char)id[i]) * 16777619u;
-    return h;
-}
-
 static fl_ws_dev_t *dev_find(const char *id, size_t len)
 {
     fl_ws_dev_t *d;
 
     if (hub.ndevs == 0)
         return NULL;
-    d = hub.tab[dev_hash(id, len) & (hub.tabcap - 1)];
+    d = hub.tab[fl_fnv1a(id, len) & (hub.tabcap - 1)];
     for (; d; d = d->hnext) {
         if (strncmp(d->id, id, len) == 0 && d->id[len] == '\0')
             return d;
@@ -186,7 +178,7 @@ static void tab_grow(void)
 
     for (uint32_t i = 0; i < hub.tabcap; i++) {
         for (fl_ws_dev_t *d = hub.tab[i], *next; d; d = next) {
-            uint32_t h = dev_hash(d->id, strlen(d->id)) & (cap - 1);
+            uint32_t h = fl_fnv1a(d->id, strlen(d->id)) & (cap - 1);
 
             next = d->hnext;
             d->hnext = tab[h];
@@ -214,7 +206,7 @@ static fl_ws_dev_t *dev_get(const char *id, size_t len)
     memcpy(d->id, id, len);
     d->refs = 1;
     d->shard = fl_shadow_shard(d->id, hub.nshards);
-    h = dev_hash(id, len) & (hub.tabcap - 1);
+    h = fl_fnv1a(id, len) & (hub.tabcap - 1);
     d->hnext = hub.tab[h];
     hub.tab[h] = d;
     hub.ndevs++;
@@ -227,7 +219,7 @@ void fl_ws_dev_unref(fl_ws_dev_t *d)
 
     if (--d->refs > 0)
         return;
-    pp = &hub.tab[dev_hash(d->id, strlen(d->id)) & (hub.tabcap - 1)];
+    pp = &hub.tab[fl_fnv1a(d->id, strlen(d->id)) & (hub.tabcap - 1)];
     while (*pp != d)
         pp = &(*pp)->hnext;
     *pp = d->hnext;
@@ -669,9 +661,7 @@ static int parse_devices(fl_ws_conn_t *c, const cJSON *msg, int *star,
             *star = 1;
             continue;
         }
-        if (n == 0 || n > FL_API_ID_MAX ||
-            strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-                      "0123456789_.:-") != n) {
+        if (s == NULL || !fl_device_id_valid(s, n)) {
             fl_ws_send_error(c, "bad_device",
                              "device ids match [A-Za-z0-9_.:-]{1,64}");
             return FL_ERROR;

@@ -10,6 +10,8 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+
+#include "fl_core.h"
 #include <string.h>
 
 #include "fl_enc.h"
@@ -229,4 +231,14 @@ void test_enc_resp_large(void)
     FL_CHECK(ok);
     FL_CHECK_EQ_U64(off, len);
     free(cmd);
+}
+
+/* fl_fnv1a (fl_core.c): the published FNV-1a test vectors. The fan-out
+ * shard of a device is this hash modulo redis.channel_shards, and every
+ * node must compute the same one. */
+void test_fnv1a_vectors(void)
+{
+    FL_CHECK_EQ_U64(fl_fnv1a("", 0), 0x811c9dc5u);
+    FL_CHECK_EQ_U64(fl_fnv1a("a", 1), 0xe40c292cu);
+    FL_CHECK_EQ_U64(fl_fnv1a("foobar", 6), 0xbf9cf968u);
 }
