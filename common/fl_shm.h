@@ -123,7 +123,8 @@ typedef struct {
     /* WebSocket (worker/ws/) */
     volatile uint64_t ws_accepted;
     volatile uint64_t ws_rejected[FL_SHM_WS_REJECTS];
-    volatile uint64_t ws_messages;    /* telemetry messages to clients */
+    volatile uint64_t ws_messages;    /* telemetry messages written to
+                                         clients, whole */
     volatile uint32_t ws_conflated;   /* connections conflated now */
     volatile uint64_t ws_frames_conflated; /* messages merged, not sent */
     volatile uint64_t ws_closes[FL_SHM_WS_CLOSES]; /* by fl_shm_ws_close */

@@ -251,8 +251,8 @@ static void ws_metrics(struct evbuffer *b, const fl_shm_worker_t *const *cur,
     WSC(ws_accepted, "fleetd_ws_accepted_total",
         "WebSocket handshakes accepted.");
     WSC(ws_messages, "fleetd_ws_messages_total",
-        "Telemetry messages queued to WebSocket clients (conflated ones "
-        "included).");
+        "Telemetry messages written to WebSocket clients (live, conflated "
+        "and replayed ones).");
     WSC(ws_frames_conflated, "fleetd_ws_frames_conflated_total",
         "Telemetry messages merged into a slow client's latest values "
         "instead of being queued.");

@@ -415,8 +415,9 @@ static void cfl_send(fl_ws_conn_t *c)
     fl_sbuf_t b = {0};
 
     for (uint32_t i = 0; i < m->cap; i++) {
-        cfl_ent_t *e = &m->e[i];
-        char      *vals;
+        cfl_ent_t     *e = &m->e[i];
+        fl_ws_frame_t *f;
+        char          *vals;
 
         if (e->dev == NULL)
             continue;
@@ -432,8 +433,11 @@ static void cfl_send(fl_ws_conn_t *c)
         fl_sb_put(&b, vals ? vals : "{}", vals ? strlen(vals) : 2);
         fl_sb_lit(&b, ",\"conflated\":true}");
         cJSON_free(vals);
-        q_push(c, fl_ws_frame_new(b.p, b.len));
-        fl_shm_add(fl_worker.stats->ws_messages, 1);
+        f = fl_ws_frame_new(b.p, b.len);
+        f->dev = e->dev; /* telemetry: counted when written */
+        f->dev->refs++;
+        f->id = e->id;
+        q_push(c, f);
     }
     fl_sb_free(&b);
     cfl_free(c);
@@ -447,7 +451,6 @@ void fl_ws_send_telemetry(fl_ws_conn_t *c, fl_ws_frame_t *f)
         c->qbytes + f->len <= (size_t)ws.cf->limits.ws_send_buffer) {
         f->refs++;
         q_push(c, f);
-        fl_shm_add(fl_worker.stats->ws_messages, 1);
         return;
     }
     if (c->cfl == NULL) {
@@ -482,6 +485,8 @@ static void q_consumed(fl_ws_conn_t *c, size_t n)
         c->qh = q->next;
         if (c->qh == NULL)
             c->qt = NULL;
+        if (q->f->dev) /* a telemetry message, all of it written */
+            fl_shm_add(fl_worker.stats->ws_messages, 1);
         if (c->mark == q)
             c->mark = NULL;
         fl_ws_frame_unref(q->f);
@@ -629,19 +634,21 @@ static void bury(void)
     }
 }
 
-/* Close c with code: a close frame after what is being written, then wait
+/* Close c with code (FL_WS_CLOSE_NO_STATUS: a close frame without one,
+ * counted as 1000): a close frame after what is being written, then wait
  * for the peer's close. */
 static void conn_fail(fl_ws_conn_t *c, int code, const char *why)
 {
     unsigned char p[125];
-    size_t        n;
+    size_t        n = 0;
 
     if (c->closing || c->gone)
         return;
-    count_close(code);
+    count_close(code == FL_WS_CLOSE_NO_STATUS ? FL_WS_CLOSE_NORMAL : code);
     q_drop_unstarted(c);
     cfl_free(c);
-    n = fl_ws_close_payload(p, code, why);
+    if (code != FL_WS_CLOSE_NO_STATUS)
+        n = fl_ws_close_payload(p, code, why);
     q_push(c, frame_op(FL_WS_OP_CLOSE, p, n));
     c->closing = 1;
     c->has_op = 0; /* nothing held any more: the close goes out */
@@ -698,22 +705,11 @@ static int rx_control(void *ud, int op, unsigned char *data, size_t len)
     return 0;
 }
 
+/* The peer's close: answered with its code (none when it gave none). */
 static int rx_close(void *ud, int code, const char *reason, size_t len)
 {
-    fl_ws_conn_t *c = ud;
-    unsigned char p[125];
-    size_t        n = 0;
-
     (void)reason, (void)len;
-    count_close(code == FL_WS_CLOSE_NO_STATUS ? FL_WS_CLOSE_NORMAL : code);
-    q_drop_unstarted(c);
-    cfl_free(c);
-    if (code != FL_WS_CLOSE_NO_STATUS)
-        n = fl_ws_close_payload(p, code, "");
-    q_push(c, frame_op(FL_WS_OP_CLOSE, p, n));
-    c->closing = 1;
-    c->has_op = 0;
-    list_move(c, L_CLOSING, fl_now_ms() + CLOSE_WAIT_MS);
+    conn_fail(ud, code, "");
     return 1;
 }
 

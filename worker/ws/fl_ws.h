@@ -39,7 +39,8 @@ typedef struct fl_ws_frame_s {
     uint32_t     refs;
     uint32_t     len;  /* bytes of data: header + payload */
     uint32_t     hlen; /* header bytes; the payload follows */
-    fl_ws_dev_t *dev;  /* telemetry: its device (a reference), else NULL */
+    fl_ws_dev_t *dev;  /* telemetry (live, conflated, replayed): its
+                          device (a reference); NULL for other frames */
     fl_ws_id_t   id;   /* telemetry: its id */
     cJSON       *doc;  /* telemetry: parsed on demand (conflation) */
     unsigned char data[];

@@ -142,7 +142,8 @@ def test_fanout_500_clients_two_workers(ws_node):
             len(problems), "\n  ".join(problems[:30]), t_pub, ws_metrics_text(f),
             stack.tail(f.log_text(), 30)))
     total = sum(len(s.telemetry) for s in subs) + len(star.telemetry)
-    assert metric_sum(f, "fleetd_ws_messages_total") >= total, ws_metrics_text(f)
+    # counted when written whole: what the clients really received
+    assert metric_sum(f, "fleetd_ws_messages_total") == total, ws_metrics_text(f)
     wait_ws_conns(f, 0)
     print("fan-out: %d clients, %d messages delivered; publish %.1f s" % (
         nclients, total, t_pub))
