@@ -818,6 +818,12 @@ fl_ws_op_t *fl_ws_conn_op(const fl_ws_conn_t *c)
     return c->op;
 }
 
+void fl_ws_each(void (*fn)(fl_ws_conn_t *c))
+{
+    for (fl_ws_conn_t *c = ws.hb.head; c; c = c->next)
+        fn(c);
+}
+
 fl_ws_subs_t *fl_ws_conn_subs(fl_ws_conn_t *c)
 {
     return &c->subs;

@@ -56,9 +56,6 @@ struct fl_ws_dev_s {
     char           id[];
 };
 
-/* what fl_ws.c keeps of a connection that the hub needs */
-struct fl_ws_conn_s;
-
 /* ---- fl_ws.c, for the hub ---- */
 
 /* A frame for payload (a text message), one reference. */
@@ -73,6 +70,8 @@ void fl_ws_send(fl_ws_conn_t *c, fl_ws_frame_t *f);
 /* An {"type":"error"} message to c. */
 void fl_ws_send_error(fl_ws_conn_t *c, const char *code, const char *fmt,
                       ...) fl_printf(3, 4);
+/* Call fn for every open connection (not those closing). */
+void fl_ws_each(void (*fn)(fl_ws_conn_t *c));
 /* Write what the connections touched since the last call queued. */
 void fl_ws_flush_dirty(void);
 

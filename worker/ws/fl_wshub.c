@@ -836,6 +836,21 @@ static void deliver(const char *p, size_t len)
 
 /* ---- the Pub/Sub connection ---- */
 
+/* One gap message naming everything c watches ("*" covers it all). */
+static void send_gap(fl_ws_conn_t *c)
+{
+    fl_ws_subs_t *s = fl_ws_conn_subs(c);
+    fl_sbuf_t     b = {0};
+
+    if (!s->star && s->n == 0)
+        return;
+    fl_sb_lit(&b, "{\"type\":\"gap\",\"devices\":");
+    devs_json(&b, s->devs, s->star ? 0 : (int)s->n, s->star != 0);
+    fl_sb_lit(&b, "}");
+    fl_ws_send(c, fl_ws_frame_new(b.p, b.len));
+    fl_sb_free(&b);
+}
+
 static void ps_up(void)
 {
     int lost = hub.was_up;
@@ -854,24 +869,7 @@ static void ps_up(void)
     if (!lost)
         return;
     /* messages published while we were away did not reach anyone here */
-    for (uint32_t i = 0; i < hub.tabcap; i++) {
-        for (fl_ws_dev_t *d = hub.tab[i]; d; d = d->hnext) {
-            for (uint32_t k = 0; k < d->nsubs; k++) {
-                fl_sbuf_t b = {0};
-
-                fl_sb_lit(&b, "{\"type\":\"gap\",\"devices\":[");
-                fl_sb_jstr(&b, d->id);
-                fl_sb_lit(&b, "]}");
-                fl_ws_send(d->subs[k], fl_ws_frame_new(b.p, b.len));
-                fl_sb_free(&b);
-            }
-        }
-    }
-    for (uint32_t i = 0; i < hub.nstar; i++) {
-        static const char g[] = "{\"type\":\"gap\",\"devices\":[\"*\"]}";
-
-        fl_ws_send(hub.star[i], fl_ws_frame_new(g, sizeof(g) - 1));
-    }
+    fl_ws_each(send_gap);
     fl_ws_flush_dirty();
 }
 

@@ -204,3 +204,36 @@ def test_reload_under_load_with_resume(ws_node):
     assert not problems, "%d problem(s) across the reload (%d messages):\n  %s\n%s" % (
         len(problems), total, "\n  ".join(problems[:25]), ws_metrics_text(f))
     assert metric_sum(f, "fleetd_reloads_total") == 1
+
+
+@pytest.mark.timeout(60)
+def test_pubsub_loss_sends_one_gap_then_live_again(ingest):
+    """Redis drops the worker's Pub/Sub connection (CLIENT KILL TYPE
+    pubsub): what is published until fleetd has subscribed again reaches
+    no client, so each client gets one gap message naming what it
+    watches, and then live telemetry again."""
+    ctx = ingest(workers=1)
+    d1, d2 = ctx.dev("gap1"), ctx.dev("gap2")
+    c = WsClient.connect(ctx.f)
+    c.subscribe([d1, d2])
+    star = WsClient.connect(ctx.f)
+    star.subscribe("*")
+    killed = ctx.redis.client_kill_filter(_type="pubsub")
+    assert killed >= 1, killed
+    g = c.expect("gap", timeout=10)
+    assert sorted(g["devices"]) == sorted([d1, d2]), g
+    assert star.expect("gap", timeout=10)["devices"] == ["*"]
+    # live again once the SUBSCRIBE is back
+    deadline = time.monotonic() + 15
+    k = 0
+    while not c.telemetry(d1) and time.monotonic() < deadline:
+        ctx.send(d1, {"v": k})
+        k += 1
+        try:
+            c.pump(0.5)
+        except Exception:  # noqa: BLE001 - socket timeout: try again
+            pass
+    assert c.telemetry(d1), "no telemetry after the reconnect: %r" % c.log[-5:]
+    assert [m for m in c.log if m.get("type") == "gap"] == [g], c.log
+    c.close()
+    star.close()
