@@ -361,7 +361,10 @@ static void ingest_metrics(struct evbuffer              *b,
           ingest_claimed),
         C("ingest_storage_failures_total",
           "Batch writes that failed (retried).", ingest_pg_failures),
-        C("ingest_published_total", "Points published for fan-out.",
+        C("ingest_published_total",
+          "Points published for fan-out, counted once their batch is "
+          "acknowledged (a batch published again after a failure counts "
+          "once).",
           ingest_published),
 #undef C
     };

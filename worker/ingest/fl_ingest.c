@@ -188,6 +188,7 @@ typedef struct {
     int            isolate;   /* storing one entry at a time */
     int            next;      /* isolate: the entry being stored */
     size_t         rows;      /* rows of this batch's committed writes */
+    size_t         published; /* points its script calls published */
     fl_cmd_ack_t  *acks;      /* the answers being applied (ACK_SLICE) */
     int           *ack_entry; /* their entries */
     int            nacks;
@@ -818,7 +819,7 @@ static void fan_out(void)
             break;
         }
         ing.b.replies++;
-        fl_shm_add(fl_worker.stats->ingest_published, c->published);
+        ing.b.published += c->published;
     }
     ing.b.fanned = ing.b.nchunks;
 }
@@ -1342,6 +1343,7 @@ static void on_acked(fl_redis_t *r, redisReply *reply, void *ud)
             }
         }
         fl_shm_add(s->ingest_stored, stored);
+        fl_shm_add(s->ingest_published, ing.b.published);
         fl_shm_add(s->ingest_state, state_n);
         fl_shm_add(s->ingest_dead_lettered, dead_n);
         fl_shm_add(s->ingest_batches, 1);
