@@ -5,19 +5,26 @@
  * The MQTT thread (fl_mqtt.c) only appends raw messages to the stream
  * {prefix}ingest and acknowledges them once they are there. This module
  * consumes that stream in the consumer group "fleetd" as consumer
- * {node_id}-w{slot}, one batch at a time:
+ * {node_id}-w{slot}, with two batches in hand at most: the gatherer
+ * reads, prepares and fans out one (ing.g) while the storer stores,
+ * publishes and acknowledges the one before it (ing.s). A due batch goes
+ * to the storer when it is free (handover()); the gatherer never waits
+ * for PostgreSQL unless its own batch is full, so dashboards keep
+ * getting messages while a batch commits.
  *
  *   read      XREADGROUP COUNT ingest.batch BLOCK ingest.block ">", then
  *             more reads for up to ingest.linger while the batch is not
- *             full (flush by size or by age)
+ *             full (flush by size or by age), and on while the storer is
+ *             busy
  *   prepare   on the thread pool, CHUNK_ENTRIES entries per job:
  *             fl_payload_parse, the COPY rows, and one shadow/fan-out
  *             script call per chunk in the protocol's form; the loop only
  *             sends what the jobs built
  *   fan-out   per chunk one EVALSHA of shadow_lua, sent as soon as the
- *             batch is prepared, while the store runs: the newest value
- *             per metric into each shadow, a PUBLISH of each point on
- *             {prefix}tele:{shard} and a push on its device's resume list
+ *             read is prepared: the newest value per metric into each
+ *             shadow, a PUBLISH of each point on {prefix}tele:{shard} and
+ *             a push on its device's resume list
+ *   --- the storer, batch by batch in stream order ---
  *   store     one transaction (fl_pg.c): COPY into the telemetry table,
  *             or through a staging table when a key is already there: a
  *             batch written twice adds no row, of two messages with one
@@ -80,8 +87,9 @@
  * answer it still refuses is dead-lettered (storage_rejected). Answers are
  * not telemetry: no row, no shadow, not counted as stored.
  *
- * When PostgreSQL is down the batch is retried with backoff and no new
- * entry is read: the stream grows, entries stay pending, nothing is lost.
+ * When PostgreSQL is down the batch is retried with backoff; the next
+ * batch is read and fanned out until it is full, then nothing more is
+ * read: the stream grows, entries stay pending, nothing is lost.
  * When Redis is down nothing can be read or acknowledged; the batch in
  * hand is dropped from memory (it is still pending in Redis) and read
  * again through the recovery path once Redis is back.
@@ -153,8 +161,11 @@ typedef struct {
     char           dead_msg[FL_REJECT_MSGLEN];
 } entry_t;
 
+struct batch;
+
 /* A slice of the batch prepared by one pool job. */
 typedef struct {
+    struct batch *b;        /* the batch it is a slice of */
     int           first, n; /* entries [first, first + n) */
     fl_pg_batch_t pgb;      /* their rows (moved into the batch's) */
     char         *cmd;      /* the shadow/fan-out script call, RESP */
@@ -163,23 +174,32 @@ typedef struct {
     char          sha[48];   /* the script's SHA1 when submitted, "" EVAL */
 } chunk_t;
 
+/* The gatherer: reads a batch, prepares and fans out each read. */
 typedef enum {
-    P_IDLE,       /* nothing in hand */
-    P_READING,    /* XREADGROUP / XPENDING / XCLAIM in flight */
-    P_PARSING,    /* pool jobs (chunks) outstanding */
-    P_STORING,    /* fl_pg_write in flight or waiting to retry */
-    P_ANSWERS,    /* command answers in flight or waiting to retry */
-    P_PUBLISHING, /* dead letters, shadow, PUBLISH in flight */
-    P_ACKING,     /* XACK in flight */
-} phase_t;
+    G_IDLE,     /* nothing in hand, nothing in flight */
+    G_CLAIMING, /* XGROUP CREATE / XPENDING / XCLAIM in flight */
+    G_READING,  /* XREADGROUP in flight, or the next round waits its turn */
+    G_PARSING,  /* pool jobs (chunks) outstanding */
+    G_FULL,     /* due and can read no more: waits for the storer */
+} gphase_t;
 
-typedef struct {
+/* The storer: stores, answers, publishes and acknowledges a batch. */
+typedef enum {
+    S_IDLE,       /* no batch */
+    S_STORING,    /* fl_pg_write in flight or waiting to retry */
+    S_ANSWERS,    /* command answers in flight or waiting to retry */
+    S_PUBLISHING, /* dead letters in flight, fan-out replies awaited */
+    S_ACKING,     /* XACK in flight */
+} sphase_t;
+
+typedef struct batch {
     entry_t       *e;
     int            n;
     chunk_t       *chunks;
     int            nchunks;
     int            jobs;      /* pool jobs outstanding */
     int            lingering; /* the batch gathers for ingest.linger */
+    int            noread;    /* a read failed: store what is in hand */
     int            parsed;    /* entries in chunks so far */
     int            fanned;    /* chunks whose script call went out */
     int            replies;   /* publish replies outstanding (the
@@ -215,15 +235,20 @@ static struct {
     int64_t             round_credit_us; /* token bucket of linger rounds */
     int64_t             round_last_us;
     char                channel_prefix[128];
-    phase_t             phase;
-    batch_t             b;
+    gphase_t            phase;  /* the gatherer's */
+    sphase_t            sphase; /* the storer's */
+    int                 reading; /* an XREADGROUP is in flight */
+    batch_t             bat[2];
+    batch_t            *g; /* the batch being gathered */
+    batch_t            *s; /* the batch being stored, NULL: none */
     int                 group_ready;
     char                shadow_sha[48]; /* SCRIPT LOAD result, "" = EVAL */
     int                 recover_own;    /* take back our own pending first */
     int                 stopping;
     int64_t             retry_ms;
     int64_t             next_claim_ms;
-    struct event       *ev_kick; /* run the next step (timer) */
+    struct event       *ev_kick;  /* the gatherer's next step (timer) */
+    struct event       *ev_store; /* the storer's retry (timer) */
     struct event       *ev_sample;
     fl_idset_t          known;        /* devices with a registry row (lately) */
     struct event       *ev_hook;      /* FLEETD_TEST_HOOKS stall_before_xack */
@@ -232,9 +257,11 @@ static struct {
 
 static void step(void);
 static void kick(int64_t ms);
+static void store_kick(int64_t ms);
+static void handover(void);
 static void store_batch(void);
 static void store_answers(void);
-static void register_devices(void);
+static void register_devices(batch_t *b);
 static void publish_batch(void);
 static void fan_out(void);
 static int  read_new(int count, int64_t block_ms);
@@ -364,22 +391,22 @@ static void entry_clear(entry_t *e)
     memset(e, 0, sizeof(*e));
 }
 
-static void batch_clear(void)
+static void batch_clear(batch_t *b)
 {
-    fl_commands_ack_cancel(ing.b.ackq);
-    free(ing.b.acks);
-    free(ing.b.ack_entry);
-    for (int i = 0; i < ing.b.n; i++)
-        entry_clear(&ing.b.e[i]);
-    free(ing.b.e);
-    for (int i = 0; i < ing.b.nchunks; i++) {
-        fl_pg_batch_free(&ing.b.chunks[i].pgb);
-        free(ing.b.chunks[i].cmd);
+    fl_commands_ack_cancel(b->ackq);
+    free(b->acks);
+    free(b->ack_entry);
+    for (int i = 0; i < b->n; i++)
+        entry_clear(&b->e[i]);
+    free(b->e);
+    for (int i = 0; i < b->nchunks; i++) {
+        fl_pg_batch_free(&b->chunks[i].pgb);
+        free(b->chunks[i].cmd);
     }
-    free(ing.b.chunks);
-    fl_pg_batch_free(&ing.b.pgb);
-    memset(&ing.b, 0, sizeof(ing.b));
-    fl_pg_batch_init(&ing.b.pgb);
+    free(b->chunks);
+    fl_pg_batch_free(&b->pgb);
+    memset(b, 0, sizeof(*b));
+    fl_pg_batch_init(&b->pgb);
 }
 
 static void dead(entry_t *e, const char *reason, const char *msg)
@@ -420,14 +447,14 @@ static void entry_times(entry_t *e)
  * the batch. Entries whose fields are gone (trimmed by MAXLEN before they
  * were processed) become dead letters so that the loss is visible.
  */
-static void batch_add_entries(const redisReply *list)
+static void batch_add_entries(batch_t *b, const redisReply *list)
 {
-    size_t n0 = (size_t)ing.b.n;
+    size_t n0 = (size_t)b->n;
 
-    ing.b.e = fl_realloc(ing.b.e, (n0 + list->elements) * sizeof(entry_t));
+    b->e = fl_realloc(b->e, (n0 + list->elements) * sizeof(entry_t));
     for (size_t i = 0; i < list->elements; i++) {
         const redisReply *it = list->element[i], *f, *t, *p, *r;
-        entry_t          *e = &ing.b.e[ing.b.n];
+        entry_t          *e = &b->e[b->n];
 
         if (it->type != REDIS_REPLY_ARRAY || it->elements < 2 ||
             it->element[0]->type != REDIS_REPLY_STRING)
@@ -435,7 +462,7 @@ static void batch_add_entries(const redisReply *list)
         memset(e, 0, sizeof(*e));
         snprintf(e->id, sizeof(e->id), "%s", it->element[0]->str);
         entry_times(e);
-        ing.b.n++;
+        b->n++;
         f = it->element[1];
         if (f->type != REDIS_REPLY_ARRAY) {
             dead(e, REASON_TRIMMED,
@@ -620,7 +647,7 @@ static void chunk_build_cmd(chunk_t *c)
     c->cmdlen = 0;
     c->published = 0;
     for (int i = c->first; i < c->first + c->n; i++) {
-        entry_t *e = &ing.b.e[i];
+        entry_t *e = &c->b->e[i];
 
         if ((e->kind != E_TELEMETRY && e->kind != E_STATE) ||
             (e->kind == E_TELEMETRY && e->tele.npoints == 0))
@@ -701,7 +728,7 @@ static void chunk_work(void *arg)
     chunk_t *c = arg;
 
     for (int i = c->first; i < c->first + c->n; i++) {
-        entry_t *e = &ing.b.e[i];
+        entry_t *e = &c->b->e[i];
 
         if (e->kind == E_DEAD)
             continue;
@@ -714,30 +741,42 @@ static void chunk_work(void *arg)
 
 static void round_done(void);
 
-/* Lingering: read what came, waiting (BLOCK) for the rest of the
- * linger; or store when the linger is over. */
-static void linger_read(void)
+/*
+ * The gathering batch's next read. While it lingers: what comes within
+ * the rest of the linger (BLOCK). Once it is due but the storer still
+ * has the previous batch: what comes within ingest.block, so that
+ * dashboards keep getting messages while PostgreSQL commits. A batch
+ * that can read no more (full, stopping, a read failed) waits for the
+ * storer (G_FULL).
+ */
+static void next_read(void)
 {
     const fl_config_t *cf = fl_worker.cf;
-    int64_t            left_ms =
-        cf->ingest.linger_ms - (fl_now_us() - ing.b.read_us) / 1000;
+    batch_t           *g = ing.g;
+    int64_t left_ms = cf->ingest.linger_ms - (fl_now_us() - g->read_us) / 1000;
 
-    ing.phase = P_READING;
-    if (left_ms > 0 && !ing.stopping && ing.b.n < cf->ingest.batch) {
-        if (read_new(cf->ingest.batch - ing.b.n, left_ms) == FL_OK)
+    ing.phase = G_READING;
+    if (g->lingering) {
+        if (left_ms > 0 && !ing.stopping && g->n < cf->ingest.batch &&
+            read_new(cf->ingest.batch - g->n, left_ms) == FL_OK)
             return;
+        g->lingering = 0;
+        round_done();
+        return;
     }
-    ing.b.lingering = 0;
-    round_done();
+    if (!ing.stopping && !g->noread && g->n < cf->ingest.batch &&
+        read_new(cf->ingest.batch - g->n, cf->ingest.block_ms) == FL_OK)
+        return;
+    ing.phase = G_FULL;
 }
 
 /*
- * How long the next linger round must wait: rounds draw on a token
- * bucket that refills one per ingest.fanout_interval and holds
- * ROUND_BURST. Each round costs a read and a script call, so at a few
- * thousand messages a second rounds as fast as messages come would
- * multiply what Redis spends per message; at low rates the bucket is
- * full and a message is fanned out the moment it is read.
+ * How long the next round must wait: rounds draw on a token bucket that
+ * refills one per ingest.fanout_interval and holds ROUND_BURST. Each
+ * round costs a read and a script call, so at a few thousand messages a
+ * second rounds as fast as messages come would multiply what Redis
+ * spends per message; at low rates the bucket is full and a message is
+ * fanned out the moment it is read.
  */
 static int64_t round_wait_us(void)
 {
@@ -755,36 +794,39 @@ static int64_t round_wait_us(void)
     return iv - ing.round_credit_us;
 }
 
-/* A round of the batch is prepared and fanned out: the next round when
- * the bucket allows (round_wait_us), or store it all. */
+/* A round of the gathering batch is prepared and fanned out: hand the
+ * batch to the storer when it is due, or read the next round when the
+ * bucket allows (round_wait_us). */
 static void round_done(void)
 {
-    if (ing.b.lingering) {
-        int64_t wait_us = round_wait_us();
+    const fl_config_t *cf = fl_worker.cf;
+    batch_t           *g = ing.g;
+    int64_t            wait_us;
 
-        ing.phase = P_READING;
-        if (wait_us > 0)
-            kick((wait_us + 999) / 1000); /* on_kick() -> round_done() */
-        else
-            linger_read();
-        return;
+    ing.phase = G_READING;
+    if (!g->lingering) {
+        handover();
+        if (ing.g != g) {
+            step(); /* the storer took it: gather the next */
+            return;
+        }
+        if (ing.stopping || g->noread || g->n >= cf->ingest.batch) {
+            ing.phase = G_FULL;
+            return;
+        }
     }
-    /* the rows of all chunks, in entry order, make the batch's COPY */
-    fl_pg_batch_reset(&ing.b.pgb);
-    for (int i = 0; i < ing.b.nchunks; i++) {
-        chunk_t *c = &ing.b.chunks[i];
-
-        evbuffer_add_buffer(ing.b.pgb.copy, c->pgb.copy);
-        ing.b.pgb.rows += c->pgb.rows;
-    }
-    register_devices();
-    store_batch();
+    wait_us = round_wait_us();
+    if (wait_us > 0)
+        kick((wait_us + 999) / 1000); /* on_kick() -> next_read() */
+    else
+        next_read();
 }
 
 static void chunk_done(void *arg)
 {
-    (void)arg;
-    if (--ing.b.jobs > 0 || ing.phase != P_PARSING)
+    chunk_t *c = arg;
+
+    if (--c->b->jobs > 0 || ing.phase != G_PARSING)
         return;
     fan_out();
     round_done();
@@ -793,35 +835,34 @@ static void chunk_done(void *arg)
 static void on_published(fl_redis_t *r, redisReply *reply, void *ud);
 
 /*
- * The shadow and fan-out script calls go out as soon as the batch is
- * prepared, while PostgreSQL stores it: a dashboard sees a message a
- * commit sooner, and keeps seeing messages while PostgreSQL is away.
- * Their replies are counted with the publish step's (on_published), and
- * the batch is acknowledged only when all are in and the commit is done.
- * An entry that PostgreSQL refuses later (dead-lettered with reason
+ * The shadow and fan-out script calls of a round go out as soon as it is
+ * prepared, while PostgreSQL stores the batch before it: a dashboard
+ * sees a message a commit sooner, and keeps seeing messages while
+ * PostgreSQL is slow or away (until the batch after the one being
+ * stored is full). Their replies are counted in the batch (on_published),
+ * which is acknowledged only when all are in and its commit is done. An
+ * entry that PostgreSQL refuses later (dead-lettered with reason
  * storage) has then been shown on dashboards already; and a batch taken
  * back after a crash before its XACK is published again, under new ids.
  */
 static void fan_out(void)
 {
-    if (ing.b.fanned == 0) {
-        ing.b.replies = 0;
-        ing.b.failed = 0;
-    }
-    for (int i = ing.b.fanned; i < ing.b.nchunks && !ing.b.failed; i++) {
-        chunk_t *c = &ing.b.chunks[i];
+    batch_t *g = ing.g;
+
+    for (int i = g->fanned; i < g->nchunks && !g->failed; i++) {
+        chunk_t *c = &g->chunks[i];
 
         if (c->cmd == NULL)
             continue;
-        if (fl_redis_cmdraw(ing.wr, 0, on_published, NULL, c->cmd,
-                            c->cmdlen) != FL_OK) {
-            ing.b.failed = 1;
+        if (fl_redis_cmdraw(ing.wr, 0, on_published, g, c->cmd, c->cmdlen) !=
+            FL_OK) {
+            g->failed = 1;
             break;
         }
-        ing.b.replies++;
-        ing.b.published += c->published;
+        g->replies++;
+        g->published += c->published;
     }
-    ing.b.fanned = ing.b.nchunks;
+    g->fanned = g->nchunks;
 }
 
 /*
@@ -832,20 +873,51 @@ static void fan_out(void)
  * through the API that keeps publishing is registered again within that
  * time.
  */
-static void register_devices(void)
+static void register_devices(batch_t *b)
 {
     int64_t now = fl_now_ms();
 
-    for (int i = 0; i < ing.b.n; i++) {
-        const entry_t *e = &ing.b.e[i];
+    for (int i = 0; i < b->n; i++) {
+        const entry_t *e = &b->e[i];
 
         if (!((e->kind == E_TELEMETRY && e->tele.npoints > 0) ||
               e->kind == E_STATE) ||
             fl_idset_has(&ing.known, e->device, now))
             continue;
-        fl_pg_batch_device(&ing.b.pgb, e->device);
+        fl_pg_batch_device(&b->pgb, e->device);
         fl_idset_add(&ing.known, e->device, now);
     }
+}
+
+/*
+ * The gathered batch is due (no longer lingering): the storer takes it
+ * when it has none, else when it is done with its own (on_acked()). Not
+ * while pool jobs work on it or a claim fills it. The gatherer goes on
+ * with an empty batch; an XREADGROUP in flight fills that one.
+ */
+static void handover(void)
+{
+    batch_t *b = ing.g;
+
+    if (ing.s != NULL || b->n == 0 || b->lingering ||
+        ing.phase == G_PARSING || ing.phase == G_CLAIMING)
+        return;
+    ing.s = b;
+    ing.g = b == &ing.bat[0] ? &ing.bat[1] : &ing.bat[0];
+    if (!ing.reading) {
+        evtimer_del(ing.ev_kick); /* a round waiting for its turn */
+        ing.phase = G_IDLE;
+    }
+    /* the rows of all chunks, in entry order, make the batch's COPY */
+    fl_pg_batch_reset(&b->pgb);
+    for (int i = 0; i < b->nchunks; i++) {
+        chunk_t *c = &b->chunks[i];
+
+        evbuffer_add_buffer(b->pgb.copy, c->pgb.copy);
+        b->pgb.rows += c->pgb.rows;
+    }
+    register_devices(b);
+    store_batch();
 }
 
 /* Submit the chunks from index from on to the pool; a round of a few
@@ -854,15 +926,16 @@ static void register_devices(void)
  * thread hand-offs, which a dashboard would wait for. */
 static void chunks_submit(int from)
 {
-    size_t bytes = 0;
+    batch_t *g = ing.g;
+    size_t   bytes = 0;
 
-    ing.phase = P_PARSING;
-    ing.b.jobs = ing.b.nchunks - from;
-    if (ing.b.jobs == 1 && ing.b.chunks[from].n <= INLINE_ENTRIES) {
-        chunk_t *c = &ing.b.chunks[from];
+    ing.phase = G_PARSING;
+    g->jobs = g->nchunks - from;
+    if (g->jobs == 1 && g->chunks[from].n <= INLINE_ENTRIES) {
+        chunk_t *c = &g->chunks[from];
 
         for (int i = c->first; i < c->first + c->n; i++)
-            bytes += ing.b.e[i].plen;
+            bytes += g->e[i].plen;
         if (bytes <= INLINE_BYTES) {
             snprintf(c->sha, sizeof(c->sha), "%s", ing.shadow_sha);
             chunk_work(c);
@@ -870,29 +943,29 @@ static void chunks_submit(int from)
             return;
         }
     }
-    for (int i = from; i < ing.b.nchunks; i++) {
-        chunk_t *c = &ing.b.chunks[i];
+    for (int i = from; i < g->nchunks; i++) {
+        chunk_t *c = &g->chunks[i];
 
         snprintf(c->sha, sizeof(c->sha), "%s", ing.shadow_sha);
         fl_pool_submit(ing.pool, chunk_work, chunk_done, c);
     }
 }
 
-/* Split the entries not yet prepared (those of the batch's last read)
- * into chunks and prepare them on the pool; chunk_done() follows, or
- * round_done() at once when there are none. */
+/* Split the entries of the gathering batch not yet prepared (those of
+ * its last read) into chunks and prepare them on the pool; chunk_done()
+ * follows, or round_done() at once when there are none. */
 static void parse_batch(void)
 {
-    int64_t big = fl_worker.cf->ingest.parse_inline_max;
-    int     first = ing.b.parsed, from = ing.b.nchunks;
+    batch_t *g = ing.g;
+    int64_t  big = fl_worker.cf->ingest.parse_inline_max;
+    int      first = g->parsed, from = g->nchunks;
 
-    if (ing.b.parsed == ing.b.n) {
-        ing.phase = P_PARSING;
+    if (g->parsed == g->n) {
         round_done();
         return;
     }
-    for (int i = ing.b.parsed; i < ing.b.n; i++) {
-        entry_t *e = &ing.b.e[i];
+    for (int i = g->parsed; i < g->n; i++) {
+        entry_t *e = &g->e[i];
 
         if (e->kind != E_DEAD &&
             e->deliveries > fl_worker.cf->ingest.max_deliveries) {
@@ -905,27 +978,27 @@ static void parse_batch(void)
         }
     }
     /* at most one chunk per entry */
-    ing.b.chunks = fl_realloc(ing.b.chunks, (size_t)ing.b.n * sizeof(chunk_t));
-    for (int i = ing.b.parsed; i < ing.b.n; i++) {
-        int alone = (int64_t)ing.b.e[i].plen > big;
+    g->chunks = fl_realloc(g->chunks, (size_t)g->n * sizeof(chunk_t));
+    for (int i = g->parsed; i < g->n; i++) {
+        int alone = (int64_t)g->e[i].plen > big;
 
         /* close the open chunk before a big entry, when full, at the end */
         if (i > first && (alone || i - first == CHUNK_ENTRIES)) {
-            ing.b.chunks[ing.b.nchunks++] =
-                (chunk_t){.first = first, .n = i - first};
+            g->chunks[g->nchunks++] =
+                (chunk_t){.b = g, .first = first, .n = i - first};
             first = i;
         }
         if (alone) {
-            ing.b.chunks[ing.b.nchunks++] = (chunk_t){.first = i, .n = 1};
+            g->chunks[g->nchunks++] = (chunk_t){.b = g, .first = i, .n = 1};
             first = i + 1;
         }
     }
-    if (first < ing.b.n)
-        ing.b.chunks[ing.b.nchunks++] =
-            (chunk_t){.first = first, .n = ing.b.n - first};
-    ing.b.parsed = ing.b.n;
-    for (int i = from; i < ing.b.nchunks; i++)
-        fl_pg_batch_init(&ing.b.chunks[i].pgb);
+    if (first < g->n)
+        g->chunks[g->nchunks++] =
+            (chunk_t){.b = g, .first = first, .n = g->n - first};
+    g->parsed = g->n;
+    for (int i = from; i < g->nchunks; i++)
+        fl_pg_batch_init(&g->chunks[i].pgb);
     chunks_submit(from);
 }
 
@@ -935,39 +1008,41 @@ static void on_stored(fl_pg_t *pg, fl_pg_result_t res, const char *err,
                       const fl_pg_counts_t *counts, void *ud);
 
 /* Storing one entry at a time (after PostgreSQL refused the batch): the
- * COPY buffer holds the single entry ing.b.next. */
+ * COPY buffer holds the single entry s->next. */
 static void fill_one(void)
 {
-    entry_t *e = &ing.b.e[ing.b.next];
+    batch_t *s = ing.s;
+    entry_t *e = &s->e[s->next];
 
-    fl_pg_batch_reset(&ing.b.pgb);
-    fl_pg_batch_add(&ing.b.pgb, e->device, &e->tele, e->src);
-    fl_pg_batch_device(&ing.b.pgb, e->device);
+    fl_pg_batch_reset(&s->pgb);
+    fl_pg_batch_add(&s->pgb, e->device, &e->tele, e->src);
+    fl_pg_batch_device(&s->pgb, e->device);
 }
 
 static void store_batch(void)
 {
+    batch_t *s = ing.s;
     int rc;
 
-    ing.phase = P_STORING;
-    if (ing.b.isolate) {
-        while (ing.b.next < ing.b.n && ing.b.e[ing.b.next].kind != E_TELEMETRY)
-            ing.b.next++;
-        if (ing.b.next >= ing.b.n) {
+    ing.sphase = S_STORING;
+    if (s->isolate) {
+        while (s->next < s->n && s->e[s->next].kind != E_TELEMETRY)
+            s->next++;
+        if (s->next >= s->n) {
             store_answers();
             return;
         }
         fill_one();
     }
-    if (ing.b.pgb.rows == 0 && ing.b.pgb.devices_len == 0) {
+    if (s->pgb.rows == 0 && s->pgb.devices_len == 0) {
         store_answers();
         return;
     }
-    rc = fl_pg_write(ing.pg, &ing.b.pgb, on_stored, NULL);
+    rc = fl_pg_write(ing.pg, &s->pgb, on_stored, NULL);
     if (rc != FL_OK) {
         /* not connected: the entries stay pending
          * in Redis, the stream grows; try again shortly */
-        kick(ing.retry_ms);
+        store_kick(ing.retry_ms);
         ing.retry_ms = fl_min(ing.retry_ms * 2, RETRY_MAX_MS);
     }
 }
@@ -988,17 +1063,18 @@ static void count_write(const fl_pg_counts_t *c)
 static void on_stored(fl_pg_t *pg, fl_pg_result_t res, const char *err,
                       const fl_pg_counts_t *counts, void *ud)
 {
+    batch_t *s = ing.s;
     (void)pg, (void)ud;
 
-    if (ing.phase != P_STORING)
+    if (ing.sphase != S_STORING)
         return;
     if (res == FL_PG_OK) {
-        ing.b.rows += ing.b.pgb.rows;
+        s->rows += s->pgb.rows;
         ing.retry_ms = RETRY_MIN_MS;
         if (counts)
             count_write(counts);
-        if (ing.b.isolate) {
-            ing.b.next++;
+        if (s->isolate) {
+            s->next++;
             store_batch();
         } else {
             store_answers();
@@ -1007,24 +1083,24 @@ static void on_stored(fl_pg_t *pg, fl_pg_result_t res, const char *err,
     }
     fl_shm_add(fl_worker.stats->ingest_pg_failures, 1);
     if (res == FL_PG_REJECTED) {
-        if (!ing.b.isolate) {
+        if (!s->isolate) {
             /* one bad row fails a COPY: find it by storing one entry at
              * a time; the others are written normally */
             fl_warn("postgres refused a batch of %d entries (%s), "
                     "storing them one by one",
-                    ing.b.n, err ? err : "");
-            ing.b.isolate = 1;
-            ing.b.next = 0;
+                    s->n, err ? err : "");
+            s->isolate = 1;
+            s->next = 0;
         } else {
-            dead(&ing.b.e[ing.b.next], REASON_STORAGE,
+            dead(&s->e[s->next], REASON_STORAGE,
                  err ? err : "refused by postgres");
-            ing.b.next++;
+            s->next++;
         }
         store_batch();
         return;
     }
     /* FL_PG_DOWN: keep the batch, retry */
-    kick(ing.retry_ms);
+    store_kick(ing.retry_ms);
     ing.retry_ms = fl_min(ing.retry_ms * 2, RETRY_MAX_MS);
 }
 
@@ -1037,7 +1113,7 @@ static void answers_retry(const char *err)
 {
     if (ing.retry_ms == RETRY_MIN_MS)
         fl_warn("command answers of a batch not applied (%s), retrying", err);
-    kick(ing.retry_ms);
+    store_kick(ing.retry_ms);
     ing.retry_ms = fl_min(ing.retry_ms * 2, RETRY_MAX_MS);
 }
 
@@ -1048,51 +1124,53 @@ static void answers_retry(const char *err)
  */
 static void store_answers(void)
 {
-    int    max = ing.b.ack_single ? 1 : ACK_SLICE, n = 0;
+    batch_t *s = ing.s;
+    int    max = s->ack_single ? 1 : ACK_SLICE, n = 0;
     size_t bytes = 0;
 
-    ing.phase = P_ANSWERS;
-    while (ing.b.ack_pos < ing.b.n && ing.b.e[ing.b.ack_pos].kind != E_ACK)
-        ing.b.ack_pos++;
-    if (ing.b.ack_pos >= ing.b.n) {
+    ing.sphase = S_ANSWERS;
+    while (s->ack_pos < s->n && s->e[s->ack_pos].kind != E_ACK)
+        s->ack_pos++;
+    if (s->ack_pos >= s->n) {
         publish_batch();
         return;
     }
-    if (ing.b.acks == NULL) {
-        ing.b.acks = fl_calloc(ACK_SLICE, sizeof(*ing.b.acks));
-        ing.b.ack_entry = fl_calloc(ACK_SLICE, sizeof(*ing.b.ack_entry));
+    if (s->acks == NULL) {
+        s->acks = fl_calloc(ACK_SLICE, sizeof(*s->acks));
+        s->ack_entry = fl_calloc(ACK_SLICE, sizeof(*s->ack_entry));
     }
-    for (int i = ing.b.ack_pos; i < ing.b.n && n < max && bytes < ACK_BYTES;
+    for (int i = s->ack_pos; i < s->n && n < max && bytes < ACK_BYTES;
          i++) {
-        entry_t *e = &ing.b.e[i];
+        entry_t *e = &s->e[i];
 
         if (e->kind != E_ACK)
             continue;
-        ing.b.acks[n] = (fl_cmd_ack_t){
+        s->acks[n] = (fl_cmd_ack_t){
             .device = e->device,
             .id = e->ack.id,
             .ok = e->ack.ok,
             .json = e->payload + e->ack.json_off,
             .len = e->plen - e->ack.json_off,
         };
-        ing.b.ack_entry[n++] = i;
+        s->ack_entry[n++] = i;
         bytes += e->plen;
     }
-    ing.b.nacks = n;
-    if (fl_commands_ack(ing.b.acks, n, on_answers, NULL, &ing.b.ackq) !=
+    s->nacks = n;
+    if (fl_commands_ack(s->acks, n, on_answers, NULL, &s->ackq) !=
         FL_OK) {
-        ing.b.ackq = NULL;
+        s->ackq = NULL;
         answers_retry("the API's database pool is down or its queue full");
     }
 }
 
 static void on_answers(int rc, const char *err, void *ud)
 {
+    batch_t *s = ing.s;
     char msg[FL_REJECT_MSGLEN];
 
     (void)ud;
-    ing.b.ackq = NULL;
-    if (ing.phase != P_ANSWERS)
+    s->ackq = NULL;
+    if (ing.sphase != S_ANSWERS)
         return;
     if (rc == FL_AGAIN) {
         answers_retry(err ? err : "database unavailable");
@@ -1100,21 +1178,21 @@ static void on_answers(int rc, const char *err, void *ud)
     }
     ing.retry_ms = RETRY_MIN_MS;
     if (rc != FL_OK) {
-        if (ing.b.nacks > 1) {
+        if (s->nacks > 1) {
             /* find the answer PostgreSQL refuses: one at a time */
             fl_warn("postgres refused %d command answers (%s), applying "
                     "them one by one",
-                    ing.b.nacks, err ? err : "");
-            ing.b.ack_single = 1;
+                    s->nacks, err ? err : "");
+            s->ack_single = 1;
             store_answers();
             return;
         }
-        dead(&ing.b.e[ing.b.ack_entry[0]], REASON_STORAGE,
+        dead(&s->e[s->ack_entry[0]], REASON_STORAGE,
              err ? err : "refused by postgres");
     }
-    for (int k = 0; rc == FL_OK && k < ing.b.nacks; k++) {
-        const fl_cmd_ack_t *a = &ing.b.acks[k];
-        entry_t            *e = &ing.b.e[ing.b.ack_entry[k]];
+    for (int k = 0; rc == FL_OK && k < s->nacks; k++) {
+        const fl_cmd_ack_t *a = &s->acks[k];
+        entry_t            *e = &s->e[s->ack_entry[k]];
 
         switch (a->outcome) {
         case FL_ACK_APPLIED:
@@ -1137,7 +1215,7 @@ static void on_answers(int rc, const char *err, void *ud)
             break;
         }
     }
-    ing.b.ack_pos = ing.b.ack_entry[ing.b.nacks - 1] + 1;
+    s->ack_pos = s->ack_entry[s->nacks - 1] + 1;
     store_answers();
 }
 
@@ -1147,6 +1225,7 @@ static void ack_batch(void);
 
 static int publish_dead(const entry_t *e, const char *reason, const char *msg)
 {
+    batch_t *s = ing.s;
     char        rx[24], maxlen[24];
     size_t      plen = fl_min(e->plen, (size_t)DEAD_PAYLOAD);
     const char *argv[] = {"XADD",    ing.dead,
@@ -1166,10 +1245,10 @@ static int publish_dead(const entry_t *e, const char *reason, const char *msg)
     for (size_t i = 0; i < fl_nelem(argv); i++)
         len[i] = strlen(argv[i]);
     len[13] = plen; /* payload: binary-safe, truncated */
-    if (fl_redis_cmdargv(ing.wr, 0, on_published, NULL, (int)fl_nelem(argv),
+    if (fl_redis_cmdargv(ing.wr, 0, on_published, s, (int)fl_nelem(argv),
                          argv, len) != FL_OK)
         return FL_ERROR;
-    ing.b.replies++;
+    s->replies++;
     return FL_OK;
 }
 
@@ -1215,15 +1294,18 @@ static int publish_cut(const entry_t *e, const fl_cut_t *c, int old)
     return publish_dead(e, old ? REASON_TOO_OLD : REASON_IN_FUTURE, msg);
 }
 
-/* The dead letters; the script calls went out before the store
- * (fan_out). on_published() counts the replies of both. */
+static void publish_done(void);
+
+/* The dead letters; the script calls went out while the batch was
+ * gathered (fan_out). on_published() counts the replies of both. */
 static void publish_batch(void)
 {
-    int ok = 1;
+    batch_t *s = ing.s;
+    int      ok = 1;
 
-    ing.phase = P_PUBLISHING;
-    for (int i = 0; i < ing.b.n && ok; i++) {
-        const entry_t *e = &ing.b.e[i];
+    ing.sphase = S_PUBLISHING;
+    for (int i = 0; i < s->n && ok; i++) {
+        const entry_t *e = &s->e[i];
 
         if (e->kind == E_DEAD) {
             ok = publish_dead(e, e->dead_reason, e->dead_msg) == FL_OK;
@@ -1235,9 +1317,9 @@ static void publish_batch(void)
         }
     }
     if (!ok)
-        ing.b.failed = 1;
-    if (ing.b.replies == 0)
-        on_published(ing.wr, NULL, (void *)1);
+        s->failed = 1;
+    if (s->replies == 0)
+        publish_done();
 }
 
 /* A script call's reply: {device, delta, ...} of the desired deltas that
@@ -1253,36 +1335,51 @@ static void publish_deltas(const redisReply *reply)
     }
 }
 
-/* One reply of the publish step; ud == (void *)1 means "nothing sent". */
+/* One reply of a batch's fan-out or dead letters (ud: the batch). */
 static void on_published(fl_redis_t *r, redisReply *reply, void *ud)
 {
+    batch_t *b = ud;
+
     (void)r;
-    if (ud == NULL && reply && reply->type == REDIS_REPLY_ARRAY)
+    if (reply && reply->type == REDIS_REPLY_ARRAY)
         publish_deltas(reply);
-    if (ud == NULL) {
-        if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-            if (reply && strncmp(reply->str, "NOSCRIPT", 8) == 0)
-                ing.shadow_sha[0] = '\0'; /* script cache flushed: EVAL */
-            else if (reply)
-                fl_error("redis refused a publish step command: %s",
-                         reply->str);
-            ing.b.failed = 1;
-        }
-        if (--ing.b.replies > 0)
-            return;
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
+        if (reply && strncmp(reply->str, "NOSCRIPT", 8) == 0)
+            ing.shadow_sha[0] = '\0'; /* script cache flushed: EVAL */
+        else if (reply)
+            fl_error("redis refused a publish step command: %s", reply->str);
+        b->failed = 1;
     }
-    if (ing.phase != P_PUBLISHING)
+    if (--b->replies > 0)
         return;
-    if (ing.b.failed) {
+    if (b == ing.s && ing.sphase == S_PUBLISHING)
+        publish_done();
+}
+
+/* The storer is done with its batch (acknowledged or given up): take the
+ * gathered one if it is due, and let the gatherer go on. */
+static void store_done(void)
+{
+    batch_clear(ing.s);
+    ing.s = NULL;
+    ing.sphase = S_IDLE;
+    handover();
+    step();
+}
+
+/* Every reply of the batch is in: acknowledge it, or leave it pending. */
+static void publish_done(void)
+{
+    batch_t *s = ing.s;
+
+    if (s->failed) {
         /* Redis went away or refused: nothing is acknowledged; the
-         * entries are taken back through the recovery path */
+         * entries are taken back through the recovery path (step()) */
         fl_warn("publish step of a batch of %d entries failed, the entries "
                 "stay pending",
-                ing.b.n);
-        batch_clear();
-        ing.phase = P_IDLE;
+                s->n);
         ing.recover_own = 1;
-        kick(RETRY_MIN_MS);
+        store_done();
         return;
     }
     if (ing.hook_xack_ms >= 0) {
@@ -1293,7 +1390,7 @@ static void on_published(fl_redis_t *r, redisReply *reply, void *ud)
 
         fl_warn("test hook stall_before_xack: a batch of %d entries is "
                 "committed, XACK in %lld ms",
-                ing.b.n, (long long)ing.hook_xack_ms);
+                s->n, (long long)ing.hook_xack_ms);
         evtimer_add(ing.ev_hook, &tv);
         return;
     }
@@ -1303,7 +1400,7 @@ static void on_published(fl_redis_t *r, redisReply *reply, void *ud)
 static void on_hook(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what, (void)arg;
-    if (ing.phase == P_PUBLISHING)
+    if (ing.sphase == S_PUBLISHING)
         ack_batch();
 }
 
@@ -1312,29 +1409,30 @@ static void on_hook(evutil_socket_t fd, short what, void *arg)
 static void on_acked(fl_redis_t *r, redisReply *reply, void *ud)
 {
     int64_t          now_ms = fl_wall_ms(), now_us = fl_now_us();
-    fl_shm_worker_t *s = fl_worker.stats;
+    fl_shm_worker_t *st = fl_worker.stats;
+    batch_t         *s = ing.s;
     uint64_t         stored = 0, dead_n = 0, state_n = 0;
 
     (void)r, (void)ud;
-    if (ing.phase != P_ACKING)
+    if (ing.sphase != S_ACKING)
         return;
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
-        fl_warn("XACK of %d entries failed, they stay pending", ing.b.n);
+        fl_warn("XACK of %d entries failed, they stay pending", s->n);
         ing.recover_own = 1;
     } else {
-        for (int i = 0; i < ing.b.n; i++) {
-            entry_t *e = &ing.b.e[i];
+        for (int i = 0; i < s->n; i++) {
+            entry_t *e = &s->e[i];
             if (e->kind == E_TELEMETRY) {
-                fl_shm_add(s->ingest_rows_dead[FL_ROW_TOO_OLD],
+                fl_shm_add(st->ingest_rows_dead[FL_ROW_TOO_OLD],
                            e->old.nmetrics);
-                fl_shm_add(s->ingest_rows_dead[FL_ROW_IN_FUTURE],
+                fl_shm_add(st->ingest_rows_dead[FL_ROW_IN_FUTURE],
                            e->future.nmetrics);
                 if (e->tele.npoints == 0) {
                     dead_n++; /* every point went to the dead letters */
                     continue;
                 }
                 stored++;
-                fl_hist_record(&s->e2e_latency_us,
+                fl_hist_record(&st->e2e_latency_us,
                                (uint64_t)fl_max(0, now_ms - e->rx_ms) * 1000);
             } else if (e->kind == E_DEAD) {
                 dead_n++;
@@ -1342,30 +1440,29 @@ static void on_acked(fl_redis_t *r, redisReply *reply, void *ud)
                 state_n++;
             }
         }
-        fl_shm_add(s->ingest_stored, stored);
-        fl_shm_add(s->ingest_published, ing.b.published);
-        fl_shm_add(s->ingest_state, state_n);
-        fl_shm_add(s->ingest_dead_lettered, dead_n);
-        fl_shm_add(s->ingest_batches, 1);
-        fl_hist_record(&s->batch_rows, ing.b.rows);
-        fl_hist_record(&s->batch_latency_us,
-                       (uint64_t)(now_us - ing.b.read_us));
+        fl_shm_add(st->ingest_stored, stored);
+        fl_shm_add(st->ingest_published, s->published);
+        fl_shm_add(st->ingest_state, state_n);
+        fl_shm_add(st->ingest_dead_lettered, dead_n);
+        fl_shm_add(st->ingest_batches, 1);
+        fl_hist_record(&st->batch_rows, s->rows);
+        fl_hist_record(&st->batch_latency_us,
+                       (uint64_t)(now_us - s->read_us));
     }
-    batch_clear();
-    ing.phase = P_IDLE;
-    step();
+    store_done();
 }
 
-/* Send head[0 .. nhead) followed by the id of every entry of the batch
- * (XACK, XCLAIM). */
-static int cmd_with_ids(const char *const *head, int nhead, fl_redis_cb cb)
+/* Send head[0 .. nhead) followed by the id of every entry of b (XACK,
+ * XCLAIM). */
+static int cmd_with_ids(const batch_t *b, const char *const *head, int nhead,
+                        fl_redis_cb cb)
 {
-    int          argc = nhead + ing.b.n, rc;
+    int          argc = nhead + b->n, rc;
     const char **argv = fl_alloc((size_t)argc * sizeof(char *));
     size_t      *len = fl_alloc((size_t)argc * sizeof(size_t));
 
     for (int i = 0; i < argc; i++) {
-        argv[i] = i < nhead ? head[i] : ing.b.e[i - nhead].id;
+        argv[i] = i < nhead ? head[i] : b->e[i - nhead].id;
         len[i] = strlen(argv[i]);
     }
     rc = fl_redis_cmdargv(ing.wr, 0, cb, NULL, argc, argv, len);
@@ -1378,9 +1475,9 @@ static void ack_batch(void)
 {
     const char *head[] = {"XACK", ing.stream, GROUP};
 
-    ing.phase = P_ACKING;
-    if (ing.b.n == 0 ||
-        cmd_with_ids(head, (int)fl_nelem(head), on_acked) != FL_OK)
+    ing.sphase = S_ACKING;
+    if (ing.s->n == 0 ||
+        cmd_with_ids(ing.s, head, (int)fl_nelem(head), on_acked) != FL_OK)
         on_acked(ing.wr, NULL, NULL);
 }
 
@@ -1394,148 +1491,193 @@ static int read_new(int count, int64_t block_ms)
 {
     int64_t timeout =
         fl_max(block_ms, (int64_t)0) + fl_worker.cf->redis.command_timeout_ms;
+    int rc;
 
     if (block_ms < 0)
-        return fl_redis_cmd(ing.rd, timeout, on_read, NULL,
-                            "XREADGROUP GROUP %s %s COUNT %d STREAMS %s >",
-                            GROUP, ing.consumer, count, ing.stream);
-    return fl_redis_cmd(
-        ing.rd, timeout, on_read, NULL,
-        "XREADGROUP GROUP %s %s COUNT %d BLOCK %lld STREAMS %s >", GROUP,
-        ing.consumer, count, (long long)block_ms, ing.stream);
+        rc = fl_redis_cmd(ing.rd, timeout, on_read, NULL,
+                          "XREADGROUP GROUP %s %s COUNT %d STREAMS %s >", GROUP,
+                          ing.consumer, count, ing.stream);
+    else
+        rc = fl_redis_cmd(
+            ing.rd, timeout, on_read, NULL,
+            "XREADGROUP GROUP %s %s COUNT %d BLOCK %lld STREAMS %s >", GROUP,
+            ing.consumer, count, (long long)block_ms, ing.stream);
+    ing.reading = rc == FL_OK;
+    return rc;
 }
 
+/* What a read brought goes into the gathering batch - a fresh one when
+ * the storer took the batch the read was sent for (handover()). */
 static void on_read(fl_redis_t *r, redisReply *reply, void *ud)
 {
     const fl_config_t *cf = fl_worker.cf;
+    batch_t           *g = ing.g;
     int                n0;
 
     (void)r, (void)ud;
 
-    if (ing.phase != P_READING)
+    ing.reading = 0;
+    if (ing.phase != G_READING)
         return;
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
         if (reply && strstr(reply->str, "NOGROUP"))
             ing.group_ready = 0; /* the stream was deleted: recreate */
         else if (reply)
             fl_error("XREADGROUP on %s failed: %s", ing.stream, reply->str);
-        if (ing.b.n > 0) {
+        if (g->n > 0) {
             /* entries of an earlier read of this batch are in hand (and
              * pending on us): store them; if Redis is gone the publish
              * step fails and they are taken back through recovery */
+            g->lingering = 0;
+            g->noread = 1;
             parse_batch();
             return;
         }
-        ing.phase = P_IDLE;
+        ing.phase = G_IDLE;
         kick(RETRY_MIN_MS);
         return;
     }
-    n0 = ing.b.n;
+    n0 = g->n;
     /* nil: BLOCK timed out with nothing new */
     if (reply->type == REDIS_REPLY_ARRAY && reply->elements > 0) {
-        const redisReply *s = reply->element[0];
-        if (s->type == REDIS_REPLY_ARRAY && s->elements == 2)
-            batch_add_entries(s->element[1]);
+        const redisReply *st = reply->element[0];
+        if (st->type == REDIS_REPLY_ARRAY && st->elements == 2)
+            batch_add_entries(g, st->element[1]);
     }
-    if (ing.b.n == 0) {
-        ing.phase = P_IDLE;
+    if (g->n == 0) {
+        ing.phase = G_IDLE;
         step();
         return;
     }
-    fl_shm_add(fl_worker.stats->ingest_read, ing.b.n - n0);
+    fl_shm_add(fl_worker.stats->ingest_read, g->n - n0);
     if (n0 == 0)
-        ing.b.read_us = fl_now_us(); /* not the time spent blocked waiting */
+        g->read_us = fl_now_us(); /* not the time spent blocked waiting */
     /* Linger: a batch whose first read brought only a few entries keeps
      * gathering for ingest.linger, so that at moderate rates a
      * transaction and an XACK carry tens of messages rather than a
      * handful (flush by size or by age). It gathers in rounds: a read
      * that BLOCKs for the rest of the linger returns what has come,
      * which is prepared and fanned out at once, so dashboards do not
-     * wait for the linger; then the next read. A
-     * first read of LINGER_BELOW entries or more means a backlog: the
-     * batch already pays for itself, and waiting would only add to the
-     * backlog (the consumer is one batch at a time). */
+     * wait for the linger; then the next read. A first read of
+     * LINGER_BELOW entries or more means a backlog: the batch already
+     * pays for itself, and goes to the storer as soon as it is free
+     * (until then it keeps reading, round by round, next_read()). */
     if (n0 == 0)
-        ing.b.lingering = !ing.stopping &&
-                          ing.b.n < fl_min(cf->ingest.batch, LINGER_BELOW) &&
-                          cf->ingest.linger_ms > 0;
+        g->lingering = !ing.stopping &&
+                       g->n < fl_min(cf->ingest.batch, LINGER_BELOW) &&
+                       cf->ingest.linger_ms > 0;
     parse_batch();
 }
 
 static void on_claimed(fl_redis_t *r, redisReply *reply, void *ud)
 {
+    batch_t *g = ing.g;
+
     (void)r, (void)ud;
 
-    if (ing.phase != P_READING)
+    if (ing.phase != G_CLAIMING)
         return;
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
-        ing.phase = P_IDLE;
-        batch_clear();
+        ing.phase = G_IDLE;
+        batch_clear(g);
         kick(RETRY_MIN_MS);
         return;
     }
     {
         /* keep the delivery counts found by XPENDING, by id */
-        int      n_pend = ing.b.n;
-        entry_t *pend = ing.b.e;
+        int      n_pend = g->n;
+        entry_t *pend = g->e;
 
-        ing.b.e = NULL; /* the ids only: nothing else to free */
-        ing.b.n = 0;
-        batch_add_entries(reply);
-        for (int i = 0; i < ing.b.n; i++) {
+        g->e = NULL; /* the ids only: nothing else to free */
+        g->n = 0;
+        batch_add_entries(g, reply);
+        for (int i = 0; i < g->n; i++) {
             for (int j = 0; j < n_pend; j++) {
-                if (strcmp(ing.b.e[i].id, pend[j].id) == 0)
-                    ing.b.e[i].deliveries = pend[j].deliveries;
+                if (strcmp(g->e[i].id, pend[j].id) == 0)
+                    g->e[i].deliveries = pend[j].deliveries;
             }
         }
         free(pend);
     }
-    if (ing.b.n == 0) {
-        ing.phase = P_IDLE;
+    if (g->n == 0) {
+        ing.phase = G_IDLE;
         step();
         return;
     }
-    fl_shm_add(fl_worker.stats->ingest_claimed, ing.b.n);
-    fl_shm_add(fl_worker.stats->ingest_read, ing.b.n);
-    fl_info("took over %d pending entries", ing.b.n);
+    fl_shm_add(fl_worker.stats->ingest_claimed, g->n);
+    fl_shm_add(fl_worker.stats->ingest_read, g->n);
+    fl_info("took over %d pending entries", g->n);
     parse_batch();
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+
+    return (x > y) - (x < y);
 }
 
 /*
  * XPENDING reply: [[id, consumer, idle, deliveries], ...]. Remember ids
- * and delivery counts (XCLAIM adds one), then XCLAIM them.
+ * and delivery counts (XCLAIM adds one), then XCLAIM them. Entries of
+ * the batch the storer has are left out: they are pending on us and
+ * idle for as long as PostgreSQL keeps it waiting, but they are in hand.
  */
 static void on_pending(fl_redis_t *r, redisReply *reply, void *ud)
 {
-    char idle[24];
+    char     idle[24];
+    batch_t *g = ing.g;
+    int64_t *held = NULL;
+    int      nheld = 0;
 
     (void)r, (void)ud;
-    if (ing.phase != P_READING)
+    if (ing.phase != G_CLAIMING)
         return;
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY) {
-        ing.phase = P_IDLE;
+        ing.phase = G_IDLE;
         kick(RETRY_MIN_MS);
         return;
     }
     if (reply->elements == 0) {
         ing.recover_own = 0;
-        ing.phase = P_IDLE;
+        ing.phase = G_IDLE;
         step();
         return;
     }
-    int64_t read_us = ing.b.read_us;
+    int64_t read_us = g->read_us;
 
-    batch_clear();
-    ing.b.read_us = read_us;
-    ing.b.e = fl_calloc(reply->elements, sizeof(entry_t));
+    batch_clear(g);
+    g->read_us = read_us;
+    if (ing.s != NULL) {
+        held = fl_alloc((size_t)ing.s->n * sizeof(int64_t));
+        for (int i = 0; i < ing.s->n; i++)
+            held[nheld++] = ing.s->e[i].src;
+        qsort(held, (size_t)nheld, sizeof(int64_t), cmp_i64);
+    }
+    g->e = fl_calloc(reply->elements, sizeof(entry_t));
     for (size_t i = 0; i < reply->elements; i++) {
         const redisReply *it = reply->element[i];
-        if (it->type != REDIS_REPLY_ARRAY || it->elements < 4)
+        entry_t          *e = &g->e[g->n];
+
+        if (it->type != REDIS_REPLY_ARRAY || it->elements < 4 ||
+            it->element[0]->type != REDIS_REPLY_STRING)
             continue;
-        snprintf(ing.b.e[ing.b.n].id, sizeof(ing.b.e[0].id), "%s",
-                 it->element[0]->str);
-        ing.b.e[ing.b.n].deliveries = it->element[3]->integer + 1;
-        ing.b.n++;
+        snprintf(e->id, sizeof(e->id), "%s", it->element[0]->str);
+        entry_times(e);
+        if (held && bsearch(&e->src, held, (size_t)nheld, sizeof(int64_t),
+                            cmp_i64) != NULL) {
+            memset(e, 0, sizeof(*e));
+            continue;
+        }
+        e->deliveries = it->element[3]->integer + 1;
+        g->n++;
+    }
+    free(held);
+    if (g->n == 0) {
+        batch_clear(g);
+        ing.phase = G_IDLE;
+        kick(RETRY_MIN_MS); /* only the storer's: read new entries */
+        return;
     }
     snprintf(idle, sizeof(idle), "%lld",
              ing.recover_own ? 0LL
@@ -1543,9 +1685,9 @@ static void on_pending(fl_redis_t *r, redisReply *reply, void *ud)
     {
         const char *head[] = {"XCLAIM", ing.stream, GROUP, ing.consumer, idle};
 
-        if (cmd_with_ids(head, (int)fl_nelem(head), on_claimed) != FL_OK) {
-            batch_clear();
-            ing.phase = P_IDLE;
+        if (cmd_with_ids(g, head, (int)fl_nelem(head), on_claimed) != FL_OK) {
+            batch_clear(g);
+            ing.phase = G_IDLE;
             kick(RETRY_MIN_MS);
         }
     }
@@ -1554,6 +1696,8 @@ static void on_pending(fl_redis_t *r, redisReply *reply, void *ud)
 static void on_group(fl_redis_t *r, redisReply *reply, void *ud)
 {
     (void)r, (void)ud;
+    if (ing.phase != G_CLAIMING)
+        return;
     if (reply &&
         (reply->type != REDIS_REPLY_ERROR || strstr(reply->str, "BUSYGROUP"))) {
         ing.group_ready = 1;
@@ -1561,19 +1705,13 @@ static void on_group(fl_redis_t *r, redisReply *reply, void *ud)
     } else if (reply) {
         fl_error("XGROUP CREATE on %s failed: %s", ing.stream, reply->str);
     }
-    ing.phase = P_IDLE;
+    ing.phase = G_IDLE;
     if (ing.group_ready)
         step();
     else
         kick(RETRY_MAX_MS);
 }
 
-/*
- * Decide what to do next when nothing is in hand: create the group,
- * recover pending entries (ours at start, anyone's idle ones
- * periodically), or read new entries. Does nothing while a dependency is
- * down: the kick timer or a state change calls it again.
- */
 /*
  * During a reload the new worker of a slot starts while the old one (same
  * consumer name) still works on its last batch: taking "our own" pending
@@ -1594,12 +1732,19 @@ static int predecessor_alive(void)
            kill(pid, 0) == 0;
 }
 
+/*
+ * The gatherer's next batch, when it has nothing in hand: create the
+ * group, take back pending entries (ours at start and after a failure,
+ * once the storer has none in hand either; anyone's idle ones
+ * periodically), or read new entries. Does nothing while a dependency is
+ * down: the kick timer or a state change calls it again.
+ */
 static void step(void)
 {
     char count[24], cnt_pending[24];
     int  rc;
 
-    if (ing.phase != P_IDLE)
+    if (ing.phase != G_IDLE)
         return;
     if (ing.stopping) {
         fl_worker_drain_check();
@@ -1609,13 +1754,17 @@ static void step(void)
         !fl_pg_ready(ing.pg))
         return;
 
-    ing.phase = P_READING;
-    ing.b.read_us = fl_now_us();
+    ing.g->read_us = fl_now_us();
     snprintf(count, sizeof(count), "%d", fl_worker.cf->ingest.batch);
+    ing.phase = G_CLAIMING;
     if (!ing.group_ready) {
         rc = fl_redis_cmd(ing.wr, 0, on_group, NULL,
                           "XGROUP CREATE %s %s 0 MKSTREAM", ing.stream, GROUP);
     } else if (ing.recover_own && !predecessor_alive()) {
+        if (ing.s != NULL) {
+            ing.phase = G_IDLE; /* store_done() calls again */
+            return;
+        }
         rc = fl_redis_cmd(ing.wr, 0, on_pending, NULL,
                           "XPENDING %s %s - + %s %s", ing.stream, GROUP, count,
                           ing.consumer);
@@ -1628,25 +1777,23 @@ static void step(void)
                           "XPENDING %s %s IDLE %s - + %s", ing.stream, GROUP,
                           cnt_pending, count);
     } else {
+        ing.phase = G_READING;
         rc =
             read_new(fl_worker.cf->ingest.batch, fl_worker.cf->ingest.block_ms);
     }
     if (rc != FL_OK) {
-        ing.phase = P_IDLE;
+        ing.phase = G_IDLE;
         kick(RETRY_MIN_MS);
     }
 }
 
+/* The gatherer's timer: the next round's turn, or a retry. */
 static void on_kick(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd, (void)what, (void)arg;
 
-    if (ing.phase == P_READING && ing.b.lingering && ing.b.n > 0)
-        round_done();
-    else if (ing.phase == P_STORING)
-        store_batch();
-    else if (ing.phase == P_ANSWERS)
-        store_answers();
+    if (ing.phase == G_READING && !ing.reading && ing.g->n > 0)
+        next_read();
     else
         step();
 }
@@ -1656,6 +1803,24 @@ static void kick(int64_t ms)
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
 
     evtimer_add(ing.ev_kick, &tv);
+}
+
+/* The storer's timer: PostgreSQL or the API's pool was away. */
+static void on_store_kick(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd, (void)what, (void)arg;
+
+    if (ing.sphase == S_STORING)
+        store_batch();
+    else if (ing.sphase == S_ANSWERS)
+        store_answers();
+}
+
+static void store_kick(int64_t ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+
+    evtimer_add(ing.ev_store, &tv);
 }
 
 /* ---- queue sampling (for /healthz and /metrics) ---- */
@@ -1728,8 +1893,8 @@ static void on_pg_state(fl_pg_t *pg, int up, void *ud)
                  up ? FL_DEP_UP : FL_DEP_DOWN);
     if (up) {
         fl_worker_ready_check();
-        if (ing.phase == P_STORING)
-            kick(0);
+        if (ing.sphase == S_STORING)
+            store_kick(0);
         else
             step();
     }
@@ -1766,12 +1931,15 @@ static int ingest_init(fl_worker_t *w)
              cf->redis.prefix);
     snprintf(ing.wsid_key, sizeof(ing.wsid_key), "%swsid", cf->redis.prefix);
     ing.retry_ms = RETRY_MIN_MS;
-    fl_pg_batch_init(&ing.b.pgb);
+    ing.g = &ing.bat[0];
+    fl_pg_batch_init(&ing.bat[0].pgb);
+    fl_pg_batch_init(&ing.bat[1].pgb);
     fl_idset_init(&ing.known, KNOWN_MAX, KNOWN_TTL_MS);
 
     fl_shm_store(w->stats->dep[FL_DEP_REDIS], FL_DEP_CONNECTING);
     fl_shm_store(w->stats->dep[FL_DEP_POSTGRES], FL_DEP_CONNECTING);
     ing.ev_kick = evtimer_new(w->base, on_kick, NULL);
+    ing.ev_store = evtimer_new(w->base, on_store_kick, NULL);
     ing.ev_hook = evtimer_new(w->base, on_hook, NULL);
     ing.hook_xack_ms = fl_test_hook("stall_before_xack");
     ing.ev_sample = event_new(w->base, -1, EV_PERSIST, on_sample, NULL);
@@ -1789,13 +1957,13 @@ static void ingest_stop(fl_worker_t *w, int fast)
     ing.stopping = 1;
 }
 
-/* In-flight work: the batch in hand (a read in flight may still bring
+/* In-flight work: the batches in hand (a read in flight may still bring
  * entries that are then pending on us and must be stored). A batch that
  * cannot finish before the deadline stays pending in Redis. */
 static int ingest_busy(fl_worker_t *w)
 {
     (void)w;
-    return ing.phase != P_IDLE;
+    return ing.phase != G_IDLE || ing.s != NULL;
 }
 
 /* Ready once both Redis connections and PostgreSQL (migrated) have been
@@ -1811,16 +1979,21 @@ static void ingest_destroy(fl_worker_t *w)
 {
     (void)w;
     ing.stopping = 1;
-    ing.phase = P_IDLE;     /* callbacks below must not start work */
+    ing.phase = G_IDLE; /* callbacks below must not start work */
+    ing.sphase = S_IDLE;
     fl_pool_free(ing.pool); /* runs job_done of finished jobs */
     fl_redis_free(ing.rd);
     fl_redis_free(ing.wr);
     fl_pg_free(ing.pg);
-    ing.phase = P_IDLE;
-    batch_clear();
-    fl_pg_batch_free(&ing.b.pgb);
+    ing.phase = G_IDLE;
+    ing.sphase = S_IDLE;
+    for (int i = 0; i < 2; i++) {
+        batch_clear(&ing.bat[i]);
+        fl_pg_batch_free(&ing.bat[i].pgb);
+    }
     fl_idset_free(&ing.known);
     event_free(ing.ev_kick);
+    event_free(ing.ev_store);
     event_free(ing.ev_hook);
     event_free(ing.ev_sample);
 }
