@@ -123,6 +123,8 @@
 #define CHUNK_ENTRIES 256     /* entries per pool job (and per script call) */
 #define LINGER_BELOW  64      /* a first read this big is stored at once */
 #define ROUND_BURST   8       /* rounds that may follow one another at once */
+#define ROUND_KNEE    1000.0  /* entries/s per worker: rounds space out above */
+#define RATE_WINDOW_US 100000
 #define INLINE_ENTRIES 8      /* a round this small is parsed on the loop */
 #define INLINE_BYTES  4096
 #define KNOWN_MAX     200000  /* device ids remembered as registered */
@@ -232,8 +234,10 @@ static struct {
     char                desired_prefix[128];
     char                recent_prefix[128];
     char                wsid_key[128];
-    int64_t             round_credit_us; /* token bucket of linger rounds */
+    int64_t             round_credit_us; /* token bucket of rounds */
     int64_t             round_last_us;
+    double              rate; /* entries read per second (rate_note) */
+    int64_t             rate_n, rate_t0;
     char                channel_prefix[128];
     gphase_t            phase;  /* the gatherer's */
     sphase_t            sphase; /* the storer's */
@@ -770,18 +774,51 @@ static void next_read(void)
     ing.phase = G_FULL;
 }
 
+/* Entries read per second by this worker (an average over windows of
+ * RATE_WINDOW_US, halved each window), for round_interval_us(). */
+static void rate_note(int n)
+{
+    int64_t now = fl_now_us();
+
+    ing.rate_n += n;
+    if (ing.rate_t0 == 0)
+        ing.rate_t0 = now;
+    if (now - ing.rate_t0 >= RATE_WINDOW_US) {
+        double r = (double)ing.rate_n * 1e6 / (double)(now - ing.rate_t0);
+
+        ing.rate = 0.5 * ing.rate + 0.5 * r;
+        ing.rate_n = 0;
+        ing.rate_t0 = now;
+    }
+}
+
+/* ingest.fanout_interval up to ROUND_KNEE entries a second, then longer
+ * in proportion to the rate (up to the linger): at 5,000/s a round per
+ * 10 ms, tens of entries each. */
+static int64_t round_interval_us(void)
+{
+    const fl_config_t *cf = fl_worker.cf;
+    int64_t            iv = cf->ingest.fanout_interval_ms * 1000;
+    double             k = ing.rate / ROUND_KNEE;
+
+    if (k > 1.0)
+        iv = fl_min((int64_t)((double)iv * k),
+                    fl_max(iv, cf->ingest.linger_ms * 1000));
+    return iv;
+}
+
 /*
- * How long the next round must wait: rounds draw on a token bucket that
- * refills one per ingest.fanout_interval and holds ROUND_BURST. Each
- * round costs a read and a script call, so at a few thousand messages a
- * second rounds as fast as messages come would multiply what Redis
- * spends per message; at low rates the bucket is full and a message is
- * fanned out the moment it is read.
+ * How long the next round (a read, and the script call of what it
+ * brought) must wait: rounds draw on a token bucket that refills one per
+ * round_interval_us() and holds ROUND_BURST. Each round costs Redis and
+ * fleetd a read and a script call, so rounds as fast as messages come
+ * would multiply what each message costs; at low rates the bucket is
+ * full and a message is fanned out the moment it is read.
  */
 static int64_t round_wait_us(void)
 {
     int64_t now = fl_now_us();
-    int64_t iv = fl_worker.cf->ingest.fanout_interval_ms * 1000;
+    int64_t iv = round_interval_us();
 
     ing.round_credit_us =
         fl_min(ing.round_credit_us + (now - ing.round_last_us),
@@ -814,6 +851,9 @@ static void round_done(void)
             ing.phase = G_FULL;
             return;
         }
+        /* due while the storer commits the batch before: gather on,
+         * round by round (the storer taking the batch ends a wait,
+         * handover()) */
     }
     wait_us = round_wait_us();
     if (wait_us > 0)
@@ -1550,6 +1590,7 @@ static void on_read(fl_redis_t *r, redisReply *reply, void *ud)
         return;
     }
     fl_shm_add(fl_worker.stats->ingest_read, g->n - n0);
+    rate_note(g->n - n0);
     if (n0 == 0)
         g->read_us = fl_now_us(); /* not the time spent blocked waiting */
     /* Linger: a batch whose first read brought only a few entries keeps
@@ -1777,6 +1818,13 @@ static void step(void)
                           "XPENDING %s %s IDLE %s - + %s", ing.stream, GROUP,
                           cnt_pending, count);
     } else {
+        int64_t wait_us = round_wait_us(); /* a batch's first read is a round */
+
+        if (wait_us > 0) {
+            ing.phase = G_IDLE;
+            kick((wait_us + 999) / 1000);
+            return;
+        }
         ing.phase = G_READING;
         rc =
             read_new(fl_worker.cf->ingest.batch, fl_worker.cf->ingest.block_ms);
