@@ -40,7 +40,8 @@ FLEETD_OBJ := $(FLEETD_SRC:%.c=$(BUILD)/obj/%.o) $(MIGRATIONS_OBJ)
 UNIT_SRC   := $(shell find test/unit -name '*.c' | sort)
 # pure-logic worker files that the unit tests exercise
 UNIT_WORKER := worker/ingest/fl_payload.c worker/ingest/fl_copy.c worker/fl_idset.c \
-               worker/api/fl_history_args.c worker/ws/fl_wsframe.c
+               worker/api/fl_history_args.c worker/ws/fl_wsframe.c \
+               worker/ingest/fl_mqttpkt.c
 UNIT_OBJ   := $(UNIT_SRC:%.c=$(BUILD)/obj/%.o) \
               $(COMMON_SRC:%.c=$(BUILD)/obj/%.o) \
               $(UNIT_WORKER:%.c=$(BUILD)/obj/%.o)
@@ -89,13 +90,15 @@ asan:
 FUZZ_HTTP_SRC := worker/http/fl_http.c worker/http/fl_health.c worker/fl_worker.c \
                  worker/ingest/fl_payload.c
 FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Icommon $(addprefix -I,$(WORKER_DIRS))
-fuzz: $(BUILD)/fuzz_config $(BUILD)/fuzz_http $(BUILD)/fuzz_payload $(BUILD)/fuzz_wsframe
+fuzz: $(BUILD)/fuzz_config $(BUILD)/fuzz_http $(BUILD)/fuzz_payload $(BUILD)/fuzz_wsframe \
+      $(BUILD)/fuzz_mqttpkt
 	@mkdir -p $(BUILD)/corpus/config $(BUILD)/corpus/http $(BUILD)/corpus/payload \
-	  $(BUILD)/corpus/wsframe
+	  $(BUILD)/corpus/wsframe $(BUILD)/corpus/mqttpkt
 	$(BUILD)/fuzz_config -max_total_time=$(FUZZ_SECONDS) $(BUILD)/corpus/config test/fuzz/corpus/config
 	$(BUILD)/fuzz_http -max_total_time=$(FUZZ_SECONDS) $(BUILD)/corpus/http test/fuzz/corpus/http
 	$(BUILD)/fuzz_payload -max_total_time=$(FUZZ_SECONDS) $(BUILD)/corpus/payload test/fuzz/corpus/payload
 	$(BUILD)/fuzz_wsframe -max_total_time=$(FUZZ_SECONDS) $(BUILD)/corpus/wsframe test/fuzz/corpus/wsframe
+	$(BUILD)/fuzz_mqttpkt -max_total_time=$(FUZZ_SECONDS) $(BUILD)/corpus/mqttpkt test/fuzz/corpus/mqttpkt
 
 FUZZ_PAYLOAD_SRC := worker/ingest/fl_payload.c common/fl_scan.c common/fl_core.c common/fl_time.c
 $(BUILD)/fuzz_payload: test/fuzz/fuzz_payload.c $(FUZZ_PAYLOAD_SRC) $(HEADERS)
@@ -106,6 +109,11 @@ FUZZ_WSFRAME_SRC := worker/ws/fl_wsframe.c common/fl_scan.c common/fl_core.c
 $(BUILD)/fuzz_wsframe: test/fuzz/fuzz_wsframe.c $(FUZZ_WSFRAME_SRC) $(HEADERS)
 	@mkdir -p $(BUILD)
 	clang $(FUZZ_FLAGS) -o $@ test/fuzz/fuzz_wsframe.c $(FUZZ_WSFRAME_SRC) -lcrypto
+
+FUZZ_MQTTPKT_SRC := worker/ingest/fl_mqttpkt.c common/fl_scan.c common/fl_core.c common/fl_enc.c
+$(BUILD)/fuzz_mqttpkt: test/fuzz/fuzz_mqttpkt.c $(FUZZ_MQTTPKT_SRC) $(HEADERS)
+	@mkdir -p $(BUILD)
+	clang $(FUZZ_FLAGS) -o $@ test/fuzz/fuzz_mqttpkt.c $(FUZZ_MQTTPKT_SRC)
 
 $(BUILD)/fuzz_config: test/fuzz/fuzz_config.c $(COMMON_SRC) $(HEADERS)
 	@mkdir -p $(BUILD)

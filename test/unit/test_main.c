@@ -151,6 +151,45 @@ void test_wsrx_close_forms(void);
 void test_wsrx_after_error(void);
 void test_wsrx_empty(void);
 
+void test_mqtt_vbi(void);
+void test_mqtt_topic_filter(void);
+void test_mqtt_put_connect(void);
+void test_mqtt_put_connect_refused(void);
+void test_mqtt_put_subscribe(void);
+void test_mqtt_put_subscribe_refused(void);
+void test_mqtt_put_unsubscribe(void);
+void test_mqtt_put_publish(void);
+void test_mqtt_put_publish_refused(void);
+void test_mqtt_put_puback(void);
+void test_mqtt_put_pingreq_disconnect(void);
+void test_mqtt_put_appends(void);
+void test_mqtt_roundtrip(void);
+void test_mqttrx_connack(void);
+void test_mqttrx_connack_props(void);
+void test_mqttrx_publish(void);
+void test_mqttrx_publish_props(void);
+void test_mqttrx_publish_topic_alias(void);
+void test_mqttrx_publish_zero_copy(void);
+void test_mqttrx_acks(void);
+void test_mqttrx_suback_unsuback(void);
+void test_mqttrx_pingresp_disconnect(void);
+void test_mqttrx_several_in_one_feed(void);
+void test_mqttrx_remaining_length_bounds(void);
+void test_mqttrx_too_large_on_header(void);
+void test_mqttrx_memory(void);
+void test_mqttrx_err_property_length(void);
+void test_mqttrx_err_duplicate_property(void);
+void test_mqttrx_err_wildcard_topic(void);
+void test_mqttrx_err_qos_dup(void);
+void test_mqttrx_err_reserved_flags(void);
+void test_mqttrx_err_packet_type(void);
+void test_mqttrx_err_packet_id_zero(void);
+void test_mqttrx_err_protocol(void);
+void test_mqttrx_err_property_not_allowed(void);
+void test_mqttrx_err_reason_codes(void);
+void test_mqttrx_err_lengths(void);
+void test_mqttrx_after_error(void);
+
 static const fl_test_t tests[] = {
     {"hist_empty", test_hist_empty},
     {"hist_single", test_hist_single},
@@ -285,6 +324,45 @@ static const fl_test_t tests[] = {
     {"wsrx_close_forms", test_wsrx_close_forms},
     {"wsrx_after_error", test_wsrx_after_error},
     {"wsrx_empty", test_wsrx_empty},
+
+    {"mqtt_vbi", test_mqtt_vbi},
+    {"mqtt_topic_filter", test_mqtt_topic_filter},
+    {"mqtt_put_connect", test_mqtt_put_connect},
+    {"mqtt_put_connect_refused", test_mqtt_put_connect_refused},
+    {"mqtt_put_subscribe", test_mqtt_put_subscribe},
+    {"mqtt_put_subscribe_refused", test_mqtt_put_subscribe_refused},
+    {"mqtt_put_unsubscribe", test_mqtt_put_unsubscribe},
+    {"mqtt_put_publish", test_mqtt_put_publish},
+    {"mqtt_put_publish_refused", test_mqtt_put_publish_refused},
+    {"mqtt_put_puback", test_mqtt_put_puback},
+    {"mqtt_put_pingreq_disconnect", test_mqtt_put_pingreq_disconnect},
+    {"mqtt_put_appends", test_mqtt_put_appends},
+    {"mqtt_roundtrip", test_mqtt_roundtrip},
+    {"mqttrx_connack", test_mqttrx_connack},
+    {"mqttrx_connack_props", test_mqttrx_connack_props},
+    {"mqttrx_publish", test_mqttrx_publish},
+    {"mqttrx_publish_props", test_mqttrx_publish_props},
+    {"mqttrx_publish_topic_alias", test_mqttrx_publish_topic_alias},
+    {"mqttrx_publish_zero_copy", test_mqttrx_publish_zero_copy},
+    {"mqttrx_acks", test_mqttrx_acks},
+    {"mqttrx_suback_unsuback", test_mqttrx_suback_unsuback},
+    {"mqttrx_pingresp_disconnect", test_mqttrx_pingresp_disconnect},
+    {"mqttrx_several_in_one_feed", test_mqttrx_several_in_one_feed},
+    {"mqttrx_remaining_length_bounds", test_mqttrx_remaining_length_bounds},
+    {"mqttrx_too_large_on_header", test_mqttrx_too_large_on_header},
+    {"mqttrx_memory", test_mqttrx_memory},
+    {"mqttrx_err_property_length", test_mqttrx_err_property_length},
+    {"mqttrx_err_duplicate_property", test_mqttrx_err_duplicate_property},
+    {"mqttrx_err_wildcard_topic", test_mqttrx_err_wildcard_topic},
+    {"mqttrx_err_qos_dup", test_mqttrx_err_qos_dup},
+    {"mqttrx_err_reserved_flags", test_mqttrx_err_reserved_flags},
+    {"mqttrx_err_packet_type", test_mqttrx_err_packet_type},
+    {"mqttrx_err_packet_id_zero", test_mqttrx_err_packet_id_zero},
+    {"mqttrx_err_protocol", test_mqttrx_err_protocol},
+    {"mqttrx_err_property_not_allowed", test_mqttrx_err_property_not_allowed},
+    {"mqttrx_err_reason_codes", test_mqttrx_err_reason_codes},
+    {"mqttrx_err_lengths", test_mqttrx_err_lengths},
+    {"mqttrx_after_error", test_mqttrx_after_error},
 };
 
 static int current_failures;
