@@ -28,42 +28,14 @@
 #include <string.h>
 
 #include "fl_payload.h"
+#include "fuzz_utf8_ref.h"
 
 #define NOW 1764370000000123LL /* us, not a whole ms */
 
-/* Decode code points one by one and check the shortest form, the range
- * and the surrogate gap. */
+/* UTF-8 as RFC 3629 has it (fuzz_utf8_ref.h). */
 static int utf8_ok(const unsigned char *s, size_t n)
 {
-    size_t   i = 0, k, len;
-    uint32_t cp, min;
-
-    while (i < n) {
-        if (s[i] < 0x80) {
-            i++;
-            continue;
-        }
-        if ((s[i] & 0xe0) == 0xc0) {
-            len = 2, cp = s[i] & 0x1f, min = 0x80;
-        } else if ((s[i] & 0xf0) == 0xe0) {
-            len = 3, cp = s[i] & 0x0f, min = 0x800;
-        } else if ((s[i] & 0xf8) == 0xf0) {
-            len = 4, cp = s[i] & 0x07, min = 0x10000;
-        } else {
-            return 0;
-        }
-        if (n - i < len)
-            return 0;
-        for (k = 1; k < len; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return 0;
-            cp = cp << 6 | (s[i + k] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return 0;
-        i += len;
-    }
-    return 1;
+    return fuzz_utf8_ref(s, n);
 }
 
 /* C0, DEL, or C1 (U+0080-U+009F, encoded c2 80..c2 9f). */

@@ -35,42 +35,14 @@
 #include <string.h>
 
 #include "fl_wsframe.h"
+#include "fuzz_utf8_ref.h"
 
 static const size_t max_messages[8] = {0, 1, 7, 125, 126, 200, 1000, 65536};
 
-/* Decode code points one by one and check the shortest form, the range
- * and the surrogate gap. Returns the length of the longest valid prefix. */
+/* The longest valid UTF-8 prefix (fuzz_utf8_ref.h). */
 static size_t utf8_prefix(const unsigned char *s, size_t n)
 {
-    size_t   i = 0, k, len;
-    uint32_t cp, min;
-
-    while (i < n) {
-        if (s[i] < 0x80) {
-            i++;
-            continue;
-        }
-        if ((s[i] & 0xe0) == 0xc0) {
-            len = 2, cp = s[i] & 0x1f, min = 0x80;
-        } else if ((s[i] & 0xf0) == 0xe0) {
-            len = 3, cp = s[i] & 0x0f, min = 0x800;
-        } else if ((s[i] & 0xf8) == 0xf0) {
-            len = 4, cp = s[i] & 0x07, min = 0x10000;
-        } else {
-            return i;
-        }
-        if (n - i < len)
-            return i;
-        for (k = 1; k < len; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return i;
-            cp = cp << 6 | (s[i + k] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return i;
-        i += len;
-    }
-    return i;
+    return fuzz_utf8_prefix(s, n);
 }
 
 static int utf8_ok(const unsigned char *s, size_t n)

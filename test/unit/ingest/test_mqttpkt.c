@@ -51,16 +51,6 @@ static hex_t hx(const char *s)
     return h;
 }
 
-static uint32_t fnv1a(const unsigned char *p, size_t len)
-{
-    uint32_t h = 2166136261u;
-    size_t   i;
-
-    for (i = 0; i < len; i++)
-        h = (h ^ p[i]) * 16777619u;
-    return h;
-}
-
 /* What the reader reported. */
 typedef struct {
     char             log[8192];
@@ -92,7 +82,7 @@ static void rec_data(rec_t *r, const void *data, size_t len)
     size_t               i;
 
     if (len > 32) {
-        rec_add(r, "[%zu]%08x", len, fnv1a(p, len));
+        rec_add(r, "[%zu]%08x", len, fl_fnv1a(p, len));
         return;
     }
     for (i = 0; i < len; i++) {
@@ -1087,7 +1077,7 @@ void test_mqttrx_remaining_length_bounds(void)
         p = publish_of(cases[i].rem, cases[i].hex, &n);
         snprintf(want, sizeof(want), "publish:q0,d0,r0,id=0,t=t,p=[%u]%08x|",
                  cases[i].rem - 4,
-                 fnv1a(p + n - (cases[i].rem - 4), cases[i].rem - 4));
+                 fl_fnv1a(p + n - (cases[i].rem - 4), cases[i].rem - 4));
         /* whole, and cut in the header, after it, in and near the end */
         cuts[0] = n, cuts[1] = 1, cuts[2] = 2, cuts[3] = n - cases[i].rem;
         cuts[4] = n / 2, cuts[5] = n - 1;

@@ -67,16 +67,6 @@ static size_t close_body(unsigned char *out, int code, const char *reason)
     return 2 + strlen(reason);
 }
 
-static uint32_t fnv1a(const unsigned char *p, size_t len)
-{
-    uint32_t h = 2166136261u;
-    size_t   i;
-
-    for (i = 0; i < len; i++)
-        h = (h ^ p[i]) * 16777619u;
-    return h;
-}
-
 /* What the callbacks saw. */
 typedef struct {
     char                 log[4096];
@@ -108,7 +98,7 @@ static void rec_data(rec_t *r, const unsigned char *p, size_t len)
     size_t i;
 
     if (len > 32) {
-        rec_add(r, "[%zu]%08x", len, fnv1a(p, len));
+        rec_add(r, "[%zu]%08x", len, fl_fnv1a(p, len));
         return;
     }
     for (i = 0; i < len; i++) {
@@ -465,7 +455,7 @@ void test_wsrx_split_anywhere(void)
                  "text:Hello|bin:[300]%08x|ping:are you there|text:|pong:|"
                  "text:fragments \\xe2\\x82\\xac|bin:\\x00\\x01|"
                  "close:1000:done|",
-                 fnv1a(big, sizeof(big)));
+                 fl_fnv1a(big, sizeof(big)));
         CHECK_STREAM(buf, n, want);
     }
 }
@@ -532,7 +522,7 @@ void test_wsrx_lengths(void)
                                                         : 14));
         FL_CHECK_EQ_INT(run(&r, 70000, buf, n, &why), 0);
         snprintf(want, sizeof(want), "bin:[%zu]%08x|", lens[i],
-                 fnv1a(payload, lens[i]));
+                 fl_fnv1a(payload, lens[i]));
         FL_CHECK_STR(r.log, want);
     }
     /* a longer form than needed is accepted: 5 in 16 and in 64 bits */
@@ -601,7 +591,7 @@ void test_wsrx_err_control(void)
     size_t        n;
 
     memset(body, 'c', sizeof(body));
-    snprintf(want125, sizeof(want125), "ping:[125]%08x|", fnv1a(body, 125));
+    snprintf(want125, sizeof(want125), "ping:[125]%08x|", fl_fnv1a(body, 125));
     /* fragmented control frames */
     n = cframe(f, FL_WS_OP_PING, "x", 1);
     CHECK_ERROR(f, n, 1002, "");
@@ -721,7 +711,7 @@ void test_wsrx_too_big_on_header(void)
     n = cframe(f, FL_WS_OP_BINARY, body, 60);
     n += cframe(f + n, FIN | FL_WS_OP_CONT, body, 40);
     FL_CHECK_EQ_INT(run(&r, 100, f, n, &why), 0);
-    snprintf(want, sizeof(want), "bin:[100]%08x|", fnv1a(body, 100));
+    snprintf(want, sizeof(want), "bin:[100]%08x|", fl_fnv1a(body, 100));
     FL_CHECK_STR(r.log, want);
     n = cframe(f, FL_WS_OP_BINARY, body, 60);
     n += cframe(f + n, FL_WS_OP_CONT, body, 41);
@@ -761,7 +751,7 @@ void test_wsrx_memory(void)
     size_t        n, m;
 
     memset(body, 'm', sizeof(body));
-    snprintf(want, sizeof(want), "bin:[1000]%08x|", fnv1a(body, 1000));
+    snprintf(want, sizeof(want), "bin:[1000]%08x|", fl_fnv1a(body, 1000));
     memset(&rx, 0, sizeof(rx));
     memset(&r, 0, sizeof(r));
     r.rx = &rx;
