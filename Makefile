@@ -89,7 +89,7 @@ asan:
 # the HTTP harness drives the real connection code with the health routes
 FUZZ_HTTP_SRC := worker/http/fl_http.c worker/http/fl_health.c worker/fl_worker.c \
                  worker/ingest/fl_payload.c
-FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -Icommon $(addprefix -I,$(WORKER_DIRS))
+FUZZ_FLAGS := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -std=c11 -D_GNU_SOURCE -Icommon $(addprefix -I,$(WORKER_DIRS))
 fuzz: $(BUILD)/fuzz_config $(BUILD)/fuzz_http $(BUILD)/fuzz_payload $(BUILD)/fuzz_wsframe \
       $(BUILD)/fuzz_mqttpkt
 	@mkdir -p $(BUILD)/corpus/config $(BUILD)/corpus/http $(BUILD)/corpus/payload \

@@ -48,7 +48,8 @@ static const uint16_t alias_maxes[4] = {0, 1, 5, 65535};
 /* An MQTT string's content: UTF-8 without U+0000, at most 65535 bytes. */
 static int utf8_ref(const unsigned char *s, size_t n)
 {
-    return n <= 65535 && memchr(s, 0, n) == NULL && fuzz_utf8_ref(s, n);
+    return n <= 65535 && (n == 0 || memchr(s, 0, n) == NULL) &&
+           fuzz_utf8_ref(s, n);
 }
 
 /* ---- one feeding ---- */
