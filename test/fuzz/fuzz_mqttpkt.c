@@ -37,6 +37,7 @@
 #include "fl_core.h"
 #include "fl_enc.h"
 #include "fl_mqttpkt.h"
+#include "fuzz_cuts.h"
 #include "fuzz_utf8_ref.h"
 
 static const uint32_t max_packets[8] = {0,   2,   5,    16,
@@ -360,7 +361,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     run_t                whole, split;
     const unsigned char *s = data + 4;
     const char          *why_whole, *why_split;
-    size_t               n, cut[3], *cuts = cut, ncut = 3, i, j, t;
+    size_t               n, cut[3], *cuts = cut, ncut = 3;
     int                  rc_whole, rc_split;
 
     check_vbi(data, size);
@@ -374,20 +375,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     whole.alias = alias_maxes[(data[0] >> 3) & 3];
     split = whole;
 
-    if (data[0] & 0x20) { /* a byte at a time */
-        ncut = n;
-        cuts = malloc((n ? n : 1) * sizeof(size_t));
-        if (cuts == NULL)
-            abort();
-        for (i = 0; i < n; i++)
-            cuts[i] = i + 1;
-    } else {
-        for (i = 0; i < 3; i++) {
-            cut[i] = (size_t)data[1 + i] * n / 255;
-            for (j = i; j > 0 && cut[j - 1] > cut[j]; j--)
-                t = cut[j], cut[j] = cut[j - 1], cut[j - 1] = t;
-        }
-    }
+    /* bit 0x20: a byte at a time */
+    fuzz_cuts(data + 1, n, (data[0] & 0x20) != 0, cut, &cuts, &ncut);
 
     rc_whole = feed(&whole, s, n, NULL, 0, &why_whole);
     rc_split = feed(&split, s, n, cuts, ncut, &why_split);

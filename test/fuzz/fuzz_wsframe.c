@@ -35,6 +35,7 @@
 #include <string.h>
 
 #include "fl_wsframe.h"
+#include "fuzz_cuts.h"
 #include "fuzz_utf8_ref.h"
 
 static const size_t max_messages[8] = {0, 1, 7, 125, 126, 200, 1000, 65536};
@@ -381,7 +382,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     run_t                whole, split, ref;
     const unsigned char *s = data + 4;
-    size_t               n, cut[3], *cuts = cut, ncut = 3, i, j, t;
+    size_t               n, cut[3], *cuts = cut, ncut = 3;
     int                  rc_whole, rc_split, rc_ref;
 
     check_accept(data, size);
@@ -401,20 +402,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     whole.stop_at = (data[0] >> 3) & 7;
     split = ref = whole;
 
-    if (data[0] & 0x40) { /* a byte at a time */
-        ncut = n;
-        cuts = malloc((n ? n : 1) * sizeof(size_t));
-        if (cuts == NULL)
-            abort();
-        for (i = 0; i < n; i++)
-            cuts[i] = i + 1;
-    } else {
-        for (i = 0; i < 3; i++) {
-            cut[i] = (size_t)data[1 + i] * n / 255;
-            for (j = i; j > 0 && cut[j - 1] > cut[j]; j--)
-                t = cut[j], cut[j] = cut[j - 1], cut[j - 1] = t;
-        }
-    }
+    /* bit 0x40: a byte at a time */
+    fuzz_cuts(data + 1, n, (data[0] & 0x40) != 0, cut, &cuts, &ncut);
 
     rc_whole = feed(&whole, s, n, NULL, 0);
     rc_split = feed(&split, s, n, cuts, ncut);
