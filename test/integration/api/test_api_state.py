@@ -70,7 +70,10 @@ def test_state_from_the_shadow(api):
     t = now_ms() - 2000
     ctx.send(d, {"ts": t, "temp": 21.5, "door": True, "fw": "1.0"})
     ctx.send(d, {"mode": "eco", "cfg": {"a": [1, 2]}}, kind="state")
-    doc = wait_state(a, d, lambda x: x["reported"].get("mode") == "eco")
+    # with two workers the two messages may be taken by different workers,
+    # in either order: wait for both
+    doc = wait_state(a, d, lambda x: x["reported"].get("mode") == "eco" and
+                     len(x["values"]) == 3)
     assert doc["device"] == d
     assert doc["values"] == {"temp": 21.5, "door": True, "fw": "1.0"}
     assert doc["value_ts"] == {"temp": t, "door": t, "fw": t}

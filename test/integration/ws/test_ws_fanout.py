@@ -224,7 +224,9 @@ def test_subscribe_snapshot(ws_node):
 
     def state():
         s, doc = api.get("/api/v1/devices/%s/state" % d)
+        # the three messages may be taken by both workers, in any order
         return s == 200 and doc["values"].get("door") is True and \
+            "fw" in doc["values"] and \
             doc["reported"].get("mode") == "eco" and doc
     doc = stack.wait_until(state, 15, what="the device's state")
 
