@@ -31,7 +31,8 @@
  *
  *   BEGIN;
  *   COPY telemetry (ts, value, value_bool, device_id, metric, value_text,
- *                   unit) FROM STDIN;     <- the batch, in 64 KiB chunks
+ *                   unit, src) FROM STDIN (FORMAT binary);
+ *                                         <- the batch, in 64 KiB chunks
  *   COMMIT
  *
  * COPY straight into the partitioned table: tuple routing puts every row
@@ -50,7 +51,7 @@
  *
  *   ROLLBACK;                               <- ends the failed fast path
  *   BEGIN; [CREATE TEMP TABLE IF NOT EXISTS fleetd_staging3 ...;]
- *   COPY fleetd_staging3 FROM STDIN;        <- the batch again
+ *   COPY fleetd_staging3 FROM STDIN (FORMAT binary);  <- the batch again
  *   SAVEPOINT fl_w;
  *   INSERT INTO telemetry SELECT DISTINCT ON (key) .. ORDER BY key,
  *     src DESC ON CONFLICT DO NOTHING;      <- new keys, newest version
@@ -359,13 +360,19 @@ static int out_flush(fl_pg_t *pg)
 
 /* Send the batch from copy_off on, then the end of the COPY, as far as
  * the socket takes it; on write readiness again. When all is sent, read
- * the results that follow. The batch's evbuffer is only peeked at. */
+ * the results that follow. copy_off counts in fl_copy_header, the batch's
+ * rows, fl_copy_trailer, one after the other: the rows hold no header or
+ * trailer (fl_copy.h), and the batch's evbuffer is only peeked at, so it
+ * can be sent again by the staging path. */
 static void copy_pump(fl_pg_t *pg)
 {
     struct evbuffer      *buf = pg->wb->copy;
-    size_t                total = evbuffer_get_length(buf);
+    size_t                hdr = sizeof(fl_copy_header);
+    size_t                end = hdr + evbuffer_get_length(buf); /* rows' */
+    size_t                total = end + sizeof(fl_copy_trailer);
     struct evbuffer_ptr   pos;
     struct evbuffer_iovec v;
+    const void           *p;
     size_t                n;
     int                   rc;
 
@@ -374,15 +381,24 @@ static void copy_pump(fl_pg_t *pg)
         if (rc != FL_OK)
             return;
         if (pg->copy_off < total) {
-            if (evbuffer_ptr_set(buf, &pos, pg->copy_off, EVBUFFER_PTR_SET) !=
-                    0 ||
-                evbuffer_peek(buf, -1, &pos, &v, 1) < 1) {
-                conn_drop(pg, "evbuffer_peek() of the batch failed");
-                return;
+            if (pg->copy_off < hdr) {
+                p = fl_copy_header + pg->copy_off;
+                n = hdr - pg->copy_off;
+            } else if (pg->copy_off >= end) {
+                p = fl_copy_trailer + (pg->copy_off - end);
+                n = total - pg->copy_off;
+            } else {
+                if (evbuffer_ptr_set(buf, &pos, pg->copy_off - hdr,
+                                     EVBUFFER_PTR_SET) != 0 ||
+                    evbuffer_peek(buf, -1, &pos, &v, 1) < 1) {
+                    conn_drop(pg, "evbuffer_peek() of the batch failed");
+                    return;
+                }
+                p = v.iov_base;
+                n = fl_min(v.iov_len, (size_t)COPY_CHUNK);
+                n = fl_min(n, end - pg->copy_off);
             }
-            n = fl_min(v.iov_len, (size_t)COPY_CHUNK);
-            n = fl_min(n, total - pg->copy_off);
-            rc = PQputCopyData(pg->conn, v.iov_base, (int)n);
+            rc = PQputCopyData(pg->conn, p, (int)n);
             if (rc == 0) {
                 want_write(pg);
                 return;
@@ -1223,24 +1239,26 @@ static void build_sql(fl_pg_t *pg, const fl_config_t *cf)
         "SELECT action, item FROM fleetd_partition_upkeep(%" PRId64 ", %d, %d)",
         iv, cf->postgres.partitions_ahead, pg->retention_days);
     pg->sql_write = fl_strdup("BEGIN;\n"
-                              "COPY telemetry (" COPY_COLUMNS ") FROM STDIN;\n"
+                              "COPY telemetry (" COPY_COLUMNS
+                              ") FROM STDIN (FORMAT binary);\n"
                               "COMMIT");
     /* both start with SQL_ROLLBACK, which stage_start() may skip */
     pg->sql_stage = str_printf("%s"
                                "BEGIN;\n"
-                               "COPY " STAGING " FROM STDIN;\n"
+                               "COPY " STAGING " FROM STDIN (FORMAT binary);\n"
                                "SAVEPOINT fl_w;\n"
                                "%s;\n"
                                "COMMIT",
                                SQL_ROLLBACK, ins);
-    pg->sql_stage_create = str_printf("%s"
-                                      "BEGIN;\n"
-                                      "%s"
-                                      "COPY " STAGING " FROM STDIN;\n"
-                                      "SAVEPOINT fl_w;\n"
-                                      "%s;\n"
-                                      "COMMIT",
-                                      SQL_ROLLBACK, staging, ins);
+    pg->sql_stage_create =
+        str_printf("%s"
+                   "BEGIN;\n"
+                   "%s"
+                   "COPY " STAGING " FROM STDIN (FORMAT binary);\n"
+                   "SAVEPOINT fl_w;\n"
+                   "%s;\n"
+                   "COMMIT",
+                   SQL_ROLLBACK, staging, ins);
     /* the partition bucket of a row, as fleetd_partition_ensure() counts
      * them: floor(epoch ms / interval ms); the ms are exact (ts holds whole
      * ms), the numeric division floors right for times before 1970 too */

@@ -97,15 +97,15 @@ void test_scan_depth(void);
 void test_scan_first_error(void);
 void test_scan_message_buffer(void);
 
-void test_copy_text_escapes(void);
+void test_copy_header(void);
+void test_copy_text_raw(void);
 void test_copy_text_roundtrip(void);
 void test_copy_numbers(void);
 void test_copy_numbers_roundtrip(void);
 void test_copy_bool(void);
 void test_copy_layout(void);
 void test_copy_ts(void);
-void test_copy_ts_gmtime(void);
-void test_copy_ts_cache(void);
+void test_copy_ts_range(void);
 void test_copy_rows(void);
 void test_copy_ts_us(void);
 void test_idset_basic(void);
@@ -272,15 +272,15 @@ static const fl_test_t tests[] = {
     {"scan_first_error", test_scan_first_error},
     {"scan_message_buffer", test_scan_message_buffer},
 
-    {"copy_text_escapes", test_copy_text_escapes},
+    {"copy_header", test_copy_header},
+    {"copy_text_raw", test_copy_text_raw},
     {"copy_text_roundtrip", test_copy_text_roundtrip},
     {"copy_numbers", test_copy_numbers},
     {"copy_numbers_roundtrip", test_copy_numbers_roundtrip},
     {"copy_bool", test_copy_bool},
     {"copy_layout", test_copy_layout},
     {"copy_ts", test_copy_ts},
-    {"copy_ts_gmtime", test_copy_ts_gmtime},
-    {"copy_ts_cache", test_copy_ts_cache},
+    {"copy_ts_range", test_copy_ts_range},
     {"copy_rows", test_copy_rows},
     {"copy_ts_us", test_copy_ts_us},
     {"idset_basic", test_idset_basic},

@@ -1,20 +1,48 @@
 /*
- * fl_copy.c - telemetry rows in COPY text format (see fl_copy.h).
+ * fl_copy.c - telemetry rows in binary COPY format (see fl_copy.h).
  *
- * The text format, as the server parses it: one row per line ending in
- * \n, columns separated by a tab, \N for NULL, and in a text column a
- * backslash, tab, newline or carriage return written as \\, \t, \n, \r
- * (row_text()). Numbers are written so that float8 reads back the same
- * double (row_double()), timestamps as ISO text in UTC to the microsecond
- * (row_ts()).
+ * The binary format, as the server reads it (PostgreSQL docs, COPY, "Binary
+ * Format"): per row an int16 field count, then per field an int32 byte
+ * length (-1 for NULL) and the value in the type's send/recv form; every
+ * integer big-endian. The types of FL_COPY_COLUMNS: timestamptz is an
+ * int64 of microseconds since 2000-01-01 00:00:00 UTC (row_ts()), float8
+ * the IEEE 754 bits, bool one byte 0 or 1, int8 an int64, text the bytes
+ * without a terminator. Nothing is formatted or escaped, and the server
+ * parses nothing: no text to timestamp or to double on either side.
+ *
+ * Text is sent as is; the server checks its encoding (textrecv converts it
+ * from the session's client_encoding, which fl_pg.c sets to UTF8). What
+ * reaches it is valid UTF-8 without NUL, checked in fl_payload.c before any
+ * row exists: fl_scan() refuses malformed UTF-8 (Unicode table 3-7: no
+ * overlong forms, surrogates or code points above U+10FFFF), unpaired
+ * surrogate escapes, raw control bytes in strings and \u0000 (bad_string);
+ * names have no control character at all; device ids are
+ * [A-Za-z0-9_.:-]{1,64}. The strings are C strings, so a NUL could not be
+ * sent anyway, and none is longer than limits.max_payload_bytes (at most
+ * 256 MiB), so every length fits the int32.
  */
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "fl_copy.h"
 #include "fl_log.h"
+
+/* float8 goes out as the bits of a C double */
+_Static_assert(sizeof(double) == sizeof(uint64_t), "double is not 64 bits");
+
+#define NFIELDS 8 /* FL_COPY_COLUMNS */
+
+/* 2000-01-01 00:00:00 UTC, PostgreSQL's epoch, in Unix microseconds */
+#define PG_EPOCH_US 946684800000000LL
+
+const unsigned char fl_copy_header[FL_COPY_HEADER_LEN] = {
+    'P', 'G', 'C', 'O', 'P', 'Y', '\n', 0xff, '\r', '\n', 0, /* signature */
+    0,   0,   0,   0, /* flags: no OIDs */
+    0,   0,   0,   0, /* header extension length */
+};
+
+const unsigned char fl_copy_trailer[FL_COPY_TRAILER_LEN] = {0xff, 0xff};
 
 void fl_pg_batch_init(fl_pg_batch_t *b)
 {
@@ -24,8 +52,6 @@ void fl_pg_batch_init(fl_pg_batch_t *b)
         abort();
     }
     b->rows = 0;
-    b->ts_sec = INT64_MIN;
-    b->ts_len = 0;
     b->devices = NULL;
     b->devices_len = b->devices_cap = 0;
 }
@@ -64,12 +90,12 @@ void fl_pg_batch_device(fl_pg_batch_t *b, const char *device)
         "%s('%s',true)", b->devices_len ? "," : "", device);
 }
 
-/* One COPY text row is assembled here and appended in one piece (long
- * text values go straight to the evbuffer). */
+/* One row is assembled here and appended in one piece (long text values
+ * go straight to the evbuffer). */
 typedef struct {
     struct evbuffer *out;
     size_t           n;
-    char             buf[1024];
+    unsigned char    buf[1024];
 } row_t;
 
 static void row_flush(row_t *r)
@@ -80,10 +106,7 @@ static void row_flush(row_t *r)
     }
 }
 
-/* a string literal, without its NUL */
-#define row_lit(r, s) row_put(r, s, sizeof(s) - 1)
-
-static void row_put(row_t *r, const char *p, size_t len)
+static void row_put(row_t *r, const void *p, size_t len)
 {
     if (r->n + len > sizeof(r->buf)) {
         row_flush(r);
@@ -96,174 +119,57 @@ static void row_put(row_t *r, const char *p, size_t len)
     r->n += len;
 }
 
-/* A text field in COPY text format: backslash, tab, newline and carriage
- * return escaped; everything else (valid UTF-8 from the parser) as is. */
+/* The low bytes (1, 2, 4 or 8) of v, big-endian. */
+static void row_be(row_t *r, uint64_t v, int bytes)
+{
+    unsigned char tmp[8];
+
+    for (int i = bytes - 1; i >= 0; i--, v >>= 8)
+        tmp[i] = (unsigned char)v;
+    row_put(r, tmp, (size_t)bytes);
+}
+
+static void row_null(row_t *r)
+{
+    row_be(r, UINT32_MAX, 4); /* length -1 */
+}
+
+/* An int8 or float8 field: length 8, then the 64 bits. */
+static void row_int8(row_t *r, uint64_t v)
+{
+    row_be(r, 8, 4);
+    row_be(r, v, 8);
+}
+
 static void row_text(row_t *r, const char *s)
 {
-    const char *run = s;
-    const char *esc;
+    size_t len = strlen(s);
 
-    for (; *s; s++) {
-        switch (*s) {
-        case '\\': esc = "\\\\"; break;
-        case '\t': esc = "\\t"; break;
-        case '\n': esc = "\\n"; break;
-        case '\r': esc = "\\r"; break;
-        default: continue;
-        }
-        row_put(r, run, (size_t)(s - run));
-        row_put(r, esc, 2); /* the escapes are two bytes each */
-        run = s + 1;
-    }
-    row_put(r, run, (size_t)(s - run));
+    row_be(r, len, 4);
+    row_put(r, s, len);
 }
 
-static void row_int(row_t *r, int64_t v)
+/* A timestamptz: microseconds since 2000-01-01 UTC. The parser keeps
+ * times in years 2000 .. 9999 (limits.min_ts_ms, then retention and the
+ * clock skew cut them further), but any int64 is written without
+ * overflow: a time that PostgreSQL cannot store (before 4714 BC or after
+ * 294276 AD) is refused by the server with 22008, the row's fault. The
+ * two ends of int64 are -infinity and infinity to the server, which would
+ * take them: a time so far back that its difference does not fit is sent
+ * as INT64_MIN + 1, out of range, not as -infinity. */
+static void row_ts(row_t *r, int64_t ts_us)
 {
-    char     tmp[24];
-    char    *p = tmp + sizeof(tmp);
-    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    int64_t pg = ts_us < INT64_MIN + 1 + PG_EPOCH_US ? INT64_MIN + 1
+                                                     : ts_us - PG_EPOCH_US;
 
-    do {
-        *--p = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    if (v < 0)
-        *--p = '-';
-    row_put(r, p, (size_t)(tmp + sizeof(tmp) - p));
-}
-
-/* A float8 that reads back as the same double: integers as integers,
- * else %.17g; NaN and infinities in PostgreSQL's spelling. */
-static void row_double(row_t *r, double v)
-{
-    char tmp[40];
-    int  n;
-
-    if (isnan(v)) {
-        row_lit(r, "NaN");
-    } else if (isinf(v)) {
-        if (v > 0)
-            row_lit(r, "Infinity");
-        else
-            row_lit(r, "-Infinity");
-    } else if (v == 0) {
-        if (signbit(v))
-            row_lit(r, "-0");
-        else
-            row_lit(r, "0");
-    } else if (v == floor(v) && fabs(v) < 1e15) {
-        row_int(r, (int64_t)v);
-    } else {
-        n = snprintf(tmp, sizeof(tmp), "%.17g", v);
-        row_put(r, tmp, (size_t)n);
-    }
-}
-
-/* Days since 1970-01-01 -> proleptic Gregorian year, month, day, for any
- * day count (negative ones too). Counted in 400-year eras of 146,097 days
- * from 0000-03-01, so that the leap day is the last day of a year. */
-static void civil_from_days(int64_t days, int64_t *y, int *m, int *d)
-{
-    int64_t z = days + 719468; /* days since 0000-03-01 */
-    int64_t era = (z >= 0 ? z : z - 146096) / 146097;
-    int64_t doe = z - era * 146097; /* 0..146096 */
-    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100); /* 0..365 */
-    int64_t mp = (5 * doy + 2) / 153; /* 0 = March .. 11 = February */
-
-    *d = (int)(doy - (153 * mp + 2) / 5 + 1);
-    *m = (int)(mp < 10 ? mp + 3 : mp - 9);
-    *y = yoe + era * 400 + (*m <= 2);
-}
-
-static char *put2(char *p, int v)
-{
-    p[0] = (char)('0' + v / 10);
-    p[1] = (char)('0' + v % 10);
-    return p + 2;
-}
-
-/* "YYYY-MM-DD HH:MM:SS" of epoch second sec, UTC, into b's cache. The
- * year has at least four digits; a year before 1 is written as PostgreSQL
- * does, as 1 - year with " BC" after the zone (ts_bc). Years that
- * PostgreSQL cannot store still format, and the server refuses them
- * (22008, the row's fault), as it refused to_timestamp() of them before. */
-static void ts_second(fl_pg_batch_t *b, int64_t sec)
-{
-    int64_t  days = sec / 86400, rem = sec % 86400, y;
-    uint64_t uy;
-    int      m, d, n = 0;
-    char     tmp[24], *p = b->ts_text;
-
-    if (rem < 0) {
-        rem += 86400;
-        days--;
-    }
-    civil_from_days(days, &y, &m, &d);
-    b->ts_bc = y <= 0;
-    uy = b->ts_bc ? (uint64_t)1 - (uint64_t)y : (uint64_t)y;
-    do {
-        tmp[n++] = (char)('0' + uy % 10);
-        uy /= 10;
-    } while (uy);
-    while (n < 4)
-        tmp[n++] = '0';
-    while (n)
-        *p++ = tmp[--n];
-    *p++ = '-';
-    p = put2(p, m);
-    *p++ = '-';
-    p = put2(p, d);
-    *p++ = ' ';
-    p = put2(p, (int)(rem / 3600));
-    *p++ = ':';
-    p = put2(p, (int)(rem / 60 % 60));
-    *p++ = ':';
-    p = put2(p, (int)(rem % 60));
-    b->ts_len = (size_t)(p - b->ts_text);
-    b->ts_sec = sec;
-}
-
-/* A timestamptz in ISO format, UTC, to the microsecond:
- * "2026-11-29 04:00:00.123+00", or "...00.123456+00" when the time is not
- * a whole millisecond. The server reads ISO year-month-day whatever the
- * session's DateStyle, and the explicit zone whatever its TimeZone. Rows
- * of one batch mostly share their second: its text is cached in the
- * batch, only the fraction is formatted per row. */
-static void row_ts(row_t *r, fl_pg_batch_t *b, int64_t ts_us)
-{
-    int64_t sec = ts_us / 1000000;
-    int     us = (int)(ts_us % 1000000);
-    char    frac[10];
-    size_t  n = 0;
-    int     digits = 6, div = 100000;
-
-    if (us < 0) {
-        us += 1000000;
-        sec--;
-    }
-    if (sec != b->ts_sec || b->ts_len == 0)
-        ts_second(b, sec);
-    row_put(r, b->ts_text, b->ts_len);
-    if (us % 1000 == 0)
-        digits = 3;
-    frac[n++] = '.';
-    for (int i = 0; i < digits; i++, div /= 10)
-        frac[n++] = (char)('0' + us / div % 10);
-    frac[n++] = '+';
-    frac[n++] = '0';
-    frac[n++] = '0';
-    row_put(r, frac, n);
-    if (b->ts_bc)
-        row_lit(r, " BC");
+    row_int8(r, (uint64_t)pg);
 }
 
 /*
  * Columns of the telemetry table: ts, value, value_bool, device_id,
  * metric, value_text, unit, src (FL_COPY_COLUMNS). One row per metric of
  * every point; exactly one of the three value columns is set, the others
- * are \N. The fast path copies these rows into telemetry, the staging
+ * are NULL. The fast path copies these rows into telemetry, the staging
  * path into a temporary table with the same columns.
  */
 void fl_pg_batch_add(fl_pg_batch_t *b, const char *device,
@@ -278,43 +184,37 @@ void fl_pg_batch_add(fl_pg_batch_t *b, const char *device,
 
         for (size_t j = 0; j < p->nmetrics; j++) {
             const fl_metric_t *m = &p->metrics[j];
-            const char        *str = NULL;
+            uint64_t           bits;
 
-            row_ts(&r, b, p->ts_us);
+            row_be(&r, NFIELDS, 2);
+            row_ts(&r, p->ts_us);
             switch (m->type) {
             case FL_METRIC_NUM:
-                row_lit(&r, "\t");
-                row_double(&r, m->num);
-                row_lit(&r, "\t\\N\t");
+                memcpy(&bits, &m->num, sizeof(bits));
+                row_int8(&r, bits);
+                row_null(&r);
                 break;
             case FL_METRIC_BOOL:
-                if (m->b)
-                    row_lit(&r, "\t\\N\tt\t");
-                else
-                    row_lit(&r, "\t\\N\tf\t");
+                row_null(&r);
+                row_be(&r, 1, 4);
+                row_be(&r, m->b ? 1 : 0, 1);
                 break;
             default:
-                row_lit(&r, "\t\\N\t\\N\t");
-                str = m->str ? m->str : "";
+                row_null(&r);
+                row_null(&r);
                 break;
             }
             row_text(&r, device);
-            row_lit(&r, "\t");
             row_text(&r, m->name);
-            row_lit(&r, "\t");
-            if (str) {
-                row_text(&r, str);
-                row_lit(&r, "\t");
-            } else {
-                row_lit(&r, "\\N\t");
-            }
+            if (m->type == FL_METRIC_NUM || m->type == FL_METRIC_BOOL)
+                row_null(&r);
+            else /* a text metric without a string is "" */
+                row_text(&r, m->str ? m->str : "");
             if (m->unit)
                 row_text(&r, m->unit);
             else
-                row_lit(&r, "\\N");
-            row_lit(&r, "\t");
-            row_int(&r, src);
-            row_lit(&r, "\n");
+                row_null(&r);
+            row_int8(&r, (uint64_t)src);
             b->rows++;
         }
     }

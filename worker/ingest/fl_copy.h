@@ -1,13 +1,14 @@
 /*
- * fl_copy.h - telemetry rows in PostgreSQL's COPY text format.
+ * fl_copy.h - telemetry rows in PostgreSQL's binary COPY format.
  *
- * A batch is the rows of one write (fl_pg_write()): one line per metric of
- * every point, tab-separated columns (FL_COPY_COLUMNS), text fields
- * escaped, NULL as \N, ts as UTC text to the microsecond (see fl_copy.c). The
- * buffer goes to the server as is, by COPY telemetry (FL_COPY_COLUMNS) FROM
- * STDIN or, on the staging path, into a table with the same columns. Pure
- * formatting: no connection, no event loop, so the unit tests drive it
- * directly.
+ * A batch is the rows of one write (fl_pg_write()): one row per metric of
+ * every point, the columns FL_COPY_COLUMNS in the server's binary
+ * representation (see fl_copy.c). The buffer holds rows only, so that the
+ * rows of several batches concatenate into one (fl_ingest.c): the sender
+ * puts fl_copy_header before them and fl_copy_trailer after, and sends it
+ * all by COPY telemetry (FL_COPY_COLUMNS) FROM STDIN (FORMAT binary) or,
+ * on the staging path, into a table with the same columns. Pure encoding:
+ * no connection, no event loop, so the unit tests drive it directly.
  */
 #ifndef FL_COPY_H
 #define FL_COPY_H
@@ -25,7 +26,16 @@
 #define FL_COPY_COLUMNS \
     "ts, value, value_bool, device_id, metric, value_text, unit, src"
 
-/* Rows of one write, accumulated in COPY text format. */
+/* What goes before the first row and after the last of a binary COPY:
+ * the signature "PGCOPY\n\377\r\n\0", flags 0 and no header extension;
+ * the field count -1. */
+#define FL_COPY_HEADER_LEN  19
+#define FL_COPY_TRAILER_LEN 2
+extern const unsigned char fl_copy_header[FL_COPY_HEADER_LEN];
+extern const unsigned char fl_copy_trailer[FL_COPY_TRAILER_LEN];
+
+/* Rows of one write, accumulated in binary COPY format, without the
+ * header and trailer. */
 typedef struct {
     struct evbuffer *copy;
     size_t           rows;
@@ -33,11 +43,6 @@ typedef struct {
      * "('id',true),('id2',true)", ids of the contract's syntax only */
     char  *devices;
     size_t devices_len, devices_cap;
-    /* fl_copy.c's cache: the formatted second of the last row's ts */
-    int64_t ts_sec;
-    size_t  ts_len;
-    int     ts_bc;
-    char    ts_text[32];
 } fl_pg_batch_t;
 
 void fl_pg_batch_init(fl_pg_batch_t *b);
