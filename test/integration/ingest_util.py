@@ -489,15 +489,63 @@ class Ingest:
             end = min(deadline, time.monotonic() + 1.0)
             while time.monotonic() < end:
                 try:
-                    if self.count_rows(dev) > 0:
-                        return
+                    stored = self.count_rows(dev) > 0
                 except Exception:  # noqa: BLE001 - table not created yet
-                    pass
+                    stored = False
+                if stored:
+                    # an earlier canary may still be on its way (sent
+                    # before this one was stored): let it finish, or a
+                    # test's counter snapshot would count it later
+                    self.wait_idle(max(15.0, deadline - time.monotonic()))
+                    return
                 time.sleep(0.05)
             if time.monotonic() >= deadline:
                 raise AssertionError(
                     "no canary row for %s within %.0f s (%d sent)\n%s" % (
                         dev, timeout, i, self.diagnostics()))
+
+    def idle_state(self):
+        """(lag, pending of this node's consumers, read - counted): all
+        zero once every entry in the stream was read by this node and
+        acknowledged, and every one read was counted (stored, dead
+        letter or state). Command answers are read but not counted."""
+        groups = self.redis.xinfo_groups(self.stream_key)
+        g = [x for x in groups if x["name"] in (b"fleetd", "fleetd")]
+        if not g:
+            return None
+        lag = g[0].get("lag", 0) or 0
+        me = "it-%s-w" % self.tag
+        pending = sum(c["pending"] for c in
+                      self.redis.xinfo_consumers(self.stream_key, "fleetd")
+                      if (c["name"].decode() if isinstance(c["name"], bytes)
+                          else c["name"]).startswith(me))
+
+        def m(name):
+            return int(self.metric_sum(name) or 0)
+        unc = m("fleetd_ingest_read_total") - (
+            m("fleetd_ingest_stored_total") +
+            m("fleetd_ingest_dead_lettered_total") +
+            m("fleetd_ingest_state_total"))
+        return lag, pending, unc
+
+    def wait_idle(self, timeout=30.0, counted=True):
+        """Until this node has read and acknowledged everything in the
+        stream and (counted) its counters took in every entry it read
+        (they are added after the XACK's reply, so a pending count of 0
+        alone does not say so). counted=False after a worker was killed
+        or command answers were read: then read and counted differ."""
+        state = {}
+
+        def idle():
+            st = state["st"] = self.idle_state()
+            return st is not None and st[0] == 0 and st[1] == 0 and \
+                (not counted or st[2] == 0)
+        try:
+            stack.wait_until(idle, timeout, interval=0.1,
+                             what="ingest idle (lag, pending, uncounted)")
+        except TimeoutError as e:
+            raise AssertionError("%s; last %r\n%s" % (
+                e, state.get("st"), self.diagnostics())) from None
 
     def diagnostics(self, n=40):
         out = []

@@ -242,6 +242,9 @@ def test_device_that_publishes_is_listed_online(api):
     d = dev_id(ctx, "auto")
     ctx.send(d, {"temp": 1})
     ctx.wait_rows(d, 1)
+    # online comes from the shadow's last_seen, written at another step
+    # than the row: wait for it too
+    ctx.wait_shadow(d, lambda h: "last_seen" in h, timeout=20)
     s, doc = a.get("/api/v1/devices/" + d)
     assert s == 200 and doc["auto"] is True, doc
     s, doc = a.get("/api/v1/devices?online=true&limit=1000")
@@ -291,7 +294,12 @@ def test_slow_query_does_not_delay_other_requests(ingest):
 
     th = threading.Thread(target=slow)
     th.start()
-    time.sleep(0.3)                       # the PATCH is waiting on the lock
+    # the PATCH is waiting on the lock (not merely started: the thread
+    # or the request may be late on a loaded machine)
+    stack.wait_until(lambda: ctx.query(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = "
+        "'Lock' AND query ILIKE 'UPDATE%%devices%%'")[0][0] > 0, 15,
+        interval=0.02, what="the PATCH waiting on the row lock")
     worst = 0.0
     t_end = time.monotonic() + 1.5
     n = 0
