@@ -270,6 +270,22 @@ static void publish_batch(void);
 static void fan_out(void);
 static int  read_new(int count, int64_t block_ms);
 
+/*
+ * What the script saves per message (measured with bench/shadow-bench):
+ * a key's TTL is set again only when TTL_SLACK-th of it has passed since
+ * the last time, which the shadow hash remembers in the fields _e (its
+ * own TTL) and _r (the resume list's), read by the HMGET that reads the
+ * metric times anyway; so a shadow expires between 63/64 of
+ * redis.shadow_ttl and all of it after its device's last message, a resume
+ * list likewise with ws.resume_ttl. A resume list is trimmed back to
+ * ws.resume_keep only when it has grown by KEEP_SLACK-th of that more;
+ * readers take its first resume_keep entries (fl_wshub.c).
+ */
+#define TTL_SLACK  64
+#define KEEP_SLACK 4
+#define STR_(x)    #x
+#define STR(x)     STR_(x)
+
 static const char shadow_lua[] =
     /* KEYS: one shadow hash per entry (a device may repeat, in stream
      * order). ARGV[1] ttl_ms, ARGV[2] the length of the shadow key
@@ -307,9 +323,13 @@ static const char shadow_lua[] =
     "local ttl, plen, dpfx, a = ARGV[1], tonumber(ARGV[2]), ARGV[3], 9\n"
     "local rpfx, keep, rttl = ARGV[4], tonumber(ARGV[5]), ARGV[6]\n"
     "local total, id = tonumber(ARGV[8]), 0\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+    "local nowms = math.floor(now / 1000)\n"
+    "local ettl = math.floor(tonumber(ttl) / " STR(TTL_SLACK) ")\n"
+    "local erttl = math.floor(tonumber(rttl) / " STR(TTL_SLACK) ")\n"
+    "local slack = math.max(1, math.floor(keep / " STR(KEEP_SLACK) "))\n"
     "if total > 0 then\n"
-    "  local t = redis.call('TIME')\n"
-    "  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
     "  id = math.max(tonumber(redis.call('GET', ARGV[7]) or '0'), now - 1)\n"
     "  redis.call('SET', ARGV[7], string.format('%.0f', id + total))\n"
     "end\n"
@@ -317,17 +337,18 @@ static const char shadow_lua[] =
     "for k = 1, #KEYS do\n"
     "  local key, mode = KEYS[k], ARGV[a]\n"
     "  local seen, n = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])\n"
-    "  local set, del = {}, {}\n"
+    "  local set, del, ex, rx = {}, {}, nil, nil\n"
     "  a = a + 3\n"
     "  if mode == 't' then\n"
-    "    local f = {'last_seen'}\n"
+    "    local f = {'last_seen', '_e', '_r'}\n"
     "    for i = a, a + 3 * n - 1, 3 do f[#f + 1] = 't:' .. ARGV[i] end\n"
     "    local cur = redis.call('HMGET', key, unpack(f))\n"
+    "    ex, rx = cur[2], cur[3]\n"
     "    local best = {}\n"
     "    for j = 0, n - 1 do\n"
     "      local i = a + 3 * j\n"
     "      local m, ts = ARGV[i], tonumber(ARGV[i + 1])\n"
-    "      local old = best[m] or tonumber(cur[j + 2] or '-1')\n"
+    "      local old = best[m] or tonumber(cur[j + 4] or '-1')\n"
     "      if ts >= old then\n"
     "        best[m] = ts\n"
     "        set[#set + 1] = 'v:' .. m; set[#set + 1] = ARGV[i + 2]\n"
@@ -339,8 +360,9 @@ static const char shadow_lua[] =
     "    end\n"
     "    a = a + 3 * n\n"
     "  else\n"
-    "    local old = redis.call('HGET', key, 'last_seen')\n"
-    "    if tonumber(old or '0') < seen then\n"
+    "    local cur = redis.call('HMGET', key, 'last_seen', '_e', '_r')\n"
+    "    ex, rx = cur[2], cur[3]\n"
+    "    if tonumber(cur[1] or '0') < seen then\n"
     "      set[#set + 1] = 'last_seen'; set[#set + 1] = ARGV[a - 2]\n"
     "    end\n"
     "    for i = a, a + 2 * n - 1, 2 do\n"
@@ -350,9 +372,15 @@ static const char shadow_lua[] =
     "    end\n"
     "    a = a + 2 * n\n"
     "  end\n"
+    "  local np = tonumber(ARGV[a])\n"
+    "  local rfresh = np > 0 and keep > 0 and\n"
+    "    nowms - tonumber(rx or '0') >= erttl\n"
+    "  local efresh = nowms - tonumber(ex or '0') >= ettl\n"
+    "  if rfresh then set[#set + 1] = '_r'; set[#set + 1] = nowms end\n"
+    "  if efresh then set[#set + 1] = '_e'; set[#set + 1] = nowms end\n"
     "  if #del > 0 then redis.call('HDEL', key, unpack(del)) end\n"
     "  if #set > 0 then redis.call('HSET', key, unpack(set)) end\n"
-    "  redis.call('PEXPIRE', key, ttl)\n"
+    "  if efresh then redis.call('PEXPIRE', key, ttl) end\n"
     "  if mode == 's' then\n"
     "    local id = string.sub(key, plen + 1)\n"
     "    local dkey = dpfx .. id\n"
@@ -361,7 +389,6 @@ static const char shadow_lua[] =
     "      if d then out[#out + 1] = id; out[#out + 1] = d end\n"
     "    end\n"
     "  end\n"
-    "  local np = tonumber(ARGV[a])\n"
     "  a = a + 1\n"
     "  if np > 0 then\n"
     "    local ch, msgs = ARGV[a], {}\n"
@@ -374,9 +401,11 @@ static const char shadow_lua[] =
     "    end\n"
     "    if keep > 0 then\n"
     "      local rk = rpfx .. string.sub(key, plen + 1)\n"
-    "      redis.call('LPUSH', rk, unpack(msgs))\n"
-    "      redis.call('LTRIM', rk, 0, keep - 1)\n"
-    "      redis.call('PEXPIRE', rk, rttl)\n"
+    "      local len = redis.call('LPUSH', rk, unpack(msgs))\n"
+    "      if len > keep + slack then redis.call('LTRIM', rk, 0, keep - 1) "
+    "end\n"
+    "      if rfresh or len == #msgs then redis.call('PEXPIRE', rk, rttl) "
+    "end\n"
     "    end\n"
     "    a = a + np + 1\n"
     "  end\n"

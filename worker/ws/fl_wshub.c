@@ -583,7 +583,7 @@ static void on_fetch(fl_redis_t *r, redisReply *reply, void *ud)
 static void op_fetch(fl_ws_op_t *op)
 {
     int  per = op->has_since ? 3 : 2;
-    char key[3][200];
+    char key[3][200], last[24];
 
     if (op->c == NULL) {
         op_free(op);
@@ -600,10 +600,13 @@ static void op_fetch(fl_ws_op_t *op)
         op->recent = fl_calloc((size_t)op->ndevs, sizeof(fl_kv_t));
     /* expect stays above answered until every command is sent */
     op->expect = op->ndevs * per + 1;
+    /* a resume list may hold up to a quarter more than resume_keep
+     * (fl_ingest.c trims it lazily): the newest resume_keep count */
+    snprintf(last, sizeof(last), "%d", fl_worker.cf->ws.resume_keep - 1);
     for (int i = 0, sent = 0; i < op->ndevs; i++) {
         const char *argv[3][4] = {{"HGETALL", key[0]},
                                   {"HGETALL", key[1]},
-                                  {"LRANGE", key[2], "0", "-1"}};
+                                  {"LRANGE", key[2], "0", last}};
         static const int argc[3] = {2, 2, 4};
 
         snprintf(key[0], sizeof(key[0]), "%s%s", hub.shadow_prefix,

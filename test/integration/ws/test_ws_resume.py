@@ -201,3 +201,60 @@ def test_resume_after_ttl_gives_gap(ws_node):
     finally:
         c2.close()
         observer.close()
+
+
+@pytest.mark.timeout(90)
+def test_resume_list_trimmed_lazily_and_read_to_keep(ws_node):
+    """A device's resume list may grow to resume_keep + resume_keep / 4
+    before it is trimmed (fl_ingest.c saves an LTRIM per message so); a
+    resume reads only its newest resume_keep entries, so what lies beyond
+    them is a gap even while the list still holds it, and what lies within
+    them replays exactly. The TTLs of the list and of the shadow are set
+    again only when 1/64 of them has passed: both outlive the last message
+    by at least 63/64 of the TTL."""
+    ttl_ms = 64000
+    ctx = ws_node({"ws": {"resume_keep": 8, "resume_ttl": "64s"},
+                   "redis": {"shadow_ttl": "64s"}}, workers=1)
+    f = ctx.f
+    d = ctx.dev("lazy")
+    rkey = ctx.prefix + "recent:" + d
+    sq = Seq(ctx)
+    observer = WsClient.connect(f)
+    observer.subscribe([d])
+    lens = []
+    for i in range(40):
+        sq.send(d)
+        observer.wait_telemetry(i + 1, timeout=10)
+        lens.append(ctx.redis.llen(rkey))
+    t_last = time.monotonic()
+    assert max(lens) <= 10 and lens[-1] >= 8, lens
+    for key in (rkey, ctx.shadow_key(d)):
+        pttl = ctx.redis.pttl(key)
+        since_last = (time.monotonic() - t_last) * 1000
+        assert ttl_ms * 63 / 64 - 500 <= pttl + since_last and pttl <= ttl_ms, \
+            (key, pttl, since_last)
+    ids = {seq_of(m): m["id"] for m in observer.telemetry()}
+    assert sorted(ids) == list(range(40)), sorted(ids)
+
+    # within the newest 8: exactly the missed ones, no gap
+    c = WsClient.connect(f)
+    try:
+        c.subscribe([d], since=ids[33])
+        c.wait_telemetry(6, timeout=5)
+        c.drain(quiet=0.5)
+        assert [seq_of(m) for m in c.telemetry()] == list(range(34, 40)), c.log
+        assert not [m for m in c.log if m["type"] == "gap"], c.log
+    finally:
+        c.close()
+    # beyond them: a gap, then at most the newest 8, once each
+    c = WsClient.connect(f)
+    try:
+        c.subscribe([d], since=ids[29])
+        gap = c.expect("gap", timeout=5)
+        assert gap["devices"] == [d], gap
+        c.drain(quiet=0.5)
+        got = [seq_of(m) for m in c.telemetry()]
+        assert got == list(range(32, 40)), c.log
+    finally:
+        c.close()
+        observer.close()
