@@ -368,12 +368,9 @@ class Ingest:
             state["rows"] = self.rows(device)
             return len(state["rows"]) >= n
 
-        try:
-            stack.wait_until(enough, timeout,
-                             what="%d telemetry rows for %s" % (n, device))
-        except TimeoutError as e:
-            raise AssertionError("%s; rows so far: %r\n%s" % (
-                e, state.get("rows"), self.diagnostics())) from None
+        self.wait_or_explain(enough, timeout,
+                             "%d telemetry rows for %s" % (n, device),
+                             lambda: "rows so far: %r" % (state.get("rows"),))
         return state["rows"]
 
     # -- Redis
@@ -389,12 +386,9 @@ class Ingest:
             state["h"] = self.shadow(device)
             return pred(state["h"])
 
-        try:
-            stack.wait_until(ok, timeout, what="%s of %s" % (what, device))
-        except TimeoutError as e:
-            raise AssertionError("%s; shadow %s = %r\n%s" % (
-                e, self.shadow_key(device), state.get("h"),
-                self.diagnostics())) from None
+        self.wait_or_explain(ok, timeout, "%s of %s" % (what, device),
+                             lambda: "shadow %s = %r" % (
+                                 self.shadow_key(device), state.get("h")))
         return state["h"]
 
     def dead_mark(self):
@@ -468,12 +462,9 @@ class Ingest:
             state["last"] = (status, deps, h.get("queue"))
             return status == 200 and all(v == "up" for v in deps.values())
 
-        try:
-            stack.wait_until(up, timeout, interval=0.1,
-                             what="/healthz 200 with mqtt, redis, postgres up")
-        except TimeoutError as e:
-            raise AssertionError("%s; last %r\n%s" % (
-                e, state.get("last"), self.diagnostics())) from None
+        self.wait_or_explain(up, timeout,
+                             "/healthz 200 with mqtt, redis, postgres up",
+                             lambda: "last %r" % (state.get("last"),), 0.1)
 
     def wait_pipeline(self, timeout=40.0):
         """Dependencies up, then a canary message goes all the way into
@@ -540,12 +531,19 @@ class Ingest:
             st = state["st"] = self.idle_state()
             return st is not None and st[0] == 0 and st[1] == 0 and \
                 (not counted or st[2] == 0)
+        self.wait_or_explain(idle, timeout,
+                             "ingest idle (lag, pending, uncounted)",
+                             lambda: "last %r" % (state.get("st"),), 0.1)
+
+    def wait_or_explain(self, pred, timeout, what, last, interval=None):
+        """stack.wait_until(pred), failing with an AssertionError that says
+        what was seen last (last()) and the node's diagnostics."""
+        kw = {} if interval is None else {"interval": interval}
         try:
-            stack.wait_until(idle, timeout, interval=0.1,
-                             what="ingest idle (lag, pending, uncounted)")
+            stack.wait_until(pred, timeout, what=what, **kw)
         except TimeoutError as e:
-            raise AssertionError("%s; last %r\n%s" % (
-                e, state.get("st"), self.diagnostics())) from None
+            raise AssertionError("%s; %s\n%s" % (
+                e, last(), self.diagnostics())) from None
 
     def diagnostics(self, n=40):
         out = []
