@@ -273,6 +273,28 @@ class SeqPublisher:
 
 # --------------------------------------------------------------- checks
 
+def burst(mq, topic, payloads, inflight=100, timeout=60.0):
+    """Publish payloads at QoS 1 on topic as fast as one paho client can
+    with `inflight` messages in flight; return once every PUBACK is in."""
+    import paho.mqtt.client as mqtt
+    c = mqtt.Client(client_id="it-burst-" + uniq(), clean_session=True)
+    c.max_inflight_messages_set(inflight)
+    c.max_queued_messages_set(0)
+    c.connect(mq.host, mq.port, keepalive=30)
+    c.loop_start()
+    try:
+        infos = [c.publish(topic, to_bytes(p), qos=1) for p in payloads]
+        deadline = time.monotonic() + timeout
+        for i in infos:
+            i.wait_for_publish(max(0.1, deadline - time.monotonic()))
+            if not i.is_published():
+                raise AssertionError("no PUBACK for a burst message within "
+                                     "%.0f s" % timeout)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
 class Ingest:
     """One fleetd under test and the ways to look at what it stored."""
 

@@ -661,11 +661,58 @@ static void point_json(fl_sbuf_t *b, const entry_t *e, size_t p)
     fl_sb_lit(b, "}}");
 }
 
+static int has_points(const entry_t *e)
+{
+    return e->kind == E_TELEMETRY && e->tele.npoints > 0;
+}
+
+/*
+ * The telemetry entries of a chunk grouped by device: next[k] is the
+ * chunk's next entry (index from c->first) of the same device after entry
+ * k, -1 for none; tail[k] is 1 for an entry that follows an earlier one of
+ * its device. A hash of the device ids, GROUP_TABLE slots (chunks hold at most
+ * CHUNK_ENTRIES entries), open addressing.
+ */
+#define GROUP_TABLE 512
+_Static_assert(GROUP_TABLE >= 2 * CHUNK_ENTRIES, "group table too small");
+
+static void chunk_group(const chunk_t *c, int *next, char *tail)
+{
+    int slot[GROUP_TABLE], last[GROUP_TABLE];
+
+    for (int k = 0; k < GROUP_TABLE; k++)
+        slot[k] = -1;
+    for (int k = 0; k < c->n; k++) {
+        const entry_t *e = &c->b->e[c->first + k];
+        uint32_t       h;
+
+        next[k] = -1;
+        tail[k] = 0;
+        if (!has_points(e))
+            continue;
+        h = fl_fnv1a(e->device, strlen(e->device)) & (GROUP_TABLE - 1);
+        while (slot[h] >= 0 &&
+               strcmp(c->b->e[c->first + slot[h]].device, e->device) != 0)
+            h = (h + 1) & (GROUP_TABLE - 1);
+        if (slot[h] < 0) {
+            slot[h] = last[h] = k;
+        } else {
+            next[last[h]] = k;
+            last[h] = k;
+            tail[k] = 1;
+        }
+    }
+}
+
 /*
  * One script call for the chunk's shadow updates and fan-out (see
  * shadow_lua for the argument layout): a call per chunk instead of an
  * EVALSHA and a PUBLISH per message. Entries that are not telemetry or
  * state (dead letters) are left out; they go through publish_dead().
+ * The telemetry of one device in the chunk is one record (chunk_group()),
+ * its entries' metrics and points in stream order: one HMGET, HSET and
+ * LPUSH for a burst of a device instead of one each per message; the
+ * script keeps the newest value per metric of the whole record.
  */
 static void chunk_build_cmd(chunk_t *c)
 {
@@ -673,17 +720,22 @@ static void chunk_build_cmd(chunk_t *c)
     fl_resp_t          keys = {0}, args = {0}, r = {0};
     fl_sbuf_t          js = {0};
     char               key[200], channel[160];
-    int                nkeys = 0;
+    int                nkeys = 0, next[CHUNK_ENTRIES];
+    char               tail[CHUNK_ENTRIES];
 
     free(c->cmd);
     c->cmd = NULL;
     c->cmdlen = 0;
     c->published = 0;
+    chunk_group(c, next, tail);
     for (int i = c->first; i < c->first + c->n; i++) {
         entry_t *e = &c->b->e[i];
+        int64_t  seen = 0;
+        size_t   nmetrics = 0, npoints = 0;
 
         if ((e->kind != E_TELEMETRY && e->kind != E_STATE) ||
-            (e->kind == E_TELEMETRY && e->tele.npoints == 0))
+            (e->kind == E_TELEMETRY && e->tele.npoints == 0) ||
+            tail[i - c->first])
             continue;
         snprintf(key, sizeof(key), "%s%s", ing.shadow_prefix, e->device);
         fl_resp_str(&keys, key);
@@ -708,29 +760,44 @@ static void chunk_build_cmd(chunk_t *c)
             fl_resp_i64(&args, 0);
             continue;
         }
-        fl_resp_str(&args, "t");
-        fl_resp_i64(&args, e->rx_ms);
-        fl_resp_i64(&args, (int64_t)e->tele.nmetrics);
-        for (size_t p = 0; p < e->tele.npoints; p++) {
-            const fl_point_t *pt = &e->tele.points[p];
+        for (int k = i - c->first; k >= 0; k = next[k]) {
+            const entry_t *g = &c->b->e[c->first + k];
 
-            for (size_t m = 0; m < pt->nmetrics; m++) {
-                fl_resp_str(&args, pt->metrics[m].name);
-                fl_resp_i64(&args, pt->ts_us / 1000);
-                js.len = 0;
-                metric_json(&js, &pt->metrics[m]);
-                fl_resp_arg(&args, js.p, js.len);
+            seen = fl_max(seen, g->rx_ms);
+            nmetrics += g->tele.nmetrics;
+            npoints += g->tele.npoints;
+        }
+        fl_resp_str(&args, "t");
+        fl_resp_i64(&args, seen);
+        fl_resp_i64(&args, (int64_t)nmetrics);
+        for (int k = i - c->first; k >= 0; k = next[k]) {
+            const entry_t *g = &c->b->e[c->first + k];
+
+            for (size_t p = 0; p < g->tele.npoints; p++) {
+                const fl_point_t *pt = &g->tele.points[p];
+
+                for (size_t m = 0; m < pt->nmetrics; m++) {
+                    fl_resp_str(&args, pt->metrics[m].name);
+                    fl_resp_i64(&args, pt->ts_us / 1000);
+                    js.len = 0;
+                    metric_json(&js, &pt->metrics[m]);
+                    fl_resp_arg(&args, js.p, js.len);
+                }
             }
         }
         snprintf(channel, sizeof(channel), "%s%u", ing.channel_prefix,
                  fl_shadow_shard(e->device, cf->redis.channel_shards));
-        fl_resp_i64(&args, (int64_t)e->tele.npoints);
+        fl_resp_i64(&args, (int64_t)npoints);
         fl_resp_str(&args, channel);
-        for (size_t p = 0; p < e->tele.npoints; p++) {
-            point_json(&js, e, p);
-            fl_resp_arg(&args, js.p, js.len);
+        for (int k = i - c->first; k >= 0; k = next[k]) {
+            const entry_t *g = &c->b->e[c->first + k];
+
+            for (size_t p = 0; p < g->tele.npoints; p++) {
+                point_json(&js, g, p);
+                fl_resp_arg(&args, js.p, js.len);
+            }
         }
-        c->published += e->tele.npoints;
+        c->published += npoints;
     }
     fl_sb_free(&js);
     if (nkeys == 0) {

@@ -19,7 +19,7 @@ import time
 import pytest
 
 import stack
-from ingest_util import (Publisher, ingest, now_ms, to_bytes,  # noqa: F401
+from ingest_util import (Publisher, burst, ingest, now_ms, to_bytes,  # noqa: F401
                          uniq)
 
 NOW_SLACK_MS = 1000     # clock reads around "time of arrival"
@@ -372,6 +372,56 @@ def test_fanout_publishes_websocket_form(ingest):
     assert re.fullmatch(r"[1-9][0-9]{15}", a["id"]), a["id"]
     assert int(b["id"]) == int(a["id"]) + 1, (a["id"], b["id"])
     assert abs(int(a["id"]) / 1000 - time.time() * 1000) < 60000, a["id"]
+
+
+@pytest.mark.timeout(120)
+def test_burst_from_one_device_fanned_out_once_in_order(ingest):
+    """A burst from one device puts many of its entries in one chunk, and
+    the script gets them as one record (one HMGET, HSET and LPUSH): every
+    message is still published once, with ids growing in stream order
+    (one worker: publish order), the shadow holds the newest value of each
+    metric - also when an older reading comes late in the burst - and the
+    resume list holds the newest messages, newest first."""
+    ctx = ingest(workers=1)
+    dev = ctx.dev("burst")
+    n, late = 600, 300
+    base = recent_ts()
+    payloads = [{"ts": base + i, "seq": i, "x": i} for i in range(n)]
+    # an older reading in the middle of the burst, with a metric of its own
+    payloads.insert(late, {"ts": base - 5000, "seq": n, "x": -1, "old": 7})
+    rc = ctx.rd_service.client(decode_responses=True)
+    ps = rc.pubsub()
+    ps.psubscribe(ctx.prefix + "tele:*")
+    stack.wait_until(lambda: (ps.get_message(timeout=0.2) or {}).get("type")
+                     == "psubscribe", 10, what="the psubscribe reply")
+    calls0 = ctx.redis.info("commandstats").get("cmdstat_evalsha",
+                                                {}).get("calls", 0)
+    burst(ctx.mq, ctx.topic(dev), payloads)
+    got = []
+    deadline = time.monotonic() + 60
+    while len(got) < n + 1 and time.monotonic() < deadline:
+        m = ps.get_message(timeout=0.5)
+        if m and m["type"] == "pmessage":
+            msg = json.loads(m["data"])
+            if msg.get("device") == dev:
+                got.append(msg)
+    ps.close()
+    rc.close()
+    seqs = [m["values"]["seq"] for m in got]
+    want = [p["seq"] for p in payloads]
+    assert seqs == want, "published %d of %d; first difference at %r" % (
+        len(seqs), len(want),
+        next((i for i, (a, b) in enumerate(zip(seqs, want)) if a != b), None))
+    ids = [int(m["id"]) for m in got]
+    assert all(a < b for a, b in zip(ids, ids[1:])), "ids not increasing"
+    h = ctx.wait_shadow(dev, lambda h: h.get("v:seq") == str(n - 1), 20)
+    assert (h["v:x"], h["v:old"], h["t:x"]) == (str(n - 1), "7", str(base + n - 1)), h
+    calls = ctx.redis.info("commandstats")["cmdstat_evalsha"]["calls"] - calls0
+    print("burst of %d messages: %d script calls" % (n + 1, calls))
+    lst = ctx.redis.lrange(ctx.prefix + "recent:" + dev, 0, 99)
+    assert [json.loads(x)["values"]["seq"] for x in lst] == \
+        list(reversed(want))[:100]
+    ctx.wait_rows(dev, n + 1)
 
 
 # --------------------------------------------------------------- shadow

@@ -30,7 +30,7 @@ import time
 import pytest
 
 import stack
-from ingest_util import ingest, now_ms, to_bytes, uniq  # noqa: F401
+from ingest_util import burst, ingest, now_ms, to_bytes, uniq  # noqa: F401
 
 DAY = 86400000
 
@@ -63,28 +63,6 @@ def counters(ctx):
 
 def delta(after, before):
     return {k: after[k] - before[k] for k in after}
-
-
-def burst(mq, topic, payloads, inflight=100, timeout=60.0):
-    """Publish payloads at QoS 1 on topic as fast as one paho client can
-    with `inflight` messages in flight; return once every PUBACK is in."""
-    import paho.mqtt.client as mqtt
-    c = mqtt.Client(client_id="it-burst-" + uniq(), clean_session=True)
-    c.max_inflight_messages_set(inflight)
-    c.max_queued_messages_set(0)
-    c.connect(mq.host, mq.port, keepalive=30)
-    c.loop_start()
-    try:
-        infos = [c.publish(topic, to_bytes(p), qos=1) for p in payloads]
-        deadline = time.monotonic() + timeout
-        for i in infos:
-            i.wait_for_publish(max(0.1, deadline - time.monotonic()))
-            if not i.is_published():
-                raise AssertionError("no PUBACK for a burst message within "
-                                     "%.0f s" % timeout)
-    finally:
-        c.disconnect()
-        c.loop_stop()
 
 
 def wait_count(ctx, dev, n, timeout=60.0):
