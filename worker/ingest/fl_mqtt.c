@@ -184,6 +184,8 @@
 
 #include "fl_log.h"
 #include "fl_mqtt.h"
+#include "fl_mqttc.h"
+#include "fl_mqttsh.h"
 #include "fl_worker.h"
 
 #define RECONNECT_MIN_MS      100
@@ -191,18 +193,15 @@
 #define REDIS_BACKOFF_MIN_MS  50
 #define REDIS_BACKOFF_MAX_MS  1000
 #define REDIS_LOG_EVERY_MS    10000
-#define DEAD_PAYLOAD_BYTES    1024
 #define OVERSIZE_LOG_EVERY_MS 1000
 #define PUB_MAX_QUEUE         1000
 #define PUB_MAX_BYTES         (16 * 1024 * 1024)
 #define DISCONNECT_TIMEOUT_MS 1000
 #define FAST_DISCONNECT_MS    100
 #define CTL_JOIN_MS           2000
-#define HANDOFF_POLL_MS       50
+#define HANDOFF_POLL_MS       FL_MQTTSH_HANDOFF_POLL_MS
 /* Broker redeliveries (see the top of the file). */
-#define DEDUP_ID_SPACE     65535 /* packet ids 1 .. 65535, then 1 again */
-#define DEDUP_MAX_SLOTS    21845 /* 65535 / 3: every slot serves >= 3 ids */
-#define DEDUP_REFRESH_MS   60000 /* PEXPIRE the record at most this often */
+#define DEDUP_REFRESH_MS   FL_MQTTSH_DEDUP_REFRESH_MS
 #define DEDUP_LOG_EVERY_MS 10000
 /* Maximum Packet Size we announce: the broker never sends us more, so a
  * device cannot make a worker allocate 256 MB. Between max_payload_bytes
@@ -294,6 +293,7 @@ static struct {
     char                  *dead_key;
     char                   ingest_maxlen[24];
     char                   dead_maxlen[24];
+    fl_mqttsh_stream_t     stream;
     char                  *dedup_prefix; /* {prefix}dedup: */
     unsigned               dedup_slots;  /* N */
     char                   dedup_ttl[24];
@@ -360,8 +360,7 @@ static void sleep_ms(int64_t ms)
  * fleet) do not reconnect in step. Called with mq.lock held. */
 static int64_t jitter(int64_t ms)
 {
-    mq.rand_state = mq.rand_state * 1103515245u + 12345u;
-    return ms / 2 + (int64_t)((mq.rand_state >> 8) % (uint64_t)(ms / 2 + 1));
+    return fl_mqttsh_jitter(&mq.rand_state, ms);
 }
 
 static const char *reason_text(int code)
@@ -855,41 +854,16 @@ typedef struct {
     char        value[32]; /* "<packet id>:<hash, 16 hex digits>" */
 } mrecord_t;
 
-/* N for R = mqtt.receive_max: the smallest divisor of 65535 not below R,
- * so that id % N follows the ids around their wrap; at most 21845. */
-static unsigned dedup_ring(int r)
-{
-    for (unsigned n = (unsigned)fl_max(r, 1); n < DEDUP_MAX_SLOTS; n++)
-        if (DEDUP_ID_SPACE % n == 0)
-            return n;
-    return DEDUP_MAX_SLOTS;
-}
-
-/* FNV-1a 64 over topic, a 0 byte, payload. */
-static uint64_t msg_hash(const char *topic, size_t tlen, const void *payload,
-                         size_t plen)
-{
-    const unsigned char *p = (const unsigned char *)topic;
-    uint64_t             h = 0xcbf29ce484222325ULL;
-
-    for (size_t i = 0; i < tlen; i++)
-        h = (h ^ p[i]) * 0x100000001b3ULL;
-    h *= 0x100000001b3ULL; /* the 0 byte: h ^ 0 == h */
-    p = payload;
-    for (size_t i = 0; i < plen; i++)
-        h = (h ^ p[i]) * 0x100000001b3ULL;
-    return h;
-}
-
 static void record_init(mrecord_t *rec, msession_t *s, int msgid,
                         const char *topic, size_t tlen, const void *payload,
                         size_t plen)
 {
+    fl_mqttsh_record_t r;
+
+    fl_mqttsh_record(&r, mq.dedup_slots, msgid, topic, tlen, payload, plen);
     rec->s = s;
-    snprintf(rec->field, sizeof(rec->field), "%u",
-             (unsigned)msgid % mq.dedup_slots);
-    snprintf(rec->value, sizeof(rec->value), "%d:%016" PRIx64, msgid,
-             msg_hash(topic, tlen, payload, plen));
+    memcpy(rec->field, r.field, sizeof(rec->field));
+    memcpy(rec->value, r.value, sizeof(rec->value));
 }
 
 /* Is the message of rec in the stream already? 1 yes, 0 no, FL_ERROR on a
@@ -1055,20 +1029,6 @@ static void dedup_reset(msession_t *s)
     __atomic_sub_fetch(&mq.in_cb, 1, __ATOMIC_SEQ_CST);
 }
 
-/* A topic for a log line: cut, and control characters replaced (it is
- * the device's). */
-static const char *safe_topic(char *buf, size_t size, const char *topic,
-                              size_t tlen)
-{
-    size_t n = fl_min(tlen, size - 1);
-
-    for (size_t i = 0; i < n; i++)
-        buf[i] =
-            (unsigned char)topic[i] < 0x20 || topic[i] == 0x7f ? '?' : topic[i];
-    buf[n] = '\0';
-    return buf;
-}
-
 /* At most one line per OVERSIZE_LOG_EVERY_MS: a device can send many. */
 static void oversize_log(const char *topic, size_t tlen, int plen)
 {
@@ -1081,7 +1041,7 @@ static void oversize_log(const char *topic, size_t tlen, int plen)
     }
     fl_warn("message on %s dead-lettered: payload of %d bytes exceeds "
             "limits.max_payload_bytes (%" PRId64 ")%s",
-            safe_topic(t, sizeof(t), topic, tlen), plen, mq.max_payload,
+            fl_mqttsh_safe_topic(t, sizeof(t), topic, tlen), plen, mq.max_payload,
             mq.oversize_quiet ? " (and earlier ones not logged)" : "");
     mq.oversize_logged_at = now;
     mq.oversize_quiet = 0;
@@ -1103,55 +1063,22 @@ static int on_message(void *ctx, char *topic, int topic_len,
 {
     size_t      tlen = topic_len > 0 ? (size_t)topic_len : strlen(topic);
     size_t      plen = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
-    int         oversize = (int64_t)plen > mq.max_payload;
+    int         oversize;
     int         recorded = ctx != NULL && msg->qos > 0 && msg->msgid > 0;
     int         check = recorded && msg->dup, tried = 0, found = 0;
     char        rx[24], error[160], t[129];
-    const char *argv[16];
-    size_t      lens[16];
-    int         argc = 0;
+    const char *argv[FL_MQTTSH_ARGV_MAX];
+    size_t      lens[FL_MQTTSH_ARGV_MAX];
+    int         argc;
     mrecord_t   rec;
 
     __atomic_add_fetch(&mq.in_cb, 1, __ATOMIC_SEQ_CST);
     fl_shm_add(mq.stats->mqtt_received, 1);
     snprintf(rx, sizeof(rx), "%" PRId64, fl_wall_ms());
 
-#define ARG(s, n) (argv[argc] = (s), lens[argc] = (n), argc++)
-    ARG("XADD", 4);
-    if (!oversize) {
-        ARG(mq.ingest_key, strlen(mq.ingest_key));
-        ARG("MAXLEN", 6);
-        ARG("~", 1);
-        ARG(mq.ingest_maxlen, strlen(mq.ingest_maxlen));
-        ARG("*", 1);
-        ARG("t", 1);
-        ARG(topic, tlen);
-        ARG("p", 1);
-        ARG(plen ? (const char *)msg->payload : "", plen);
-        ARG("r", 1);
-        ARG(rx, strlen(rx));
-    } else {
-        snprintf(error, sizeof(error),
-                 "payload of %zu bytes exceeds limits.max_payload_bytes "
-                 "(%" PRId64 ")",
-                 plen, mq.max_payload);
-        ARG(mq.dead_key, strlen(mq.dead_key));
-        ARG("MAXLEN", 6);
-        ARG("~", 1);
-        ARG(mq.dead_maxlen, strlen(mq.dead_maxlen));
-        ARG("*", 1);
-        ARG("topic", 5);
-        ARG(topic, tlen);
-        ARG("reason", 6);
-        ARG("too_large", 9);
-        ARG("error", 5);
-        ARG(error, strlen(error));
-        ARG("payload", 7);
-        ARG((const char *)msg->payload, fl_min(plen, DEAD_PAYLOAD_BYTES));
-        ARG("rx", 2);
-        ARG(rx, strlen(rx));
-    }
-#undef ARG
+    argc = fl_mqttsh_xadd_argv(&mq.stream, topic, tlen, msg->payload, plen,
+                               rx, error, sizeof(error), argv, lens,
+                               &oversize);
 
     if (recorded)
         record_init(&rec, ctx, msg->msgid, topic, tlen, msg->payload, plen);
@@ -1185,13 +1112,13 @@ static int on_message(void *ctx, char *topic, int topic_len,
         fl_shm_add(mq.stats->mqtt_duplicates, 1);
         fl_debug("message %d on %s redelivered by the broker to \"%s\" is in "
                  "the stream already: acknowledged, not appended again",
-                 msg->msgid, safe_topic(t, sizeof(t), topic, tlen),
+                 msg->msgid, fl_mqttsh_safe_topic(t, sizeof(t), topic, tlen),
                  rec.s->client_id);
     } else {
         if (found)
             fl_info("message %d on %s: the append whose reply was lost had "
                     "gone through; not appended again",
-                    msg->msgid, safe_topic(t, sizeof(t), topic, tlen));
+                    msg->msgid, fl_mqttsh_safe_topic(t, sizeof(t), topic, tlen));
         if (oversize) {
             fl_shm_add(mq.stats->mqtt_oversize, 1);
             oversize_log(topic, tlen, msg->payloadlen);
@@ -1402,27 +1329,7 @@ static void ctl_disconnect(void)
  */
 static pid_t slot_holder(int *newer)
 {
-    for (int i = 0; i < FL_SHM_ENTRIES; i++) {
-        const fl_shm_worker_t *e = &fl_shm->w[i];
-        uint32_t               gen;
-        int                    st, dep;
-        pid_t                  pid;
-
-        if (e == mq.stats || fl_shm_load(e->slot) != mq.slot)
-            continue;
-        gen = fl_shm_load(e->generation);
-        st = fl_shm_load(e->state);
-        pid = fl_shm_load(e->pid);
-        if (gen == mq.generation ||
-            (st != FL_W_STARTING && st != FL_W_READY && st != FL_W_DRAINING) ||
-            pid <= 0 || (kill(pid, 0) == -1 && errno == ESRCH))
-            continue;
-        dep = fl_shm_load(e->dep[FL_DEP_MQTT]);
-        *newer = gen > mq.generation;
-        if (*newer || dep == FL_DEP_UP || dep == FL_DEP_CONNECTING)
-            return pid;
-    }
-    return 0;
+    return fl_mqttsh_slot_holder(mq.stats, mq.slot, mq.generation, newer);
 }
 
 /* Whether the next connect must wait for another worker of our slot (see
@@ -1552,6 +1459,8 @@ static void *ctl_main(void *arg)
 
 /* ---- publish (any thread) ---- */
 
+static int native; /* the native client is in use (mqtt_init) */
+
 int fl_mqtt_publish(const char *topic, const void *payload, size_t len, int qos)
 {
     return fl_mqtt_publish_ex(topic, payload, len, qos, 0, 0, NULL, NULL);
@@ -1569,6 +1478,9 @@ int fl_mqtt_publish_ex(const char *topic, const void *payload, size_t len,
         strpbrk(topic, "+#") != NULL || qos < 0 || qos > 2 || len > INT_MAX ||
         (len > 0 && payload == NULL))
         return FL_ERROR;
+    if (native)
+        return fl_mqttc_publish(topic, payload, len, qos, retain, expiry_s, cb,
+                                ud);
 
     p = fl_calloc(1, sizeof(*p));
     p->topic = fl_strdup(topic);
@@ -2035,7 +1947,12 @@ static void conf_copy(const fl_worker_t *w)
     snprintf(mq.dead_maxlen, sizeof(mq.dead_maxlen), "%" PRId64,
              cf->redis.dead_letter_maxlen);
     mq.dedup_prefix = concat(cf->redis.prefix, "dedup:");
-    mq.dedup_slots = dedup_ring(mq.receive_max);
+    mq.stream.ingest_key = mq.ingest_key;
+    mq.stream.dead_key = mq.dead_key;
+    mq.stream.ingest_maxlen = mq.ingest_maxlen;
+    mq.stream.dead_maxlen = mq.dead_maxlen;
+    mq.stream.max_payload = mq.max_payload;
+    mq.dedup_slots = fl_mqttsh_dedup_ring(mq.receive_max);
     /* at least 2 x session_expiry after the last append: the PEXPIRE is
      * at most DEDUP_REFRESH_MS older than that */
     snprintf(mq.dedup_ttl, sizeof(mq.dedup_ttl), "%" PRId64,
@@ -2048,7 +1965,7 @@ static void conf_copy(const fl_worker_t *w)
     mq.generation = w->generation;
 }
 
-static int mqtt_init(fl_worker_t *w)
+static int paho_init(fl_worker_t *w)
 {
     MQTTAsync_createOptions co = MQTTAsync_createOptions_initializer5;
     pthread_condattr_t      ca;
@@ -2119,7 +2036,7 @@ static int mqtt_init(fl_worker_t *w)
     return FL_OK;
 }
 
-static void mqtt_stop(fl_worker_t *w, int fast)
+static void paho_stop(fl_worker_t *w, int fast)
 {
     int was;
 
@@ -2136,7 +2053,7 @@ static void mqtt_stop(fl_worker_t *w, int fast)
                 mq.uri, mq.client_id);
 }
 
-static int mqtt_busy(fl_worker_t *w)
+static int paho_busy(fl_worker_t *w)
 {
     int n = __atomic_load_n(&mq.in_cb, __ATOMIC_SEQ_CST);
 
@@ -2157,7 +2074,7 @@ static int mqtt_busy(fl_worker_t *w)
  * was still being retried is then never acknowledged, and the broker
  * redelivers it.
  */
-static void mqtt_destroy(fl_worker_t *w)
+static void paho_destroy(fl_worker_t *w)
 {
     struct timespec ts;
     int             joined = 0, idle;
@@ -2198,6 +2115,56 @@ static void mqtt_destroy(fl_worker_t *w)
     redis_drop();
     pthread_cond_destroy(&mq.cond);
     conf_free();
+}
+
+/*
+ * The module picks its client by the broker's uri: the native client on
+ * the loop (fl_mqttc.c) for plain TCP, paho for TLS (and WebSockets),
+ * which the native client does not speak. Either way the retire thread
+ * below, with its own paho client, and the config copies in mq are set up
+ * here: the retire thread reads them.
+ */
+static int mqtt_init(fl_worker_t *w)
+{
+    native = fl_mqttsh_uri_native(w->cf->mqtt.uri);
+    if (!native)
+        return paho_init(w);
+    conf_copy(w);
+    if (fl_mqttc_init(w) != FL_OK) {
+        conf_free();
+        return FL_ERROR;
+    }
+    retire_start(w);
+    return FL_OK;
+}
+
+static void mqtt_stop(fl_worker_t *w, int fast)
+{
+    if (native)
+        fl_mqttc_stop(w, fast);
+    else
+        paho_stop(w, fast);
+}
+
+static int mqtt_busy(fl_worker_t *w)
+{
+    if (native)
+        return fl_mqttc_busy(w) + __atomic_load_n(&mq.in_cb, __ATOMIC_SEQ_CST);
+    return paho_busy(w);
+}
+
+static void mqtt_destroy(fl_worker_t *w)
+{
+    if (!native) {
+        paho_destroy(w);
+        return;
+    }
+    fl_mqttc_destroy(w);
+    /* a retire thread stuck in paho keeps using the copies: leave them */
+    if (retire_stop() == FL_OK && !__atomic_load_n(&mq.in_cb, __ATOMIC_SEQ_CST)) {
+        redis_drop();
+        conf_free();
+    }
 }
 
 const fl_module_t fl_mqtt_module = {

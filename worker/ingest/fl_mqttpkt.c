@@ -962,14 +962,23 @@ int fl_mqtt_put_publish(fl_sbuf_t *b, fl_mqtt_str_t topic, int qos,
                         unsigned flags, uint16_t packet_id, const void *payload,
                         size_t len)
 {
-    size_t         rem;
+    return fl_mqtt_put_publish_expiry(b, topic, qos, flags, packet_id, payload,
+                                      len, 0);
+}
+
+int fl_mqtt_put_publish_expiry(fl_sbuf_t *b, fl_mqtt_str_t topic, int qos,
+                               unsigned flags, uint16_t packet_id,
+                               const void *payload, size_t len,
+                               uint32_t expiry_s)
+{
+    size_t         rem, plen = expiry_s ? 5 : 0;
     unsigned char *p;
 
     if ((qos != 0 && qos != 1) || (flags & ~(FL_MQTT_RETAIN | FL_MQTT_DUP)) ||
         !fl_mqtt_topic_ok(topic) ||
         (qos ? packet_id == 0 : packet_id != 0 || (flags & FL_MQTT_DUP)))
         return FL_ERROR;
-    rem = 2 + topic.len + (qos ? 2 : 0) + 1;
+    rem = 2 + topic.len + (qos ? 2 : 0) + 1 + plen;
     if (len > FL_MQTT_VBI_MAX - rem)
         return FL_ERROR;
     rem += len;
@@ -977,7 +986,11 @@ int fl_mqtt_put_publish(fl_sbuf_t *b, fl_mqtt_str_t topic, int qos,
     p = put_str(p, topic.p, topic.len);
     if (qos)
         p = put_u16(p, packet_id);
-    *p++ = 0;
+    *p++ = (unsigned char)plen;
+    if (expiry_s) {
+        *p++ = FL_MQTT_PROP_MESSAGE_EXPIRY;
+        p = put_u32(p, expiry_s);
+    }
     p = put_bytes(p, payload, len);
     put_end(b, p);
     return FL_OK;

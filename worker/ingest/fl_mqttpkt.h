@@ -364,6 +364,13 @@ int fl_mqtt_put_publish(fl_sbuf_t *b, fl_mqtt_str_t topic, int qos,
                         unsigned flags, uint16_t packet_id, const void *payload,
                         size_t len);
 
+/* fl_mqtt_put_publish() with a Message Expiry Interval of expiry_s
+ * seconds in its properties (none when 0). */
+int fl_mqtt_put_publish_expiry(fl_sbuf_t *b, fl_mqtt_str_t topic, int qos,
+                               unsigned flags, uint16_t packet_id,
+                               const void *payload, size_t len,
+                               uint32_t expiry_s);
+
 /* PUBACK: the 2-byte short form for reason 0, else 3 bytes. Refused:
  * packet_id 0, a reason not in the PUBACK table. */
 int fl_mqtt_put_puback(fl_sbuf_t *b, uint16_t packet_id, int reason);
