@@ -1119,8 +1119,10 @@ static void redis_tick(int64_t now)
 
 /* ---- the broker connection ---- */
 
-/* Read the broker while Redis keeps up, not while it is down, not past
- * the FIFO's bounds, not once stopping. */
+/* Read the broker while Redis keeps up, not past the FIFO's bounds, not
+ * once stopping. While Redis is down, only until a message waits for it:
+ * as paho's receive thread takes one message into its callback, so that
+ * the worker holds what the broker sent, not more. */
 static void read_update(void)
 {
     int want;
@@ -1128,7 +1130,8 @@ static void read_update(void)
     if (mc.bev == NULL)
         return;
     want = mc.state == C_CONNECTING ||
-           (mc.state == C_UP && !mc.stopping && mc.fail_since == 0 &&
+           (mc.state == C_UP && !mc.stopping &&
+            (mc.fail_since == 0 || mc.npending == 0) &&
             mc.inflight_in < mc.receive_max && mc.npending < PENDING_MAX &&
             mc.pending_bytes < PENDING_MAX_BYTES);
     if (want == mc.reading)
@@ -1308,6 +1311,7 @@ static int on_publish(const fl_mqtt_packet_t *pk)
                          e->tlen, e->payload, e->plen);
     entry_push(e);
     redis_pump();
+    read_update();
     return FL_OK;
 }
 
