@@ -160,6 +160,12 @@ void test_mqtt_put_subscribe_refused(void);
 void test_mqtt_put_unsubscribe(void);
 void test_mqtt_put_publish(void);
 void test_mqtt_put_publish_refused(void);
+void test_mqtt_put_publish_expiry(void);
+void test_mqttsh_dedup_ring(void);
+void test_mqttsh_hash_record(void);
+void test_mqttsh_xadd_argv(void);
+void test_mqttsh_jitter(void);
+void test_mqttsh_parse_uri(void);
 void test_mqtt_put_puback(void);
 void test_mqtt_put_pingreq_disconnect(void);
 void test_mqtt_put_appends(void);
@@ -334,6 +340,12 @@ static const fl_test_t tests[] = {
     {"mqtt_put_unsubscribe", test_mqtt_put_unsubscribe},
     {"mqtt_put_publish", test_mqtt_put_publish},
     {"mqtt_put_publish_refused", test_mqtt_put_publish_refused},
+    {"mqtt_put_publish_expiry", test_mqtt_put_publish_expiry},
+    {"mqttsh_dedup_ring", test_mqttsh_dedup_ring},
+    {"mqttsh_hash_record", test_mqttsh_hash_record},
+    {"mqttsh_xadd_argv", test_mqttsh_xadd_argv},
+    {"mqttsh_jitter", test_mqttsh_jitter},
+    {"mqttsh_parse_uri", test_mqttsh_parse_uri},
     {"mqtt_put_puback", test_mqtt_put_puback},
     {"mqtt_put_pingreq_disconnect", test_mqtt_put_pingreq_disconnect},
     {"mqtt_put_appends", test_mqtt_put_appends},
