@@ -2126,7 +2126,12 @@ static void paho_destroy(fl_worker_t *w)
  */
 static int mqtt_init(fl_worker_t *w)
 {
-    native = fl_mqttsh_uri_native(w->cf->mqtt.uri);
+    const char *force = getenv("FLEETD_MQTT_PAHO");
+
+    /* FLEETD_MQTT_PAHO=1: paho for plain TCP too, so that the integration
+     * tests (which run plain TCP) can check the paho path */
+    native = fl_mqttsh_uri_native(w->cf->mqtt.uri) &&
+             !(force && strcmp(force, "1") == 0);
     if (!native)
         return paho_init(w);
     conf_copy(w);

@@ -909,6 +909,18 @@ static void redis_pump(void)
 
 /* ---- the intake's Redis connection ---- */
 
+/* The intake connection takes commands. With nothing waiting, Redis is
+ * back as far as we can tell (dep[] must not stay down on an idle
+ * worker); otherwise the first answer says so. */
+static void redis_ready(void)
+{
+    mc.rd_ready = 1;
+    mc.rd_connect_deadline = 0;
+    if (mc.head == NULL)
+        redis_recovered();
+    redis_pump();
+}
+
 static void on_rd_connect(const redisAsyncContext *c, int status)
 {
     if (c != mc.redis)
@@ -919,11 +931,8 @@ static void on_rd_connect(const redisAsyncContext *c, int status)
                    mc.redis_port, c->errstr);
         return;
     }
-    if (mc.redis_password[0] == '\0') {
-        mc.rd_ready = 1;
-        mc.rd_connect_deadline = 0;
-        redis_pump();
-    }
+    if (mc.redis_password[0] == '\0')
+        redis_ready();
 }
 
 static void on_rd_disconnect(const redisAsyncContext *c, int status)
@@ -947,9 +956,7 @@ static void on_auth(redisAsyncContext *c, void *r, void *priv)
                    reply ? reply->str : c->errstr);
         return;
     }
-    mc.rd_ready = 1;
-    mc.rd_connect_deadline = 0;
-    redis_pump();
+    redis_ready();
 }
 
 static void redis_connect_addr(const char *ip)
@@ -1159,13 +1166,14 @@ static void sub_retry(void)
 
 static void subscribe(void)
 {
-    fl_mqtt_sub_t subs[64];
-    int           n = fl_min(mc.ntopics, 64);
-    uint16_t      id;
+    fl_mqtt_sub_t *subs;
+    int            n = mc.ntopics, rc;
+    uint16_t       id;
 
     mc.sub_pending = 0;
     if (n == 0)
         return;
+    subs = fl_calloc((size_t)n, sizeof(*subs));
     for (int i = 0; i < n; i++) {
         subs[i].filter = (fl_mqtt_str_t){mc.topics[i], strlen(mc.topics[i])};
         subs[i].qos = (uint8_t)mc.qos;
@@ -1174,7 +1182,9 @@ static void subscribe(void)
         subs[i].retain_handling = 1; /* retained messages only when new */
     }
     id = id_take();
-    if (fl_mqtt_put_subscribe(&mc.out, id, 0, subs, (size_t)n) != FL_OK) {
+    rc = fl_mqtt_put_subscribe(&mc.out, id, 0, subs, (size_t)n);
+    free(subs);
+    if (rc != FL_OK) {
         fl_error("SUBSCRIBE to %s on mqtt broker %s: a topic filter is not "
                  "valid",
                  mc.topics[0], mc.uri);
