@@ -2,6 +2,13 @@
  * fl_mqtt.c - MQTT intake (see fl_mqtt.h): every message is in the Redis
  * stream before its PUBACK leaves.
  *
+ * Since issue 10 this file's paho client serves TLS (and WebSocket)
+ * brokers only; plain TCP goes to the native client on the loop
+ * (fl_mqttc.c), which keeps every rule below but schedules the appends
+ * differently (pipelined, see its top). The module (mqtt_init) picks one;
+ * the retire thread and its paho client serve both. What both append and
+ * record is in fl_mqttsh.c.
+ *
  * What paho-mqtt-c 1.3.12 does, read in its source (eclipse/paho.mqtt.c,
  * tag v1.3.12 = commit f7799da; Debian's 1.3.12-1 patches none of this):
  *

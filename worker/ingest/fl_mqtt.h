@@ -1,5 +1,9 @@
 /*
- * fl_mqtt.h - MQTT intake: the worker's MQTT 5 client (paho MQTTAsync).
+ * fl_mqtt.h - MQTT intake: the worker's MQTT 5 client. For a plain-TCP
+ * broker (mqtt.uri tcp:// or mqtt://) the native client on the worker's
+ * loop (fl_mqttc.c), for TLS (ssl://, mqtts://) and WebSockets paho
+ * MQTTAsync (fl_mqtt.c); both keep what this header says, and share the
+ * stream entry, the dedup record and the slot handoff (fl_mqttsh.h).
  *
  * One client per worker, client id fleetd-{node_id}-w{slot} (or
  * mqtt.client_id + "-w{slot}"), clean start off with a session expiry, one
@@ -8,7 +12,7 @@
  * (fields t = topic, p = payload, r = arrival wall ms) before paho sends
  * its PUBACK; payloads over limits.max_payload_bytes go to {prefix}dead
  * instead. See fl_mqtt.c for what paho guarantees and why the design
- * depends on it.
+ * depends on it, fl_mqttc.c for the native client's pipelined appends.
  *
  * Broker redeliveries (details at the top of fl_mqtt.c). The append of a
  * QoS 1 message is MULTI, XADD, HSET {prefix}dedup:{client id} <packet id
@@ -49,7 +53,9 @@ extern const fl_module_t fl_mqtt_module;
  * Publish a message through this worker's MQTT connection (commands to
  * devices). Safe from any thread; never blocks on paho or the network: the
  * message is copied into a bounded queue that the module's control thread
- * hands to paho. qos is 0, 1 or 2; topic must not contain wildcards.
+ * hands to paho, or (native client) that the loop writes out, taken over
+ * from other threads through a locked inbox. qos is 0, 1 or 2 (the native
+ * client sends 2 as 1); topic must not contain wildcards.
  *
  * Returns FL_OK when queued (delivery is asynchronous: a failure after
  * this point is logged, not reported), FL_ERROR when not connected, the
