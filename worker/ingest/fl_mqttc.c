@@ -226,6 +226,7 @@ static struct {
     unsigned            rand_state;
     int                 stopping;
     int                 fast;
+    int64_t             stop_at;
 
     /* our publishes: queued, then (QoS 1) in flight until PUBACK */
     pub_t *pub_head, *pub_tail;
@@ -421,6 +422,8 @@ static void pub_acked(uint16_t id, int reason)
         p->cb(reason < 0x80, reason < 0x80 ? NULL : why, p->ud);
     pub_free(p);
     pub_flush();
+    if (mc.stopping)
+        maybe_disconnect();
 }
 
 static void pub_enqueue(pub_t *p)
@@ -530,9 +533,7 @@ static void open_update(void)
 
 static void entry_free(entry_t *e)
 {
-    free(e->topic);
-    free(e->payload);
-    free(e);
+    free(e); /* topic and payload are in the same block (on_publish) */
 }
 
 static void entry_push(entry_t *e)
@@ -838,7 +839,6 @@ static int send_append(entry_t *e)
     argc = fl_mqttsh_xadd_argv(&mc.stream, e->topic, e->tlen, e->payload,
                                e->plen, e->rx, error, sizeof(error), argv,
                                lens, &oversize);
-    e->oversize = oversize;
     e->multi_err = e->xadd_id = 0;
     if (e->packet_id == 0)
         return redisAsyncCommandArgv(mc.redis, on_xadd, e, argc, argv, lens) ==
@@ -1126,18 +1126,20 @@ static void redis_tick(int64_t now)
 
 /* ---- the broker connection ---- */
 
-/* Read the broker while Redis keeps up, not past the FIFO's bounds, not
- * once stopping. While Redis is down, only until a message waits for it:
- * as paho's receive thread takes one message into its callback, so that
- * the worker holds what the broker sent, not more. */
+/* Read the broker while Redis keeps up, not past the FIFO's bounds.
+ * While Redis is down, only until a message waits for it: as paho's
+ * receive thread takes one message into its callback, so that the worker
+ * holds what the broker sent, not more. While stopping, always: PUBLISHes
+ * are then left to the session (on_publish), and the PUBACKs of our own
+ * publishes must be read. */
 static void read_update(void)
 {
     int want;
 
     if (mc.bev == NULL)
         return;
-    want = mc.state == C_CONNECTING ||
-           (mc.state == C_UP && !mc.stopping &&
+    want = mc.state == C_CONNECTING || (mc.state == C_UP && mc.stopping) ||
+           (mc.state == C_UP &&
             (mc.fail_since == 0 || mc.npending == 0) &&
             mc.inflight_in < mc.receive_max && mc.npending < PENDING_MAX &&
             mc.pending_bytes < PENDING_MAX_BYTES);
@@ -1287,6 +1289,11 @@ static int on_publish(const fl_mqtt_packet_t *pk)
         conn_close(FL_MQTT_RC_PROTOCOL, 0, "PUBLISH before CONNACK");
         return FL_ERROR;
     }
+    /* stopping: take no new work. Not acknowledged, a QoS 1 message stays
+     * in the session, and the next worker of the slot gets it (DUP, its
+     * look-up finds no record: appended) */
+    if (mc.stopping)
+        return FL_OK;
     if (pk->qos > 1) {
         conn_close(FL_MQTT_RC_PROTOCOL, 0, "QoS 2 PUBLISH on a QoS 1 "
                                            "subscription");
@@ -1302,20 +1309,23 @@ static int on_publish(const fl_mqtt_packet_t *pk)
                 mc.uri, mc.receive_max, mc.client_id);
     }
     fl_shm_add(mc.stats->mqtt_received, 1);
-    e = fl_calloc(1, sizeof(*e));
+    /* one allocation: the entry, its topic (NUL-terminated), its payload */
+    e = fl_alloc(sizeof(*e) + pk->topic.len + 1 + pk->payload.len);
+    memset(e, 0, sizeof(*e));
     e->kind = E_MSG;
     e->conn = mc.conn;
     e->packet_id = pk->qos ? pk->packet_id : 0;
     e->check = pk->qos && pk->dup;
     snprintf(e->rx, sizeof(e->rx), "%" PRId64, fl_wall_ms());
     e->tlen = pk->topic.len;
-    e->topic = fl_alloc(e->tlen + 1);
+    e->topic = (char *)(e + 1);
     memcpy(e->topic, pk->topic.p, e->tlen);
     e->topic[e->tlen] = '\0';
     e->plen = pk->payload.len;
-    e->payload = fl_alloc(e->plen ? e->plen : 1);
+    e->payload = (unsigned char *)e->topic + e->tlen + 1;
     if (e->plen)
         memcpy(e->payload, pk->payload.p, e->plen);
+    e->oversize = (int64_t)e->plen > mc.stream.max_payload;
     if (e->packet_id)
         fl_mqttsh_record(&e->rec, mc.dedup_slots, e->packet_id, e->topic,
                          e->tlen, e->payload, e->plen);
@@ -1525,15 +1535,21 @@ static void conn_close(int reason, int takeover, const char *why)
 }
 
 /* Stopping: once every message of this connection is answered and its
- * PUBACK written, say DISCONNECT (reason 0, the session kept) and close
+ * PUBACK written, and our publishes are out and acknowledged (or the
+ * DISCONNECT timeout since the stop passed: paho's disconnect waits as
+ * long for them), say DISCONNECT (reason 0, the session kept) and close
  * when it is out. */
 static void maybe_disconnect(void)
 {
+    int64_t wait_ms = mc.fast ? FAST_DISCONNECT_MS : DISCONNECT_TIMEOUT_MS;
+
     if (mc.state != C_UP)
         return;
     for (entry_t *e = mc.head; e; e = e->next)
         if (e->conn == mc.conn && e->kind == E_MSG && e->packet_id)
             return;
+    if ((mc.pub_head || mc.fly_head) && fl_now_ms() - mc.stop_at < wait_ms)
+        return;
     fl_mqtt_put_disconnect(&mc.out, 0, NULL);
     mqtt_send();
     mc.state = C_DISCONNECTING;
@@ -1598,8 +1614,10 @@ static void on_tick(evutil_socket_t fd, short what, void *arg)
             if (!mc.ping_at)
                 mc.ping_at = now;
         }
-        if (mc.sub_pending && now >= mc.sub_at)
+        if (mc.sub_pending && now >= mc.sub_at && !mc.stopping)
             subscribe();
+        if (mc.stopping)
+            maybe_disconnect();
         break;
     case C_DISCONNECTING:
         if (now >= mc.disconnect_deadline)
@@ -1748,6 +1766,8 @@ void fl_mqttc_stop(fl_worker_t *w, int fast)
     int was = mc.stopping;
 
     (void)w;
+    if (!was)
+        mc.stop_at = fl_now_ms();
     mc.stopping = 1;
     if (fast)
         mc.fast = 1;
@@ -1763,7 +1783,6 @@ void fl_mqttc_stop(fl_worker_t *w, int fast)
     case C_CONNECTING: conn_close(-1, 0, "stopping before CONNACK"); break;
     case C_UP:
         read_update();
-        pub_fail_all("the MQTT client is stopping");
         maybe_disconnect();
         break;
     case C_DISCONNECTING:
