@@ -99,6 +99,12 @@ struct fl_ws_conn_s {
     uint32_t      qoff; /* bytes of qh->f already written */
     fl_ws_subs_t  subs;
     fl_ws_op_t   *op;
+    /* the seam of the last resume (fl_ws_op_done): per device the newest
+     * id the replay sent, until Pub/Sub brings a newer message */
+    fl_ws_dev_t **seam_dev;
+    fl_ws_id_t   *seam_upto;
+    fl_ws_id_t    seam_max;
+    int           nseam;
     cfl_t        *cfl;
     int64_t       deadline; /* heartbeat due, or closing: give up */
     int64_t       over_since;
@@ -443,9 +449,62 @@ static void cfl_send(fl_ws_conn_t *c)
     cfl_free(c);
 }
 
+/*
+ * The seam of a resume, after its op is done. The op holds what Pub/Sub
+ * brings while the resume lists are read and drops what the replay
+ * covers (covered()); but the answer of the list read and a message
+ * published just before it come on two connections, and the message can
+ * be read after the answer: then it reaches the client live, after the
+ * replay sent it. So the replay's newest id per device stays until
+ * Pub/Sub brings a message newer than all of them (ids grow in the order
+ * Pub/Sub delivers), and live messages at or below it are dropped.
+ */
+static void seam_clear(fl_ws_conn_t *c)
+{
+    for (int i = 0; i < c->nseam; i++)
+        fl_ws_dev_unref(c->seam_dev[i]);
+    free(c->seam_dev);
+    free(c->seam_upto);
+    c->seam_dev = NULL;
+    c->seam_upto = NULL;
+    c->nseam = 0;
+}
+
+static void seam_set(fl_ws_conn_t *c, fl_ws_dev_t *const *devs,
+                     const fl_ws_id_t *upto, int ndevs)
+{
+    seam_clear(c);
+    c->seam_dev = fl_calloc((size_t)ndevs, sizeof(*c->seam_dev));
+    c->seam_upto = fl_calloc((size_t)ndevs, sizeof(*c->seam_upto));
+    c->seam_max = 0;
+    for (int i = 0; i < ndevs; i++) {
+        c->seam_dev[i] = devs[i];
+        devs[i]->refs++;
+        c->seam_upto[i] = upto[i];
+        c->seam_max = fl_max(c->seam_max, upto[i]);
+    }
+    c->nseam = ndevs;
+}
+
+/* 1 when f is a live message the last resume's replay sent already */
+static int seam_covers(fl_ws_conn_t *c, const fl_ws_frame_t *f)
+{
+    if (c->nseam == 0 || f->dev == NULL)
+        return 0;
+    if (f->id > c->seam_max) {
+        seam_clear(c);
+        return 0;
+    }
+    for (int i = 0; i < c->nseam; i++) {
+        if (c->seam_dev[i] == f->dev)
+            return f->id <= c->seam_upto[i];
+    }
+    return 0;
+}
+
 void fl_ws_send_telemetry(fl_ws_conn_t *c, fl_ws_frame_t *f)
 {
-    if (c->closing || c->gone)
+    if (c->closing || c->gone || seam_covers(c, f))
         return;
     if (c->cfl == NULL &&
         c->qbytes + f->len <= (size_t)ws.cf->limits.ws_send_buffer) {
@@ -601,6 +660,7 @@ static void conn_events(fl_ws_conn_t *c)
 
 static void conn_free(fl_ws_conn_t *c)
 {
+    seam_clear(c);
     fl_wshub_conn_gone(c);
     cfl_free(c);
     event_del(&c->ev);
@@ -896,6 +956,8 @@ void fl_ws_op_done(fl_ws_conn_t *c, fl_ws_frame_t **frames, int nframes,
         c->qt = q;
     }
     c->mark = NULL;
+    if (ndevs > 0)
+        seam_set(c, devs, upto, ndevs);
     mark_dirty(c);
     /* the messages that waited for the op, until one starts another */
     while (c->inh && !c->has_op && !c->closing) {
