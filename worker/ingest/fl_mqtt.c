@@ -91,7 +91,8 @@
  *   connect__on_authorised(), closes it with do_disconnect() and sends no
  *   DISCONNECT 0x8E; paho reports a lost connection), so an old worker
  *   that reconnects takes the session back: seen in testing. Instead the
- *   slot is handed over through the shared stats segment (slot_holder()):
+ *   slot is handed over through the shared stats segment
+ *   (fl_mqttsh_slot_holder()):
  *   a worker does not connect while an older worker of its slot is
  *   connected or connecting, nor while a newer one of its slot is alive.
  *   The master drains the old generation once the new one is ready (which
@@ -1334,36 +1335,15 @@ static void ctl_disconnect(void)
  * old one stops. Returns the holder's pid (*newer set), or 0. Reads the
  * shared stats segment only.
  */
-static pid_t slot_holder(int *newer)
-{
-    return fl_mqttsh_slot_holder(mq.stats, mq.slot, mq.generation, newer);
-}
-
-/* Whether the next connect must wait for another worker of our slot (see
- * slot_holder); if so, the attempt moves HANDOFF_POLL_MS on. A worker that
- * yields to a newer one reports itself down, so that the newer one does
- * not wait for it in turn. Called with mq.lock held. */
+/* Whether the next connect must wait for another worker of our slot
+ * (fl_mqttsh_handoff_wait); if so, the attempt moves HANDOFF_POLL_MS on.
+ * Called with mq.lock held. */
 static int handoff_wait(int64_t now)
 {
-    int   newer = 0;
-    pid_t pid = slot_holder(&newer);
-
-    if (pid == 0) {
-        if (mq.waiting_for)
-            fl_info("worker pid %d released mqtt client id \"%s\"",
-                    (int)mq.waiting_for, mq.client_id);
-        mq.waiting_for = 0;
+    if (!fl_mqttsh_handoff_wait(mq.stats, mq.slot, mq.generation,
+                                mq.client_id, &mq.waiting_for))
         return 0;
-    }
-    if (mq.waiting_for != pid)
-        fl_info("%s worker pid %d holds mqtt client id \"%s\": %s",
-                newer ? "newer" : "older", (int)pid, mq.client_id,
-                newer ? "leaving it the session"
-                      : "connecting once it has disconnected");
-    mq.waiting_for = pid;
     mq.reconnect_at = now + HANDOFF_POLL_MS;
-    fl_shm_store(mq.stats->dep[FL_DEP_MQTT],
-                 newer ? FL_DEP_DOWN : FL_DEP_CONNECTING);
     return 1;
 }
 

@@ -1559,29 +1559,14 @@ static void maybe_disconnect(void)
         conn_close(-1, 0, NULL);
 }
 
-/* Whether the next connect must wait for another worker of our slot (see
- * fl_mqttsh_slot_holder); if so, the attempt moves HANDOFF_POLL_MS on. */
+/* Whether the next connect must wait for another worker of our slot
+ * (fl_mqttsh_handoff_wait); if so, the attempt moves HANDOFF_POLL_MS on. */
 static int handoff_wait(int64_t now)
 {
-    int   newer = 0;
-    pid_t pid = fl_mqttsh_slot_holder(mc.stats, mc.slot, mc.generation, &newer);
-
-    if (pid == 0) {
-        if (mc.waiting_for)
-            fl_info("worker pid %d released mqtt client id \"%s\"",
-                    (int)mc.waiting_for, mc.client_id);
-        mc.waiting_for = 0;
+    if (!fl_mqttsh_handoff_wait(mc.stats, mc.slot, mc.generation,
+                                mc.client_id, &mc.waiting_for))
         return 0;
-    }
-    if (mc.waiting_for != pid)
-        fl_info("%s worker pid %d holds mqtt client id \"%s\": %s",
-                newer ? "newer" : "older", (int)pid, mc.client_id,
-                newer ? "leaving it the session"
-                      : "connecting once it has disconnected");
-    mc.waiting_for = pid;
     mc.reconnect_at = now + FL_MQTTSH_HANDOFF_POLL_MS;
-    fl_shm_store(mc.stats->dep[FL_DEP_MQTT],
-                 newer ? FL_DEP_DOWN : FL_DEP_CONNECTING);
     return 1;
 }
 

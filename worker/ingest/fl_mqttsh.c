@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "fl_core.h"
+#include "fl_log.h"
 #include "fl_mqttsh.h"
 
 int fl_mqttsh_xadd_argv(const fl_mqttsh_stream_t *s, const char *topic,
@@ -193,4 +194,28 @@ int fl_mqttsh_parse_uri(const char *uri, char *host, size_t hlen, int *port)
     host[n] = '\0';
     *port = (int)v;
     return FL_OK;
+}
+
+int fl_mqttsh_handoff_wait(fl_shm_worker_t *self, int slot,
+                           uint32_t generation, const char *client_id,
+                           pid_t *waiting_for)
+{
+    int   newer = 0;
+    pid_t pid = fl_mqttsh_slot_holder(self, slot, generation, &newer);
+
+    if (pid == 0) {
+        if (*waiting_for)
+            fl_info("worker pid %d released mqtt client id \"%s\"",
+                    (int)*waiting_for, client_id);
+        *waiting_for = 0;
+        return 0;
+    }
+    if (*waiting_for != pid)
+        fl_info("%s worker pid %d holds mqtt client id \"%s\": %s",
+                newer ? "newer" : "older", (int)pid, client_id,
+                newer ? "leaving it the session"
+                      : "connecting once it has disconnected");
+    *waiting_for = pid;
+    fl_shm_store(self->dep[FL_DEP_MQTT], newer ? FL_DEP_DOWN : FL_DEP_CONNECTING);
+    return 1;
 }

@@ -81,6 +81,18 @@ const char *fl_mqttsh_safe_topic(char *buf, size_t size, const char *topic,
 pid_t fl_mqttsh_slot_holder(const fl_shm_worker_t *self, int slot,
                             uint32_t generation, int *newer);
 
+/*
+ * Whether the next connect must wait for another worker of the slot
+ * (fl_mqttsh_slot_holder): 1 if so, after logging a change of holder
+ * (*waiting_for remembers it) and reporting MQTT connecting - or down,
+ * when yielding to a newer worker, so that it does not wait for us in
+ * turn; the caller tries again HANDOFF_POLL_MS later. 0 when the slot is
+ * free.
+ */
+int fl_mqttsh_handoff_wait(fl_shm_worker_t *self, int slot,
+                           uint32_t generation, const char *client_id,
+                           pid_t *waiting_for);
+
 /* Split a plain-TCP broker uri, tcp://HOST[:PORT] or mqtt://HOST[:PORT]
  * (HOST may be [v6]), port 1883 by default. FL_OK, or FL_ERROR for
  * another scheme or a malformed uri. */
