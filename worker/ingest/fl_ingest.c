@@ -2,8 +2,11 @@
  * fl_ingest.c - the stream consumer: Redis Stream -> PostgreSQL, shadow,
  * fan-out.
  *
- * The MQTT thread (fl_mqtt.c) only appends raw messages to the stream
- * {prefix}ingest and acknowledges them once they are there. This module
+ * The MQTT intake (fl_mqttc.c; fl_mqtt.c for TLS brokers) appends raw
+ * messages to the stream {prefix}ingest and acknowledges them once they
+ * are there; the native one also fans out the telemetry it can parse in
+ * the same script call, and marks those entries f = 1 (fl_fanout.h), so
+ * that the fan-out below skips them. This module
  * consumes that stream in the consumer group "fleetd" as consumer
  * {node_id}-w{slot}, with two batches in hand at most: the gatherer
  * reads, prepares and fans out one (ing.g) while the storer stores,
@@ -106,6 +109,7 @@
 
 #include "fl_commands.h"
 #include "fl_enc.h"
+#include "fl_fanout.h"
 #include "fl_idset.h"
 #include "fl_log.h"
 #include "fl_payload.h"
@@ -153,6 +157,7 @@ typedef struct {
     int64_t        arrival_us; /* from the id: MS * 1000 + SEQ (unique) */
     int64_t        src;        /* from the id: MS * 1000000 + SEQ */
     int64_t        deliveries; /* from XPENDING; 0 = first delivery */
+    int            fanned;     /* fanned out at append (field f) */
     entry_kind_t   kind;
     char           device[FL_DEVICE_ID_MAX + 1];
     fl_telemetry_t tele;        /* E_TELEMETRY: npoints 0 when all were cut */
@@ -272,20 +277,16 @@ static int  read_new(int count, int64_t block_ms);
 
 /*
  * What the script saves per message (measured with bench/shadow-bench):
- * a key's TTL is set again only when TTL_SLACK-th of it has passed since
- * the last time, which the shadow hash remembers in the fields _e (its
- * own TTL) and _r (the resume list's), read by the HMGET that reads the
- * metric times anyway; so a shadow expires between 63/64 of
- * redis.shadow_ttl and all of it after its device's last message, a resume
- * list likewise with ws.resume_ttl. A resume list is trimmed back to
- * ws.resume_keep only when it has grown by KEEP_SLACK-th of that more;
- * readers take its first resume_keep entries (fl_wshub.c).
+ * a key's TTL is set again only when FL_FANOUT_TTL_SLACK-th of it has
+ * passed since the last time, which the shadow hash remembers in the
+ * fields _e (its own TTL) and _r (the resume list's), read by the HMGET
+ * that reads the metric times anyway; so a shadow expires between 63/64
+ * of redis.shadow_ttl and all of it after its device's last message, a
+ * resume list likewise with ws.resume_ttl. A resume list is trimmed back
+ * to ws.resume_keep only when it has grown by FL_FANOUT_KEEP_SLACK-th of
+ * that more; readers take its first resume_keep entries (fl_wshub.c).
+ * The pieces are shared with the intake's script (fl_fanout.h).
  */
-#define TTL_SLACK  64
-#define KEEP_SLACK 4
-#define STR_(x)    #x
-#define STR(x)     STR_(x)
-
 static const char shadow_lua[] =
     /* KEYS: one shadow hash per entry (a device may repeat, in stream
      * order). ARGV[1] ttl_ms, ARGV[2] the length of the shadow key
@@ -320,15 +321,13 @@ static const char shadow_lua[] =
      * returns {device, delta, ...} for the deltas that changed, which the
      * caller publishes. */
     FL_DELTA_LUA
-    "local ttl, plen, dpfx, a = ARGV[1], tonumber(ARGV[2]), ARGV[3], 9\n"
-    "local rpfx, keep, rttl = ARGV[4], tonumber(ARGV[5]), ARGV[6]\n"
+    FL_FANOUT_LUA
+    "local plen, dpfx, rpfx, a = tonumber(ARGV[2]), ARGV[3], ARGV[4], 9\n"
     "local total, id = tonumber(ARGV[8]), 0\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
-    "local nowms = math.floor(now / 1000)\n"
-    "local ettl = math.floor(tonumber(ttl) / " STR(TTL_SLACK) ")\n"
-    "local erttl = math.floor(tonumber(rttl) / " STR(TTL_SLACK) ")\n"
-    "local slack = math.max(1, math.floor(keep / " STR(KEEP_SLACK) "))\n"
+    "local c = fl_ctx(ARGV[1], ARGV[6], tonumber(ARGV[5]), "
+    "math.floor(now / 1000))\n"
     "if total > 0 then\n"
     "  id = math.max(tonumber(redis.call('GET', ARGV[7]) or '0'), now - 1)\n"
     "  redis.call('SET', ARGV[7], string.format('%.0f', id + total))\n"
@@ -336,78 +335,38 @@ static const char shadow_lua[] =
     "local out = {}\n"
     "for k = 1, #KEYS do\n"
     "  local key, mode = KEYS[k], ARGV[a]\n"
-    "  local seen, n = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])\n"
-    "  local set, del, ex, rx = {}, {}, nil, nil\n"
+    "  local seen, n = ARGV[a + 1], tonumber(ARGV[a + 2])\n"
+    "  local dev = string.sub(key, plen + 1)\n"
     "  a = a + 3\n"
     "  if mode == 't' then\n"
-    "    local f = {'last_seen', '_e', '_r'}\n"
-    "    for i = a, a + 3 * n - 1, 3 do f[#f + 1] = 't:' .. ARGV[i] end\n"
-    "    local cur = redis.call('HMGET', key, unpack(f))\n"
-    "    ex, rx = cur[2], cur[3]\n"
-    "    local best = {}\n"
-    "    for j = 0, n - 1 do\n"
-    "      local i = a + 3 * j\n"
-    "      local m, ts = ARGV[i], tonumber(ARGV[i + 1])\n"
-    "      local old = best[m] or tonumber(cur[j + 4] or '-1')\n"
-    "      if ts >= old then\n"
-    "        best[m] = ts\n"
-    "        set[#set + 1] = 'v:' .. m; set[#set + 1] = ARGV[i + 2]\n"
-    "        set[#set + 1] = 't:' .. m; set[#set + 1] = ARGV[i + 1]\n"
-    "      end\n"
-    "    end\n"
-    "    if tonumber(cur[1] or '0') < seen then\n"
-    "      set[#set + 1] = 'last_seen'; set[#set + 1] = ARGV[a - 2]\n"
-    "    end\n"
+    "    local set, ex, rx = fl_newer(key, seen, ARGV, a, n)\n"
     "    a = a + 3 * n\n"
+    "    local np, ch, msgs = tonumber(ARGV[a]), ARGV[a + 1], {}\n"
+    "    for i = a + 2, a + 1 + np do\n"
+    "      id = id + 1\n"
+    "      msgs[#msgs + 1] = '{\"type\":\"telemetry\",\"id\":\"' ..\n"
+    "        string.format('%.0f', id) .. '\",' .. ARGV[i]\n"
+    "    end\n"
+    "    a = a + 2 + np\n"
+    "    fl_put(c, key, set, {}, ex, rx, rpfx .. dev, ch, msgs)\n"
     "  else\n"
     "    local cur = redis.call('HMGET', key, 'last_seen', '_e', '_r')\n"
-    "    ex, rx = cur[2], cur[3]\n"
-    "    if tonumber(cur[1] or '0') < seen then\n"
-    "      set[#set + 1] = 'last_seen'; set[#set + 1] = ARGV[a - 2]\n"
+    "    local set, del = {}, {}\n"
+    "    if tonumber(cur[1] or '0') < tonumber(seen) then\n"
+    "      set[#set + 1] = 'last_seen'; set[#set + 1] = seen\n"
     "    end\n"
     "    for i = a, a + 2 * n - 1, 2 do\n"
     "      if ARGV[i + 1] == '' then del[#del + 1] = 'r:' .. ARGV[i]\n"
     "      else set[#set + 1] = 'r:' .. ARGV[i]; set[#set + 1] = ARGV[i + 1] "
     "end\n"
     "    end\n"
-    "    a = a + 2 * n\n"
-    "  end\n"
-    "  local np = tonumber(ARGV[a])\n"
-    "  local rfresh = np > 0 and keep > 0 and\n"
-    "    nowms - tonumber(rx or '0') >= erttl\n"
-    "  local efresh = nowms - tonumber(ex or '0') >= ettl\n"
-    "  if rfresh then set[#set + 1] = '_r'; set[#set + 1] = nowms end\n"
-    "  if efresh then set[#set + 1] = '_e'; set[#set + 1] = nowms end\n"
-    "  if #del > 0 then redis.call('HDEL', key, unpack(del)) end\n"
-    "  if #set > 0 then redis.call('HSET', key, unpack(set)) end\n"
-    "  if efresh then redis.call('PEXPIRE', key, ttl) end\n"
-    "  if mode == 's' then\n"
-    "    local id = string.sub(key, plen + 1)\n"
-    "    local dkey = dpfx .. id\n"
+    "    a = a + 2 * n + 1\n"
+    "    fl_put(c, key, set, del, cur[2], cur[3], nil, nil, {})\n"
+    "    local dkey = dpfx .. dev\n"
     "    if redis.call('EXISTS', dkey) == 1 then\n"
     "      local d = fl_delta(dkey, key)\n"
-    "      if d then out[#out + 1] = id; out[#out + 1] = d end\n"
+    "      if d then out[#out + 1] = dev; out[#out + 1] = d end\n"
     "    end\n"
-    "  end\n"
-    "  a = a + 1\n"
-    "  if np > 0 then\n"
-    "    local ch, msgs = ARGV[a], {}\n"
-    "    for i = a + 1, a + np do\n"
-    "      id = id + 1\n"
-    "      local m = '{\"type\":\"telemetry\",\"id\":\"' ..\n"
-    "        string.format('%.0f', id) .. '\",' .. ARGV[i]\n"
-    "      redis.call('PUBLISH', ch, m)\n"
-    "      msgs[#msgs + 1] = m\n"
-    "    end\n"
-    "    if keep > 0 then\n"
-    "      local rk = rpfx .. string.sub(key, plen + 1)\n"
-    "      local len = redis.call('LPUSH', rk, unpack(msgs))\n"
-    "      if len > keep + slack then redis.call('LTRIM', rk, 0, keep - 1) "
-    "end\n"
-    "      if rfresh or len == #msgs then redis.call('PEXPIRE', rk, rttl) "
-    "end\n"
-    "    end\n"
-    "    a = a + np + 1\n"
     "  end\n"
     "end\n"
     "return out\n";
@@ -506,6 +465,7 @@ static void batch_add_entries(batch_t *b, const redisReply *list)
         t = field(f, "t");
         p = field(f, "p");
         r = field(f, "r");
+        e->fanned = field(f, "f") != NULL;
         e->topic = fl_strdup(t && t->type == REDIS_REPLY_STRING ? t->str : "");
         e->plen = p && p->type == REDIS_REPLY_STRING ? p->len : 0;
         e->payload = fl_alloc(e->plen + 1);
@@ -624,20 +584,6 @@ static void parse_entry(entry_t *e)
  * own chunk, its entries, the read-only configuration and atomic counters.
  */
 
-static void metric_json(fl_sbuf_t *b, const fl_metric_t *m)
-{
-    switch (m->type) {
-    case FL_METRIC_BOOL:
-        if (m->b)
-            fl_sb_lit(b, "true");
-        else
-            fl_sb_lit(b, "false");
-        break;
-    case FL_METRIC_STR: fl_sb_jstr(b, m->str ? m->str : ""); break;
-    default: fl_sb_num(b, m->num); break;
-    }
-}
-
 /* The WebSocket form of point p of e (CONTRACT.md section 5) without its
  * head: the script puts {"type":"telemetry","id":"N", in front, N from
  * the id counter (see shadow_lua). */
@@ -656,14 +602,16 @@ static void point_json(fl_sbuf_t *b, const entry_t *e, size_t p)
             fl_sb_lit(b, ",");
         fl_sb_jstr(b, pt->metrics[m].name);
         fl_sb_lit(b, ":");
-        metric_json(b, &pt->metrics[m]);
+        fl_fanout_metric_json(b, &pt->metrics[m]);
     }
     fl_sb_lit(b, "}}");
 }
 
+/* Telemetry with points that was not fanned out at append
+ * (fl_fanout.h): this consumer's script call takes it. */
 static int has_points(const entry_t *e)
 {
-    return e->kind == E_TELEMETRY && e->tele.npoints > 0;
+    return e->kind == E_TELEMETRY && e->tele.npoints > 0 && !e->fanned;
 }
 
 /*
@@ -734,7 +682,7 @@ static void chunk_build_cmd(chunk_t *c)
         size_t   nmetrics = 0, npoints = 0;
 
         if ((e->kind != E_TELEMETRY && e->kind != E_STATE) ||
-            (e->kind == E_TELEMETRY && e->tele.npoints == 0) ||
+            (e->kind == E_TELEMETRY && !has_points(e)) ||
             tail[i - c->first])
             continue;
         snprintf(key, sizeof(key), "%s%s", ing.shadow_prefix, e->device);
@@ -780,7 +728,7 @@ static void chunk_build_cmd(chunk_t *c)
                     fl_resp_str(&args, pt->metrics[m].name);
                     fl_resp_i64(&args, pt->ts_us / 1000);
                     js.len = 0;
-                    metric_json(&js, &pt->metrics[m]);
+                    fl_fanout_metric_json(&js, &pt->metrics[m]);
                     fl_resp_arg(&args, js.p, js.len);
                 }
             }
@@ -1548,6 +1496,7 @@ static void on_acked(fl_redis_t *r, redisReply *reply, void *ud)
     fl_shm_worker_t *st = fl_worker.stats;
     batch_t         *s = ing.s;
     uint64_t         stored = 0, dead_n = 0, state_n = 0;
+    uint64_t         published = s ? s->published : 0;
 
     (void)r, (void)ud;
     if (ing.sphase != S_ACKING)
@@ -1568,6 +1517,8 @@ static void on_acked(fl_redis_t *r, redisReply *reply, void *ud)
                     continue;
                 }
                 stored++;
+                if (e->fanned) /* by the intake's script, as many */
+                    published += e->tele.npoints;
                 fl_hist_record(&st->e2e_latency_us,
                                (uint64_t)fl_max(0, now_ms - e->rx_ms) * 1000);
             } else if (e->kind == E_DEAD) {
@@ -1577,7 +1528,7 @@ static void on_acked(fl_redis_t *r, redisReply *reply, void *ud)
             }
         }
         fl_shm_add(st->ingest_stored, stored);
-        fl_shm_add(st->ingest_published, s->published);
+        fl_shm_add(st->ingest_published, published);
         fl_shm_add(st->ingest_state, state_n);
         fl_shm_add(st->ingest_dead_lettered, dead_n);
         fl_shm_add(st->ingest_batches, 1);
@@ -2052,14 +2003,7 @@ static int ingest_init(fl_worker_t *w)
     struct timeval     sample = {SAMPLE_MS / 1000, 0};
 
     memset(&ing, 0, sizeof(ing));
-    fl_payload_limits_default(&ing.lim);
-    ing.lim.max_payload_bytes = (size_t)cf->limits.max_payload_bytes;
-    ing.lim.max_metrics = (size_t)cf->limits.max_metrics;
-    ing.lim.max_name_len = (size_t)cf->limits.max_name_bytes;
-    ing.lim.max_depth = cf->limits.max_depth;
-    ing.lim.max_batch = (size_t)cf->limits.max_batch;
-    ing.lim.max_string_bytes = (size_t)cf->limits.max_string_bytes;
-    ing.lim.max_future_ms = -1; /* per point: fl_telemetry_cut() */
+    fl_fanout_limits(&ing.lim, cf);
 
     snprintf(ing.stream, sizeof(ing.stream), "%singest", cf->redis.prefix);
     snprintf(ing.dead, sizeof(ing.dead), "%sdead", cf->redis.prefix);

@@ -9,16 +9,22 @@
  *
  * - The appends of all messages in flight are pipelined. paho hands one
  *   message at a time to a callback that must finish its Redis round trip
- *   before the next one is read; here every PUBLISH that one socket read
- *   brings becomes its MULTI / XADD / HSET / [PEXPIRE] / EXEC at the end
- *   of the intake connection's output, and hiredis writes them together
- *   on the next loop turn. Redis answers in order, so the messages sit in
- *   one FIFO (mc.head .. mc.tail) in delivery order: the answered ones
- *   leave from its head, the ones not yet sent start at mc.unsent.
- * - A PUBACK is written when the EXEC of its message says the XADD ran
- *   (or, MULTI refused, the XADD alone answered with an id), never before:
- *   nothing is acknowledged that is not in the stream. Answers come in
- *   order, so PUBACKs leave in delivery order too.
+ *   before the next one is read; here the PUBLISHes that one socket read
+ *   brings become one script call (fl_fanout_append_lua, up to
+ *   APPEND_MAX_MESSAGES) at the end of the intake connection's output,
+ *   which appends each to the stream, writes its dedup record and fans
+ *   out its telemetry to the shadow, Pub/Sub and the resume list
+ *   (fl_fanout.h) - a dashboard gets it without waiting for the
+ *   consumer. The payload is parsed for that here, on the loop, up to
+ *   ingest.parse_inline_max bytes (fan_prepare). Redis answers in order,
+ *   so the messages sit in one FIFO (mc.head .. mc.tail) in delivery
+ *   order: the answered ones leave from its head, the ones not yet sent
+ *   start at mc.unsent. A dead letter (a payload over
+ *   limits.max_payload_bytes) is a MULTI / XADD / HSET / [PEXPIRE] /
+ *   EXEC of its own (send_append).
+ * - A PUBACK is written when the reply says the message's XADD ran, never
+ *   before: nothing is acknowledged that is not in the stream. Answers
+ *   come in order, so PUBACKs leave in delivery order too.
  * - A DUP delivery first reads its slot (HGET). Its append may depend on
  *   the answer, so the FIFO stops sending at it until the answer came;
  *   the messages behind it wait in memory, and the stream order stays the
@@ -89,10 +95,13 @@
 #include <hiredis/hiredis.h>
 
 #include "fl_enc.h"
+#include "fl_fanout.h"
 #include "fl_log.h"
 #include "fl_mqttc.h"
 #include "fl_mqttpkt.h"
 #include "fl_mqttsh.h"
+#include "fl_payload.h"
+#include "fl_shadow.h"
 
 #define TICK_MS               50   /* timers: keepalive, deadlines, backoff */
 #define RECONNECT_MIN_MS      100
@@ -112,6 +121,8 @@
 #define MAX_PACKET_FLOOR      (1024 * 1024)
 #define MQTT_MAX_PACKET       268435455
 #define RC_SESSION_TAKEN_OVER   0x8E
+#define APPEND_MAX_MESSAGES   64 /* per script call */
+#define APPEND_MAX_BYTES      (1024 * 1024)
 
 typedef enum {
     C_IDLE,          /* not connected; next attempt at reconnect_at */
@@ -136,6 +147,7 @@ struct entry_s {
     uint8_t            multi_err; /* MULTI refused: the XADD ran alone */
     uint8_t            xadd_id;   /* ... and answered with an id */
     uint8_t            expire;    /* the transaction has a PEXPIRE */
+    int                group;     /* messages its script call appends */
     int                oversize;
     int64_t            sent_at; /* monotonic ms, 0 = not sent */
     char               rx[24];  /* arrival wall ms */
@@ -144,6 +156,7 @@ struct entry_s {
     unsigned char     *payload;
     size_t             plen;
     fl_mqttsh_record_t rec;
+    fl_resp_t          fan; /* its fan-out arguments, argc 0: none */
 };
 
 /* One publish of ours (commands, desired deltas). */
@@ -194,6 +207,19 @@ static struct {
     unsigned           dedup_slots;
     char               dedup_ttl[24];
     pthread_t          loop_thread;
+
+    /* appending and fanning out in one script (fl_fanout.h) */
+    int                 fan;     /* fan out at append (not FLEETD_...=0) */
+    int64_t             fan_max; /* ingest.parse_inline_max */
+    fl_payload_limits_t lim;
+    int64_t             retention_ms;
+    int                 shards;
+    char               *wsid_key, *channel_prefix;
+    fl_resp_t           script_argv; /* ARGV[3] .. [8] */
+    int                 script_cached; /* EVAL done on this connection */
+    char                script_sha[48];
+    int64_t             fan_err_logged_at;
+    uint64_t            fan_err_quiet;
 
     struct evdns_base *dns;
     struct event      *ev_tick;
@@ -533,7 +559,14 @@ static void open_update(void)
 
 static void entry_free(entry_t *e)
 {
+    fl_resp_free(&e->fan);
     free(e); /* topic and payload are in the same block (on_publish) */
+}
+
+/* What an entry holds in memory, for PENDING_MAX_BYTES. */
+static size_t entry_bytes(const entry_t *e)
+{
+    return e->tlen + e->plen + sizeof(*e) + e->fan.body.len;
 }
 
 static void entry_push(entry_t *e)
@@ -546,7 +579,7 @@ static void entry_push(entry_t *e)
     if (mc.unsent == NULL)
         mc.unsent = e;
     mc.npending++;
-    mc.pending_bytes += e->tlen + e->plen + sizeof(*e);
+    mc.pending_bytes += entry_bytes(e);
 }
 
 /* The head is answered: take it out. */
@@ -560,7 +593,7 @@ static void entry_pop(void)
     if (mc.unsent == e)
         mc.unsent = e->next;
     mc.npending--;
-    mc.pending_bytes -= e->tlen + e->plen + sizeof(*e);
+    mc.pending_bytes -= entry_bytes(e);
     entry_free(e);
 }
 
@@ -864,6 +897,139 @@ static int send_append(entry_t *e)
     return FL_OK;
 }
 
+/* At most one line per DEDUP_LOG_EVERY_MS: a fan-out at append failed
+ * (the message is in the stream all the same; dashboards miss it). */
+static void fan_err_log(long long n, const char *why)
+{
+    int64_t now = fl_now_ms();
+
+    if (mc.fan_err_logged_at &&
+        now - mc.fan_err_logged_at < DEDUP_LOG_EVERY_MS) {
+        mc.fan_err_quiet += (uint64_t)n;
+        return;
+    }
+    fl_warn("redis %s:%d: the shadow and fan-out of %lld message%s failed: "
+            "%s; stored all the same, not shown live%s",
+            mc.redis_host, mc.redis_port, n, n == 1 ? "" : "s", why,
+            mc.fan_err_quiet ? " (and earlier ones not logged)" : "");
+    mc.fan_err_logged_at = now;
+    mc.fan_err_quiet = 0;
+}
+
+/* The reply of an append script call (fl_fanout.h): the messages of the
+ * call leave the FIFO's head in order, up to one that failed. */
+static void on_append(redisAsyncContext *c, void *r, void *priv)
+{
+    redisReply *reply = r;
+    entry_t    *e = priv;
+    int         n = e->group, expire = e->expire;
+
+    if (!current(c))
+        return;
+    if (reply == NULL) {
+        redis_fail(0, "append of %d message%s to redis %s:%d failed: %s", n,
+                   n == 1 ? "" : "s", mc.redis_host, mc.redis_port,
+                   c->errstr);
+        return;
+    }
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2 ||
+        reply->element[0]->type != REDIS_REPLY_INTEGER) {
+        redis_fail(1, "append of %d message%s to redis %s:%d failed: %s", n,
+                   n == 1 ? "" : "s", mc.redis_host, mc.redis_port,
+                   reply->type == REDIS_REPLY_ERROR ? reply->str
+                                                    : "unexpected reply");
+        return;
+    }
+    if (reply->element[0]->integer > 0)
+        fan_err_log(reply->element[0]->integer,
+                    reply->element[1]->type == REDIS_REPLY_STRING
+                        ? reply->element[1]->str
+                        : "?");
+    for (int i = 0; i < n && mc.head; i++) {
+        const redisReply *x =
+            (size_t)i + 2 < reply->elements ? reply->element[i + 2] : NULL;
+
+        if (x == NULL || x->type != REDIS_REPLY_STRING || x->str[0] == '!') {
+            redis_fail(1, "XADD %s to redis %s:%d failed: %s", mc.ingest_key,
+                       mc.redis_host, mc.redis_port,
+                       x && x->type == REDIS_REPLY_STRING
+                           ? x->str + 1
+                           : "no answer for the message");
+            return;
+        }
+        if (x->str[0] == 'U')
+            unrecorded_log(x->str + 1);
+        entry_done(0);
+    }
+    if (expire)
+        mc.expire_at = fl_now_ms() + FL_MQTTSH_DEDUP_REFRESH_MS;
+}
+
+/* Can e go into an append script call? Not a look-up first, a deletion
+ * or a dead letter (send_append). */
+static int appendable(const entry_t *e)
+{
+    return e->kind == E_MSG && !e->check && !e->oversize;
+}
+
+/*
+ * One script call (fl_fanout_append_lua) appending e0 and the appendable
+ * messages after it, up to APPEND_MAX_MESSAGES / _BYTES: their XADDs,
+ * records and fan-outs in one round trip. Returns the number of messages
+ * it takes, or -1 when hiredis refused the command.
+ */
+static int send_script(entry_t *e0, int64_t now)
+{
+    fl_resp_t r = {0};
+    entry_t  *e = e0;
+    int       n = 0, rec = 0, rc;
+    size_t    bytes = 0, len;
+    char     *cmd;
+
+    for (; e && appendable(e) && (n == 0 || (n < APPEND_MAX_MESSAGES &&
+                                             bytes < APPEND_MAX_BYTES));
+         e = e->next) {
+        n++;
+        bytes += e->tlen + e->plen + e->fan.body.len;
+        rec |= e->packet_id != 0;
+    }
+    e0->group = n;
+    e0->expire = rec && now >= mc.expire_at;
+    fl_resp_str(&r, mc.script_cached ? "EVALSHA" : "EVAL");
+    fl_resp_str(&r, mc.script_cached ? mc.script_sha : fl_fanout_append_lua);
+    fl_resp_i64(&r, 3);
+    fl_resp_str(&r, mc.ingest_key);
+    fl_resp_str(&r, mc.dedup_key);
+    fl_resp_str(&r, mc.wsid_key);
+    fl_resp_str(&r, mc.ingest_maxlen);
+    fl_resp_str(&r, e0->expire ? mc.dedup_ttl : "");
+    fl_resp_append(&r, &mc.script_argv);
+    fl_resp_i64(&r, n);
+    e = e0;
+    for (int i = 0; i < n; i++, e = e->next) {
+        fl_resp_arg(&r, e->topic, e->tlen);
+        fl_resp_arg(&r, e->plen ? (const char *)e->payload : "", e->plen);
+        fl_resp_str(&r, e->rx);
+        fl_resp_str(&r, e->packet_id ? e->rec.field : "");
+        fl_resp_str(&r, e->packet_id ? e->rec.value : "");
+        if (e->fan.argc)
+            fl_resp_append(&r, &e->fan);
+        else
+            fl_fanout_message(&r, NULL, NULL, 0, NULL);
+        e->sent_at = now;
+        e->multi_err = e->xadd_id = 0;
+    }
+    cmd = fl_resp_finish(&r, &len);
+    rc = redisAsyncFormattedCommand(mc.redis, on_append, e0, cmd, len);
+    free(cmd);
+    if (rc != REDIS_OK)
+        return -1;
+    mc.script_cached = 1; /* EVAL ran first on this connection */
+    if (e0->expire)
+        mc.expire_at = now + FL_MQTTSH_DEDUP_REFRESH_MS;
+    return n;
+}
+
 /* Send what the FIFO holds, in order, up to a look-up in progress. */
 static void redis_pump(void)
 {
@@ -895,6 +1061,17 @@ static void redis_pump(void)
                 e->looking = 1;
                 return;
             }
+        } else if (appendable(e)) {
+            int n = send_script(e, e->sent_at);
+
+            if (n < 0) {
+                redis_fail(0, "redis %s:%d refused a command: %s",
+                           mc.redis_host, mc.redis_port, mc.redis->errstr);
+                return;
+            }
+            while (n-- > 0)
+                mc.unsent = mc.unsent->next;
+            continue;
         } else {
             rc = send_append(e);
         }
@@ -915,6 +1092,7 @@ static void redis_pump(void)
 static void redis_ready(void)
 {
     mc.rd_ready = 1;
+    mc.script_cached = 0; /* the first append call EVALs the script */
     mc.rd_connect_deadline = 0;
     if (mc.head == NULL)
         redis_recovered();
@@ -1279,6 +1457,38 @@ static void on_connack(const fl_mqtt_packet_t *pk)
         maybe_disconnect();
 }
 
+/*
+ * Parse e for the fan-out at append (fl_fanout.h): telemetry up to
+ * ingest.parse_inline_max bytes that the consumer will store. Anything
+ * else (state, command answers, a payload it refuses, a bigger one, every
+ * point older than the retention) is appended without, and the consumer
+ * fans out or dead-letters it.
+ */
+static void fan_prepare(entry_t *e)
+{
+    fl_topic_kind_t kind;
+    fl_reject_t     why;
+    fl_telemetry_t  t;
+    fl_cut_t        old, future;
+    char            dev[FL_DEVICE_ID_MAX + 1], channel[160];
+    int64_t         now_ms = fl_wall_ms();
+
+    if (!mc.fan || e->oversize || (int64_t)e->plen > mc.fan_max ||
+        fl_topic_parse(e->topic, e->tlen, dev, &kind, &why) != FL_OK ||
+        kind != FL_TOPIC_TELEMETRY ||
+        fl_payload_parse(e->payload, e->plen, now_ms * 1000, &mc.lim, &t,
+                         &why) != FL_OK)
+        return;
+    fl_telemetry_cut(&t, (now_ms - mc.retention_ms) * 1000, INT64_MAX, &old,
+                     &future);
+    if (t.npoints > 0) {
+        snprintf(channel, sizeof(channel), "%s%u", mc.channel_prefix,
+                 fl_shadow_shard(dev, mc.shards));
+        fl_fanout_message(&e->fan, dev, &t, now_ms * 1000, channel);
+    }
+    fl_telemetry_free(&t);
+}
+
 /* A PUBLISH from the broker: into the FIFO. FL_ERROR when the
  * connection was closed for it. */
 static int on_publish(const fl_mqtt_packet_t *pk)
@@ -1329,6 +1539,7 @@ static int on_publish(const fl_mqtt_packet_t *pk)
     if (e->packet_id)
         fl_mqttsh_record(&e->rec, mc.dedup_slots, e->packet_id, e->topic,
                          e->tlen, e->payload, e->plen);
+    fan_prepare(e);
     entry_push(e);
     redis_pump();
     read_update();
@@ -1676,6 +1887,26 @@ static void conf_copy(const fl_worker_t *w)
     /* as fl_mqtt.c: 2 x session_expiry after the last append, at least */
     snprintf(mc.dedup_ttl, sizeof(mc.dedup_ttl), "%" PRId64,
              2 * cf->mqtt.session_expiry_ms + 2 * FL_MQTTSH_DEDUP_REFRESH_MS);
+
+    /* FLEETD_INTAKE_FANOUT=0 leaves every fan-out to the consumer (for
+     * comparisons; README "Benchmarks") */
+    mc.fan = getenv("FLEETD_INTAKE_FANOUT") == NULL ||
+             strcmp(getenv("FLEETD_INTAKE_FANOUT"), "0") != 0;
+    mc.fan_max = cf->ingest.parse_inline_max;
+    fl_fanout_limits(&mc.lim, cf);
+    mc.retention_ms = (int64_t)cf->postgres.retention_days * 86400000LL;
+    mc.shards = cf->redis.channel_shards;
+    mc.wsid_key = concat(cf->redis.prefix, "wsid");
+    mc.channel_prefix = concat(cf->redis.prefix, "tele:");
+    snprintf(buf, sizeof(buf), "%sshadow:", cf->redis.prefix);
+    fl_resp_str(&mc.script_argv, buf);
+    fl_resp_i64(&mc.script_argv, cf->redis.shadow_ttl_ms);
+    snprintf(buf, sizeof(buf), "%srecent:", cf->redis.prefix);
+    fl_resp_str(&mc.script_argv, buf);
+    fl_resp_i64(&mc.script_argv, cf->ws.resume_keep);
+    fl_resp_i64(&mc.script_argv, cf->ws.resume_ttl_ms);
+    fl_resp_i64(&mc.script_argv, cf->limits.max_clock_skew_ms * 1000);
+    fl_fanout_sha(mc.script_sha);
 }
 
 static void conf_free(void)
@@ -1692,6 +1923,9 @@ static void conf_free(void)
     free(mc.ingest_key);
     free(mc.dead_key);
     free(mc.dedup_key);
+    free(mc.wsid_key);
+    free(mc.channel_prefix);
+    fl_resp_free(&mc.script_argv);
     mc.topics = NULL;
     mc.ntopics = 0;
 }

@@ -326,6 +326,7 @@ typedef struct {
     size_t                     name_cap;
     size_t                     nulls;
     int                        senml; /* the payload is a SenML pack */
+    unsigned char              rel;   /* the next metrics' time is relative */
     fl_reject_t               *why;
 } fl_build_t;
 
@@ -416,6 +417,7 @@ static fl_metric_t *fl_add(fl_build_t *b, size_t nlen, int64_t ts)
     b->n++;
     memset(m, 0, sizeof(*m));
     m->name = fl_build_strdup(b, b->name, nlen);
+    m->rel = b->rel;
     return m;
 }
 
@@ -571,6 +573,7 @@ static int fl_object(fl_build_t *b, const cJSON *obj, fl_payload_form_t *form)
                          "\"ts\" appears more than once");
     if (tsv != NULL && fl_ts_json(b, tsv, &ts) != FL_OK)
         return FL_ERROR;
+    b->rel = tsv == NULL;
 
     if (values != NULL && (values->type & 0xff) == cJSON_Object &&
         nkeys == 1 + nts) {
@@ -721,7 +724,8 @@ static int fl_senml_time(fl_build_t *b, double t, size_t i, int64_t *out)
         return fl_reject(b->why, FL_REJECT_BAD_TIMESTAMP,
                          "record %zu: time is not finite", i);
     us = t * 1000000.0;
-    if (t < FL_SENML_REL_S)
+    b->rel = t < FL_SENML_REL_S;
+    if (b->rel)
         us += (double)b->now_us;
     /* range first (in double), so the conversion cannot overflow */
     if (fl_ts_range(b, us, i) != FL_OK)

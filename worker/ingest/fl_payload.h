@@ -170,6 +170,8 @@ typedef struct {
     double           num; /* FL_METRIC_NUM, finite */
     int              b;   /* FL_METRIC_BOOL, 0 or 1 */
     const char      *str; /* FL_METRIC_STR */
+    unsigned char    rel; /* its time is now_us (+ a SenML offset): no
+                             "ts", or a relative SenML time */
 } fl_metric_t;
 
 typedef struct {

@@ -1198,6 +1198,30 @@ void test_payload_arrival_us(void)
     FL_CHECK_EQ_INT(t.points[1].ts_us, NOW_US + 37);
     fl_telemetry_free(&t);
 
+    /* which times came from the arrival (fl_fanout.h sends them as an
+     * offset): a relative SenML time, a missing "ts"; not a given one */
+    j = "[{\"n\": \"a\", \"v\": 1, \"t\": -2},"
+        " {\"n\": \"b\", \"v\": 2, \"t\": -1},"
+        " {\"bt\": 1764369000, \"n\": \"c\", \"v\": 3}]";
+    FL_REQUIRE(fl_payload_parse(j, strlen(j), NOW_US + 37, NULL, &t, &why) ==
+               FL_OK);
+    FL_REQUIRE(t.npoints == 3);
+    FL_CHECK_EQ_INT(t.points[0].ts_us, 1764369000000000LL);
+    FL_CHECK_EQ_INT(t.points[0].metrics[0].rel, 0);
+    FL_CHECK_EQ_INT(t.points[1].ts_us, NOW_US + 37 - 2000000);
+    FL_CHECK_EQ_INT(t.points[1].metrics[0].rel, 1);
+    FL_CHECK_EQ_INT(t.points[2].ts_us, NOW_US + 37 - 1000000);
+    FL_CHECK_EQ_INT(t.points[2].metrics[0].rel, 1);
+    fl_telemetry_free(&t);
+    j = "[{\"ts\": 1764369000001, \"a\": 1}, {\"b\": 2, \"c\": {\"d\": 3}}]";
+    FL_REQUIRE(fl_payload_parse(j, strlen(j), NOW_US, NULL, &t, &why) ==
+               FL_OK);
+    FL_REQUIRE(t.npoints == 2 && t.points[1].nmetrics == 2);
+    FL_CHECK_EQ_INT(t.points[0].metrics[0].rel, 0);
+    FL_CHECK_EQ_INT(t.points[1].metrics[0].rel, 1);
+    FL_CHECK_EQ_INT(t.points[1].metrics[1].rel, 1);
+    fl_telemetry_free(&t);
+
     /* two arrivals one microsecond apart are two distinct times */
     j = "{\"a\": 1}";
     FL_REQUIRE(fl_payload_parse(j, strlen(j), NOW_US + 38, NULL, &t, &why) ==

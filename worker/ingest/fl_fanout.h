@@ -1,0 +1,167 @@
+/*
+ * fl_fanout.h - a telemetry message's way to the dashboards: its newest
+ * values into the device's shadow, each of its points published on the
+ * device's channel and pushed on its resume list under a new id
+ * (fl_shadow.h has the layout). Two Redis scripts do it, built from the
+ * Lua pieces here:
+ *
+ *   fl_fanout_append_lua  the native intake's (fl_mqttc.c): appends the
+ *                         messages of a socket read to the stream (and
+ *                         their dedup records), and fans out the
+ *                         telemetry among them in the same call - the
+ *                         stream entry gets the field f = 1 so that the
+ *                         consumer does not fan it out again;
+ *   fl_ingest.c shadow_lua  the consumer's, per chunk of the stream, for
+ *                         what was not fanned out at append: state, and
+ *                         messages appended by the paho intake (TLS
+ *                         brokers), too big to parse on the loop
+ *                         (ingest.parse_inline_max), or that the intake's
+ *                         parse refused (the consumer dead-letters them).
+ *
+ * Why at append: a message then reaches a dashboard two hops sooner (no
+ * wait for the consumer's read and its own script call), and a stalled
+ * PostgreSQL holds nothing back. The ids still grow in the order messages
+ * are published, whichever script published them (both take the next id
+ * from {prefix}wsid, atomically), so resume keeps its guarantees.
+ *
+ * A point's time is decided where it is stored: without "ts" (or with a
+ * relative SenML time) it is the arrival time that the consumer reads
+ * from the stream entry id, MS * 1000 + SEQ microseconds (fl_ingest.c,
+ * "Time of arrival"). The intake parses before it has that id, so it
+ * sends such a point's time as an offset from the arrival ("r"), and the
+ * script adds the arrival it reads from the id its XADD returned: the
+ * dashboard, the shadow and the stored row show the same time. The
+ * script likewise drops the points later than arrival +
+ * limits.max_clock_skew, as the consumer does (fl_telemetry_cut); points
+ * older than the retention are dropped by the intake against its own
+ * clock (the consumer's, a moment later, may keep one more point at that
+ * edge in the table, never one fewer on a dashboard than stored).
+ */
+#ifndef FL_FANOUT_H
+#define FL_FANOUT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fl_config.h"
+#include "fl_enc.h"
+#include "fl_payload.h"
+
+/* A shadow's and a resume list's TTL is set again when TTL_SLACK-th of
+ * it has passed; a resume list is trimmed back to ws.resume_keep when it
+ * has grown by KEEP_SLACK-th more (see FL_FANOUT_LUA). */
+#define FL_FANOUT_TTL_SLACK  64
+#define FL_FANOUT_KEEP_SLACK 4
+
+/*
+ * Lua, to prepend to a script (after FL_DELTA_LUA if that is used):
+ *
+ * fl_ctx(ttl, rttl, keep, nowms): the context of fl_put - the shadow TTL
+ *   and the resume list TTL in ms (strings as passed), ws.resume_keep, and
+ *   Redis's clock in ms.
+ * fl_newer(key, seen, m, a, n): of n metrics m[a], m[a+1], m[a+2]
+ *   (name, time in ms, JSON value) of shadow hash key, the fields to set
+ *   (each metric newer than the one stored, the newest of m per name;
+ *   last_seen when seen, ms as a string, is newer); returns them and the
+ *   hash's _e and _r.
+ * fl_put(c, key, set, del, ex, rx, rk, ch, msgs): HDEL del, HSET set (and
+ *   _e / _r when the TTLs are refreshed), PEXPIRE key when due; PUBLISH
+ *   each of msgs on ch and push them on resume list rk, trimmed lazily,
+ *   its TTL set when due.
+ */
+#define FL_FANOUT_LUA                                                          \
+    "local function fl_ctx(ttl, rttl, keep, nowms)\n"                          \
+    "  return {ttl = ttl, rttl = rttl, keep = keep, nowms = nowms,\n"          \
+    "    ettl = math.floor(tonumber(ttl) / " FL_STR(FL_FANOUT_TTL_SLACK) "),\n" \
+    "    erttl = math.floor(tonumber(rttl) / " FL_STR(                         \
+        FL_FANOUT_TTL_SLACK) "),\n"                                            \
+    "    slack = math.max(1, math.floor(keep / " FL_STR(                       \
+        FL_FANOUT_KEEP_SLACK) "))}\n"                                          \
+    "end\n"                                                                    \
+    "local function fl_newer(key, seen, m, a, n)\n"                            \
+    "  local f = {'last_seen', '_e', '_r'}\n"                                  \
+    "  for i = a, a + 3 * n - 1, 3 do f[#f + 1] = 't:' .. m[i] end\n"          \
+    "  local cur = redis.call('HMGET', key, unpack(f))\n"                      \
+    "  local set, best = {}, {}\n"                                             \
+    "  for j = 0, n - 1 do\n"                                                  \
+    "    local i = a + 3 * j\n"                                                \
+    "    local k, ts = m[i], tonumber(m[i + 1])\n"                             \
+    "    local old = best[k] or tonumber(cur[j + 4] or '-1')\n"                \
+    "    if ts >= old then\n"                                                  \
+    "      best[k] = ts\n"                                                     \
+    "      set[#set + 1] = 'v:' .. k; set[#set + 1] = m[i + 2]\n"              \
+    "      set[#set + 1] = 't:' .. k; set[#set + 1] = m[i + 1]\n"              \
+    "    end\n"                                                                \
+    "  end\n"                                                                  \
+    "  if tonumber(cur[1] or '0') < tonumber(seen) then\n"                     \
+    "    set[#set + 1] = 'last_seen'; set[#set + 1] = seen\n"                  \
+    "  end\n"                                                                  \
+    "  return set, cur[2], cur[3]\n"                                           \
+    "end\n"                                                                    \
+    "local function fl_put(c, key, set, del, ex, rx, rk, ch, msgs)\n"          \
+    "  local rfresh = #msgs > 0 and c.keep > 0 and\n"                          \
+    "    c.nowms - tonumber(rx or '0') >= c.erttl\n"                           \
+    "  local efresh = c.nowms - tonumber(ex or '0') >= c.ettl\n"               \
+    "  if rfresh then set[#set + 1] = '_r'; set[#set + 1] = c.nowms end\n"     \
+    "  if efresh then set[#set + 1] = '_e'; set[#set + 1] = c.nowms end\n"     \
+    "  if #del > 0 then redis.call('HDEL', key, unpack(del)) end\n"            \
+    "  if #set > 0 then redis.call('HSET', key, unpack(set)) end\n"            \
+    "  if efresh then redis.call('PEXPIRE', key, c.ttl) end\n"                 \
+    "  for i = 1, #msgs do redis.call('PUBLISH', ch, msgs[i]) end\n"           \
+    "  if #msgs > 0 and c.keep > 0 then\n"                                     \
+    "    local len = redis.call('LPUSH', rk, unpack(msgs))\n"                  \
+    "    if len > c.keep + c.slack then\n"                                     \
+    "      redis.call('LTRIM', rk, 0, c.keep - 1)\n"                           \
+    "    end\n"                                                                \
+    "    if rfresh or len == #msgs then redis.call('PEXPIRE', rk, c.rttl) "    \
+    "end\n"                                                                    \
+    "  end\n"                                                                  \
+    "end\n"
+
+#define FL_STR_(x) #x
+#define FL_STR(x)  FL_STR_(x)
+
+/*
+ * The intake's script. KEYS[1] the ingest stream, KEYS[2] the intake's
+ * dedup hash, KEYS[3] the id counter {prefix}wsid. ARGV[1] the stream's
+ * MAXLEN (~), ARGV[2] the dedup hash's TTL in ms or "" (not due),
+ * ARGV[3] the shadow key prefix, ARGV[4] redis.shadow_ttl in ms, ARGV[5]
+ * the resume list prefix, ARGV[6] ws.resume_keep, ARGV[7] ws.resume_ttl
+ * in ms, ARGV[8] limits.max_clock_skew in us, ARGV[9] the number of
+ * messages; then per message, in delivery order (FL_FANOUT_MSG_ARGS):
+ *   topic, payload, rx (arrival ms at fleetd), record field and value
+ *   ("" "": none), then what fl_fanout_message() built: device ("" = not
+ *   fanned out here), '"device":ID,' in JSON, channel, na, and na more.
+ * Returns {failures, last failure, r1, r2, ...}: the fan-outs that failed
+ * (the messages are in the stream all the same) and per message appended
+ * its entry id, or "U" + error when its record was not written; a message
+ * whose XADD failed ends the list with "!" + error, and the messages
+ * after it were not appended.
+ */
+extern const char fl_fanout_append_lua[];
+#define FL_FANOUT_APPEND_ARGV 9
+#define FL_FANOUT_MSG_ARGS    5 /* before fl_fanout_message()'s */
+
+/* The SHA1 of fl_fanout_append_lua in hex, for EVALSHA. */
+void fl_fanout_sha(char out[41]);
+
+/* The payload limits of the consumer and the intake (from cf). */
+void fl_fanout_limits(fl_payload_limits_t *lim, const fl_config_t *cf);
+
+/* A metric's value as JSON. */
+void fl_fanout_metric_json(fl_sbuf_t *b, const fl_metric_t *m);
+
+/*
+ * The fan-out part of one message's arguments to fl_fanout_append_lua,
+ * appended to args: device, its JSON, channel, na, then the np points -
+ * np, then per point: "r" and the offset from the arrival in us, or "a"
+ * and the time in us; the values as a JSON object; nm, and nm times name
+ * and JSON value. t holds the points left after the retention cut;
+ * now_us is the time the payload was parsed at. With t NULL (nothing to
+ * fan out here) the four head arguments are empty / 0.
+ */
+void fl_fanout_message(fl_resp_t *args, const char *device,
+                       const fl_telemetry_t *t, int64_t now_us,
+                       const char *channel);
+
+#endif
