@@ -206,6 +206,8 @@ typedef struct batch {
     int            nchunks;
     int            jobs;      /* pool jobs outstanding */
     int            lingering; /* the batch gathers for ingest.linger */
+    int            fanning;   /* a script call of ours went out for it */
+    int            lazy;      /* 1: waits out the linger, 2: then read */
     int            noread;    /* a read failed: store what is in hand */
     int            parsed;    /* entries in chunks so far */
     int            fanned;    /* chunks whose script call went out */
@@ -805,7 +807,23 @@ static void next_read(void)
 
     ing.phase = G_READING;
     if (g->lingering) {
-        if (left_ms > 0 && !ing.stopping && g->n < cf->ingest.batch &&
+        int more = !ing.stopping && g->n < cf->ingest.batch;
+
+        /* the wait is over: what came meanwhile, at once */
+        if (g->lazy == 1 && more) {
+            g->lazy = 2;
+            if (read_new(cf->ingest.batch - g->n, -1) == FL_OK)
+                return;
+        }
+        /* nothing in the batch for our script call (all fanned out at
+         * append): no dashboard waits for it, so no round wakes us for
+         * each entry that comes; one read at the end of the linger */
+        if (left_ms > 0 && more && g->lazy == 0 && !g->fanning) {
+            g->lazy = 1;
+            kick(left_ms);
+            return;
+        }
+        if (left_ms > 0 && more &&
             read_new(cf->ingest.batch - g->n, left_ms) == FL_OK)
             return;
         g->lingering = 0;
@@ -943,6 +961,7 @@ static void fan_out(void)
             g->failed = 1;
             break;
         }
+        g->fanning = 1;
         g->replies++;
         g->published += c->published;
     }

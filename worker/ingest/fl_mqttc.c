@@ -82,7 +82,10 @@
 #include <unistd.h>
 
 #include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -217,6 +220,7 @@ static struct {
     char               *wsid_key, *channel_prefix;
     fl_resp_t           script_argv; /* ARGV[3] .. [8] */
     int                 script_cached; /* EVAL done on this connection */
+    int                 appending;     /* an append call is in flight */
     char                script_sha[48];
     int64_t             fan_err_logged_at;
     uint64_t            fan_err_quiet;
@@ -926,6 +930,7 @@ static void on_append(redisAsyncContext *c, void *r, void *priv)
 
     if (!current(c))
         return;
+    mc.appending = 0;
     if (reply == NULL) {
         redis_fail(0, "append of %d message%s to redis %s:%d failed: %s", n,
                    n == 1 ? "" : "s", mc.redis_host, mc.redis_port,
@@ -963,6 +968,7 @@ static void on_append(redisAsyncContext *c, void *r, void *priv)
     }
     if (expire)
         mc.expire_at = fl_now_ms() + FL_MQTTSH_DEDUP_REFRESH_MS;
+    redis_pump(); /* what came while it was in flight, in one call */
 }
 
 /* Can e go into an append script call? Not a look-up first, a deletion
@@ -1025,6 +1031,7 @@ static int send_script(entry_t *e0, int64_t now)
     if (rc != REDIS_OK)
         return -1;
     mc.script_cached = 1; /* EVAL ran first on this connection */
+    mc.appending = 1;
     if (e0->expire)
         mc.expire_at = now + FL_MQTTSH_DEDUP_REFRESH_MS;
     return n;
@@ -1062,7 +1069,17 @@ static void redis_pump(void)
                 return;
             }
         } else if (appendable(e)) {
-            int n = send_script(e, e->sent_at);
+            int n;
+
+            /* one append call in flight at a time: the messages that
+             * come meanwhile go in the next one, so a busy worker sends
+             * fewer, bigger calls (each costs Redis a fixed part), and an
+             * idle one sends each message at once */
+            if (mc.appending) {
+                e->sent_at = 0;
+                return;
+            }
+            n = send_script(e, e->sent_at);
 
             if (n < 0) {
                 redis_fail(0, "redis %s:%d refused a command: %s",
@@ -1253,6 +1270,7 @@ static void redis_fail(int free_ctx, const char *fmt, ...)
         }
     mc.unsent = mc.head;
     mc.expire_at = 0;
+    mc.appending = 0;
 
     fl_shm_add(mc.stats->mqtt_enqueue_failures, 1);
     fl_shm_store(mc.stats->dep[FL_DEP_REDIS], FL_DEP_DOWN);
@@ -1619,6 +1637,12 @@ static void on_mqtt_event(struct bufferevent *b, short what, void *arg)
 
     (void)arg;
     if (what & BEV_EVENT_CONNECTED) {
+        int one = 1;
+
+        /* PUBACKs leave as soon as their appends are in, not behind
+         * Nagle's wait for the broker's ACK of the one before */
+        (void)setsockopt(bufferevent_getfd(b), IPPROTO_TCP, TCP_NODELAY, &one,
+                         sizeof(one));
         memset(&c, 0, sizeof(c));
         c.client_id = (fl_mqtt_str_t){mc.client_id, strlen(mc.client_id)};
         if (mc.username[0])
