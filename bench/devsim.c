@@ -64,6 +64,24 @@
  * connection; the message is acknowledged either way (fleetd would retry
  * until it succeeds; a benchmark reports the error instead of stalling).
  *
+ * Fan-out floor (--xadd ... --ws-publish PREFIX:SHARDS, for bench/ws-bench
+ * -F ...:floor): the same transaction also carries the PUBLISH that
+ * fleetd's ingest script sends for the message to its WebSocket hubs,
+ *
+ *     PUBLISH <PREFIX>tele:<shard> {"type":"telemetry","id":"<id>",
+ *             "device":"<device>","ts":<now ms>,"values":<payload>}
+ *
+ * after the XADD and HSET (PEXPIRE), before EXEC; a QoS 0 message then
+ * goes as MULTI, XADD, PUBLISH, EXEC. device is the topic's second level,
+ * shard FNV-1a 32 of it mod SHARDS (fleetd's fl_shadow_shard()), id the
+ * wall clock in microseconds made strictly increasing across the process
+ * (fleetd's ids also grow with every message), values the payload as
+ * received (devsim's payloads are flat JSON objects of numbers). No
+ * parsing, no shadow state, no PostgreSQL: the least work between the
+ * broker and the WebSocket layer. The RESULT line adds ws_published=.
+ * A publisher with --topic-root R publishes on R/<device>/telemetry
+ * instead, so that fleetd (on devices/+/...) does not see the messages.
+ *
  * Both modes end with one machine-readable line on stdout:
  *     RESULT mode=publish sent=... acked=... errors=... rate=... ...
  *     RESULT mode=subscribe received=... rate=... lat_p50_ms=... ...
@@ -131,6 +149,8 @@ typedef struct {
     redisContext     *redis;      /* --xadd: used on paho's receive thread */
     char                 dedup_key[320]; /* --xadd: <prefix>dedup:<client id> */
     double               dedup_expire_at; /* mono_s() of the next PEXPIRE */
+    char                *ws_buf; /* --ws-publish: the message, grown */
+    size_t               ws_cap;
 } conn_t;
 
 static struct {
@@ -163,6 +183,10 @@ static struct {
     char        xadd_maxlen[24];
     char        dedup_prefix[256]; /* <prefix>dedup: */
     unsigned    dedup_slots;       /* N */
+    const char *topic_root;        /* publish: <root>/<device>/telemetry */
+    const char *ws_publish;        /* --ws-publish PREFIX:SHARDS, or NULL */
+    char        ws_channel[256];   /* <PREFIX>tele: */
+    unsigned    ws_shards;
 } opt = {
     .uri = "tcp://127.0.0.1:1883",
     .devices = 1000,
@@ -181,6 +205,7 @@ static struct {
     .receive_max = 1000,
     .xadd_stream = "bench:ingest",
     .xadd_maxlen = "1000000",
+    .topic_root = "devices",
 };
 
 static volatile sig_atomic_t stop_flag;
@@ -197,6 +222,8 @@ static atomic_uint         *us_hist; /* --t-us, US_BUCKETS */
 static atomic_int_fast64_t  us_max;
 static atomic_uint_fast64_t xadd_ok;
 static atomic_uint_fast64_t xadd_errors;
+static atomic_uint_fast64_t ws_published; /* --ws-publish: PUBLISHes sent */
+static atomic_int_fast64_t  ws_last_id;   /* the last message id given */
 
 static void on_signal(int sig)
 {
@@ -531,11 +558,16 @@ fail:
 /*
  * One append with its record (msgid > 0) as worker/fl_mqtt.c
  * redis_append_recorded() sends it: MULTI, XADD, HSET, PEXPIRE when due,
- * EXEC, written at once, then the replies. Returns the EXEC reply (the
- * caller checks it) or NULL with c->redis->err set.
+ * EXEC, written at once, then the replies. With pub_argc > 0 (--ws-publish)
+ * that command (the PUBLISH of the WebSocket form) goes in the same
+ * transaction after them, and msgid 0 (QoS 0) gives MULTI, XADD, PUBLISH,
+ * EXEC. Returns the EXEC reply (the caller checks it) or NULL with
+ * c->redis->err set.
  */
 static redisReply *xadd_recorded(conn_t *c, int argc, const char **argv,
-                                 const size_t *lens, int msgid, uint64_t hash)
+                                 const size_t *lens, int msgid, uint64_t hash,
+                                 int pub_argc, const char **pub_argv,
+                                 const size_t *pub_lens)
 {
     char         field[12], value[32];
     const char  *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
@@ -545,7 +577,8 @@ static redisReply *xadd_recorded(conn_t *c, int argc, const char **argv,
     const char  *pexpire[3] = {"PEXPIRE", c->dedup_key, DEDUP_TTL_MS};
     size_t       pexpire_lens[3];
     double       now = mono_s();
-    int          expire = now >= c->dedup_expire_at, n = expire ? 5 : 4;
+    int          record = msgid > 0, expire = record && now >= c->dedup_expire_at;
+    int          n = 3 + record + expire + (pub_argc > 0);
     redisReply  *r = NULL;
 
     snprintf(field, sizeof(field), "%u", (unsigned)msgid % opt.dedup_slots);
@@ -558,9 +591,12 @@ static redisReply *xadd_recorded(conn_t *c, int argc, const char **argv,
     pexpire_lens[2] = strlen(DEDUP_TTL_MS);
     if (redisAppendCommandArgv(c->redis, 1, multi, multi_len) != REDIS_OK ||
         redisAppendCommandArgv(c->redis, argc, argv, lens) != REDIS_OK ||
-        redisAppendCommandArgv(c->redis, 4, hset, hset_lens) != REDIS_OK ||
+        (record &&
+         redisAppendCommandArgv(c->redis, 4, hset, hset_lens) != REDIS_OK) ||
         (expire && redisAppendCommandArgv(c->redis, 3, pexpire, pexpire_lens) !=
                        REDIS_OK) ||
+        (pub_argc > 0 && redisAppendCommandArgv(c->redis, pub_argc, pub_argv,
+                                                pub_lens) != REDIS_OK) ||
         redisAppendCommandArgv(c->redis, 1, exec, exec_len) != REDIS_OK)
         return NULL;
     for (int i = 0; i < n; i++) {
@@ -573,6 +609,90 @@ static redisReply *xadd_recorded(conn_t *c, int argc, const char **argv,
     if (expire && r->type == REDIS_REPLY_ARRAY)
         c->dedup_expire_at = now + DEDUP_REFRESH_S;
     return r;
+}
+
+/* fleetd's shard of a device (common/fl_core.c fl_fnv1a(), worker/
+ * fl_shadow.c fl_shadow_shard()): FNV-1a 32 of the id mod shards. */
+static uint32_t fnv1a(const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    uint32_t             h = 2166136261u;
+
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * 16777619u;
+    return h;
+}
+
+/* A message id: wall-clock microseconds, strictly increasing across the
+ * process (what fleetd's ingest script gives: an integer that grows with
+ * every message). */
+static int64_t ws_next_id(void)
+{
+    int64_t us = wall_us(), prev = atomic_load(&ws_last_id), next;
+
+    do
+        next = us > prev ? us : prev + 1;
+    while (!atomic_compare_exchange_weak(&ws_last_id, &prev, next));
+    return next;
+}
+
+/*
+ * --ws-publish: the PUBLISH fleetd's ingest script sends for a message,
+ * on <PREFIX>tele:<shard of the device> (device = the topic's second
+ * level), the WebSocket form
+ *   {"type":"telemetry","id":"<id>","device":"<device>","ts":<now ms>,
+ *    "values":<the payload as received>}
+ * into c->ws_buf. Returns the number of PUBLISH arguments (3), or 0 (no
+ * PUBLISH) for a topic without a second level or when out of memory.
+ */
+static int ws_message(conn_t *c, const char *topic, size_t tlen,
+                      const void *payload, size_t plen, char *chan,
+                      size_t chan_size, size_t *chan_len, const char **msg,
+                      size_t *msg_len)
+{
+    const char *dev = memchr(topic, '/', tlen), *end;
+    size_t      dlen, need;
+    int64_t     id = ws_next_id(), ts = wall_ms();
+    int         n;
+
+    if (dev == NULL)
+        return 0;
+    dev++;
+    end = memchr(dev, '/', tlen - (size_t)(dev - topic));
+    dlen = end ? (size_t)(end - dev) : tlen - (size_t)(dev - topic);
+    if (dlen == 0)
+        return 0;
+    n = snprintf(chan, chan_size, "%s%u", opt.ws_channel,
+                 fnv1a(dev, dlen) % opt.ws_shards);
+    if (n < 0 || (size_t)n >= chan_size)
+        return 0;
+    *chan_len = (size_t)n;
+    need = dlen + plen + 128;
+    if (need > c->ws_cap) {
+        char *b = realloc(c->ws_buf, need);
+
+        if (b == NULL)
+            return 0;
+        c->ws_buf = b;
+        c->ws_cap = need;
+    }
+    n = snprintf(c->ws_buf, c->ws_cap,
+                 "{\"type\":\"telemetry\",\"id\":\"%" PRId64
+                 "\",\"device\":\"%.*s\",\"ts\":%" PRId64 ",\"values\":",
+                 id, (int)dlen, dev, ts);
+    if (n < 0 || (size_t)n + plen + 2 > c->ws_cap)
+        return 0;
+    if (plen) {
+        memcpy(c->ws_buf + n, payload, plen);
+        n += (int)plen;
+    } else {
+        memcpy(c->ws_buf + n, "{}", 2);
+        n += 2;
+    }
+    c->ws_buf[n++] = '}';
+    *msg = c->ws_buf;
+    *msg_len = (size_t)n;
+    return 3;
 }
 
 /*
@@ -591,6 +711,10 @@ static void xadd_message(conn_t *c, const char *topic, size_t tlen,
     int         argc = 0;
     uint64_t    hash = msgid > 0 ? msg_hash(topic, tlen, payload, plen) : 0;
     redisReply *r;
+    char        chan[300];
+    const char *pub_argv[3] = {"PUBLISH", chan, NULL};
+    size_t      pub_lens[3] = {7, 0, 0};
+    int         pub_argc = 0;
 
     snprintf(rx, sizeof(rx), "%" PRId64, wall_ms());
 #define ARG(s, n) (argv[argc] = (s), lens[argc] = (n), argc++)
@@ -607,6 +731,10 @@ static void xadd_message(conn_t *c, const char *topic, size_t tlen,
     ARG("r", 1);
     ARG(rx, strlen(rx));
 #undef ARG
+    if (opt.ws_publish)
+        pub_argc = ws_message(c, topic, tlen, payload, plen, chan,
+                              sizeof(chan), &pub_lens[1], &pub_argv[2],
+                              &pub_lens[2]);
 
     for (int attempt = 0; attempt < 2; attempt++) {
         const char *why;
@@ -615,14 +743,19 @@ static void xadd_message(conn_t *c, const char *topic, size_t tlen,
             atomic_fetch_add_explicit(&xadd_errors, 1, memory_order_relaxed);
             continue;
         }
-        r = msgid > 0 ? xadd_recorded(c, argc, argv, lens, msgid, hash)
-                      : redisCommandArgv(c->redis, argc, argv, lens);
+        r = msgid > 0 || pub_argc > 0
+                ? xadd_recorded(c, argc, argv, lens, msgid, hash, pub_argc,
+                                pub_argv, pub_lens)
+                : redisCommandArgv(c->redis, argc, argv, lens);
         if (r != NULL && (r->type == REDIS_REPLY_STRING ||
                           (r->type == REDIS_REPLY_ARRAY && r->elements >= 2 &&
                            r->element[0]->type == REDIS_REPLY_STRING &&
                            r->element[1]->type == REDIS_REPLY_INTEGER))) {
             freeReplyObject(r);
             atomic_fetch_add_explicit(&xadd_ok, 1, memory_order_relaxed);
+            if (pub_argc > 0)
+                atomic_fetch_add_explicit(&ws_published, 1,
+                                          memory_order_relaxed);
             return;
         }
         why = r == NULL                      ? c->redis->errstr
@@ -632,7 +765,8 @@ static void xadd_message(conn_t *c, const char *topic, size_t tlen,
         if (atomic_fetch_add_explicit(&xadd_errors, 1, memory_order_relaxed) <
             10)
             fprintf(stderr, "devsim: %s %s to redis %s:%d failed: %s\n",
-                    msgid > 0 ? "MULTI/XADD" : "XADD", opt.xadd_stream,
+                    msgid > 0 || pub_argc > 0 ? "MULTI/XADD" : "XADD",
+                    opt.xadd_stream,
                     opt.xadd_host, opt.xadd_port, why);
         if (r)
             freeReplyObject(r);
@@ -808,6 +942,9 @@ static void paho_close(void)
         if (conns[i].redis)
             redisFree(conns[i].redis);
         conns[i].redis = NULL;
+        free(conns[i].ws_buf);
+        conns[i].ws_buf = NULL;
+        conns[i].ws_cap = 0;
     }
 }
 
@@ -1134,8 +1271,8 @@ static int run_publish(void)
         return 1;
     }
     for (int d = 0; d < opt.devices; d++) {
-        if (asprintf(&topics[d], "devices/%s%06d/telemetry", opt.prefix,
-                     opt.first + d) < 0) {
+        if (asprintf(&topics[d], "%s/%s%06d/telemetry", opt.topic_root,
+                     opt.prefix, opt.first + d) < 0) {
             fprintf(stderr, "devsim: out of memory\n");
             return 1;
         }
@@ -1352,7 +1489,7 @@ static int run_subscribe(void)
     int      rc = 0;
     struct rusage ru;
     double   cpu = -1;
-    char     xadd[80] = "";
+    char     xadd[120] = "";
 
     if (opt.share[0])
         snprintf(filter, sizeof(filter), "$share/%s/%s", opt.share,
@@ -1395,11 +1532,13 @@ static int run_subscribe(void)
     }
     /* the driver waits for this line before it starts publishing */
     printf("devsim: subscribed %s on %d connection(s), %s, MQTT %s, QoS %d"
-           "%s%s%s%s\n",
+           "%s%s%s%s%s%s\n",
            filter, opt.conns, opt.paho ? "paho" : "libmosquitto",
            opt.version == 5 ? "5" : "3.1.1", opt.qos,
            opt.xadd ? ", XADD to " : "", opt.xadd ? opt.xadd_stream : "",
-           opt.xadd ? " at " : "", opt.xadd ? opt.xadd : "");
+           opt.xadd ? " at " : "", opt.xadd ? opt.xadd : "",
+           opt.ws_publish ? ", PUBLISH on " : "",
+           opt.ws_publish ? opt.ws_channel : "");
     fflush(stdout);
 
     t0 = mono_s();
@@ -1442,6 +1581,9 @@ static int run_subscribe(void)
     if (opt.xadd)
         snprintf(xadd, sizeof(xadd), " xadd=%" PRIu64 " xadd_errors=%" PRIu64,
                  atomic_load(&xadd_ok), atomic_load(&xadd_errors));
+    if (opt.ws_publish)
+        snprintf(xadd + strlen(xadd), sizeof(xadd) - strlen(xadd),
+                 " ws_published=%" PRIu64, atomic_load(&ws_published));
     printf("RESULT mode=subscribe received=%" PRIu64 " elapsed_s=%.3f"
            " rate=%.1f first_ms=%" PRId64 " last_ms=%" PRId64,
            n, n > 1 ? (last - first) / 1000.0 : 0.0,
@@ -1500,6 +1642,11 @@ static void usage(FILE *f)
 "                         messageArrived (the PUBACK follows the append)\n"
 "      --xadd-stream KEY  stream for --xadd (bench:ingest)\n"
 "      --xadd-maxlen N    XADD ... MAXLEN ~ N (1000000)\n"
+"      --ws-publish PREFIX:SHARDS  with --xadd: also PUBLISH fleetd's\n"
+"                         WebSocket form of the message on\n"
+"                         PREFIXtele:<FNV-1a 32 of the device %% SHARDS>\n"
+"                         in the same MULTI/EXEC (QoS 0 too)\n"
+"      --topic-root R     publish: on R/<device>/telemetry (devices)\n"
 "      --t-us             publish: add \"t_us\" (send time, epoch us) to\n"
 "                         each payload; subscribe: latency from it (10 us\n"
 "                         buckets, ms with 2 decimals, adds lat_p999_ms)\n"
@@ -1587,6 +1734,8 @@ int main(int argc, char **argv)
         {"xadd-stream", required_argument, NULL, 'K'},
         {"xadd-maxlen", required_argument, NULL, 'M'},
         {"t-us", no_argument, NULL, 'U'},
+        {"ws-publish", required_argument, NULL, 'W'},
+        {"topic-root", required_argument, NULL, 'T'},
         {"quiet", no_argument, NULL, 'Q'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -1675,6 +1824,15 @@ int main(int argc, char **argv)
                      (uint64_t)v);
             break;
         case 'U': opt.t_us = 1; break;
+        case 'W': opt.ws_publish = optarg; break;
+        case 'T':
+            if (!optarg[0] || strchr(optarg, '+') || strchr(optarg, '#')) {
+                fprintf(stderr, "devsim: --topic-root must be a non-empty "
+                        "topic without wildcards\n");
+                return 2;
+            }
+            opt.topic_root = optarg;
+            break;
         case 'Q': opt.quiet = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -1713,6 +1871,25 @@ int main(int argc, char **argv)
             snprintf(opt.dedup_prefix, sizeof(opt.dedup_prefix),
                      "%s:dedup:", opt.xadd_stream);
         opt.dedup_slots = dedup_ring(opt.receive_max);
+    }
+    if (opt.ws_publish) {
+        const char *colon = strrchr(opt.ws_publish, ':');
+        size_t      pl = colon ? (size_t)(colon - opt.ws_publish) : 0;
+
+        if (!opt.xadd) {
+            fprintf(stderr, "devsim: --ws-publish needs --xadd\n");
+            return 2;
+        }
+        if (!colon || pl + 5 >= sizeof(opt.ws_channel) ||
+            parse_num("the --ws-publish shards", colon + 1, 1, 65536, &v) ||
+            v != (unsigned)v) {
+            fprintf(stderr, "devsim: --ws-publish is PREFIX:SHARDS, not '%s'\n",
+                    opt.ws_publish);
+            return 2;
+        }
+        snprintf(opt.ws_channel, sizeof(opt.ws_channel), "%.*stele:",
+                 (int)pl, opt.ws_publish);
+        opt.ws_shards = (unsigned)v;
     }
     if (opt.conns < 0)
         opt.conns = opt.subscribe ? 1 : 10;
