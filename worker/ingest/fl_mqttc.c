@@ -1023,7 +1023,6 @@ static int send_script(entry_t *e0, int64_t now)
         else
             fl_fanout_message(&r, NULL, NULL, 0, NULL);
         e->sent_at = now;
-        e->multi_err = e->xadd_id = 0;
     }
     cmd = fl_resp_finish(&r, &len);
     rc = redisAsyncFormattedCommand(mc.redis, on_append, e0, cmd, len);
@@ -1046,6 +1045,12 @@ static void redis_pump(void)
 
         if (e->looking)
             return; /* the messages behind it wait for its answer */
+        /* one append call in flight at a time: the messages that come
+         * meanwhile go in the next one, so a busy worker sends fewer,
+         * bigger calls (each costs Redis a fixed part), and an idle one
+         * sends each message at once */
+        if (appendable(e) && mc.appending)
+            return;
         e->sent_at = fl_now_ms();
         if (e->kind == E_DEL) {
             const char  *argv[2] = {"DEL", mc.dedup_key};
@@ -1069,17 +1074,7 @@ static void redis_pump(void)
                 return;
             }
         } else if (appendable(e)) {
-            int n;
-
-            /* one append call in flight at a time: the messages that
-             * come meanwhile go in the next one, so a busy worker sends
-             * fewer, bigger calls (each costs Redis a fixed part), and an
-             * idle one sends each message at once */
-            if (mc.appending) {
-                e->sent_at = 0;
-                return;
-            }
-            n = send_script(e, e->sent_at);
+            int n = send_script(e, e->sent_at);
 
             if (n < 0) {
                 redis_fail(0, "redis %s:%d refused a command: %s",
