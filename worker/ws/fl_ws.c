@@ -57,6 +57,7 @@
 #define CLOSE_WAIT_MS 2000
 #define READS_PER_EV  4
 #define WRITEV_MAX    64
+#define FLUSH_SLICE   32 /* connections written before the loop may poll */
 
 typedef struct outq_s {
     struct outq_s *next;
@@ -126,6 +127,7 @@ static struct {
     fl_ws_conn_t      *dirty; /* have output to write */
     fl_ws_conn_t      *grave; /* gone, freed at the next safe point */
     struct event      *tick;
+    struct event      *more; /* the rest of a sliced flush */
     int                nconns;
     int                stopping;
 } ws;
@@ -617,18 +619,39 @@ static void bury(void);
 
 /* Write what the connections touched since the last call queued, then
  * free the connections that went away (never earlier: they may be on
- * the dirty list, or on the stack of a callback). */
-void fl_ws_flush_dirty(void)
+ * the dirty list, or on the stack of a callback). A message to many
+ * clients is written FLUSH_SLICE connections at a time: the rest goes
+ * to ws.more, an active event of normal priority, so that the loop polls
+ * in between and a device's message waiting on the intake's socket
+ * (FL_PRIO_INTAKE) is taken first instead of after the whole write-out. */
+static void flush(int sliced)
 {
-    while (ws.dirty) {
+    for (int n = 0; ws.dirty; n++) {
         fl_ws_conn_t *c = ws.dirty;
 
+        if (sliced && n == FLUSH_SLICE && ws.more) {
+            event_active(ws.more, EV_TIMEOUT, 0);
+            return;
+        }
         ws.dirty = c->dnext;
         c->dnext = NULL;
         c->dirty = 0;
         conn_flush(c);
     }
     bury();
+}
+
+void fl_ws_flush_dirty(void)
+{
+    flush(1);
+}
+
+static void on_more(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    fl_ws_flush_dirty();
 }
 
 static void on_event(evutil_socket_t fd, short what, void *arg);
@@ -1189,6 +1212,9 @@ static int ws_init(fl_worker_t *w)
     ws.tick = event_new(w->base, -1, EV_PERSIST, on_tick, NULL);
     if (ws.tick == NULL || event_add(ws.tick, &tv) != 0)
         return FL_ERROR;
+    ws.more = event_new(w->base, -1, 0, on_more, NULL);
+    if (ws.more == NULL)
+        return FL_ERROR;
     fl_http_route(NULL, "/ws", handshake, NULL);
     return FL_OK;
 }
@@ -1208,7 +1234,7 @@ static void ws_stop(fl_worker_t *w, int fast)
         while (ws.closing.head)
             conn_gone(ws.closing.head);
     }
-    fl_ws_flush_dirty();
+    flush(0);
 }
 
 static int ws_busy(fl_worker_t *w)
@@ -1224,10 +1250,13 @@ static void ws_destroy(fl_worker_t *w)
         conn_gone(ws.hb.head);
     while (ws.closing.head)
         conn_gone(ws.closing.head);
-    fl_ws_flush_dirty();
+    flush(0);
     if (ws.tick)
         event_free(ws.tick);
     ws.tick = NULL;
+    if (ws.more)
+        event_free(ws.more);
+    ws.more = NULL;
     fl_wshub_destroy();
 }
 
