@@ -41,7 +41,7 @@ UNIT_SRC   := $(shell find test/unit -name '*.c' | sort)
 # pure-logic worker files that the unit tests exercise
 UNIT_WORKER := worker/ingest/fl_payload.c worker/ingest/fl_copy.c worker/fl_idset.c \
                worker/api/fl_history_args.c worker/ws/fl_wsframe.c \
-               worker/ingest/fl_mqttpkt.c worker/ingest/fl_mqttsh.c
+               worker/ingest/fl_mqttpkt.c worker/ingest/fl_mqttsh.c worker/ingest/fl_fanout.c
 UNIT_OBJ   := $(UNIT_SRC:%.c=$(BUILD)/obj/%.o) \
               $(COMMON_SRC:%.c=$(BUILD)/obj/%.o) \
               $(UNIT_WORKER:%.c=$(BUILD)/obj/%.o)

@@ -63,6 +63,8 @@ void test_payload_batch(void);
 void test_payload_senml_basic(void);
 void test_payload_senml_base_fields(void);
 void test_payload_senml_time(void);
+void test_fanout_message_args(void);
+void test_fanout_message_many_names(void);
 void test_payload_senml_rejects(void);
 void test_payload_senml_or_batch(void);
 void test_payload_rej_empty(void);
@@ -246,6 +248,8 @@ static const fl_test_t tests[] = {
     {"payload_senml_basic", test_payload_senml_basic},
     {"payload_senml_base_fields", test_payload_senml_base_fields},
     {"payload_senml_time", test_payload_senml_time},
+    {"fanout_message_args", test_fanout_message_args},
+    {"fanout_message_many_names", test_fanout_message_many_names},
     {"payload_senml_rejects", test_payload_senml_rejects},
     {"payload_senml_or_batch", test_payload_senml_or_batch},
     {"payload_rej_empty", test_payload_rej_empty},

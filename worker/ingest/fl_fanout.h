@@ -131,16 +131,27 @@
  * messages; then per message, in delivery order (FL_FANOUT_MSG_ARGS):
  *   topic, payload, rx (arrival ms at fleetd), record field and value
  *   ("" "": none), then what fl_fanout_message() built: device ("" = not
- *   fanned out here), '"device":ID,' in JSON, channel, na, and na more.
+ *   fanned out here), channel, na, and na more.
+ * The records of the call's messages are written by one HSET at the end.
  * Returns {failures, last failure, r1, r2, ...}: the fan-outs that failed
  * (the messages are in the stream all the same) and per message appended
  * its entry id, or "U" + error when its record was not written; a message
  * whose XADD failed ends the list with "!" + error, and the messages
  * after it were not appended.
+ *
+ * What it costs Redis is mostly the calls it makes (XADD, HMGET, HSET,
+ * PUBLISH, LPUSH per fanned message): the Lua around them is kept to
+ * reading prepared arguments - field names, the message's JSON around
+ * its id and time, the time in ms - that fleetd builds on its side.
  */
 extern const char fl_fanout_append_lua[];
 #define FL_FANOUT_APPEND_ARGV 9
 #define FL_FANOUT_MSG_ARGS    5 /* before fl_fanout_message()'s */
+
+/* A point at most max_clock_skew - this much past fleetd's clock goes as
+ * "A" (its time in ms, no skew check in the script): what Redis's clock
+ * may be behind fleetd's without a point past the skew being shown. */
+#define FL_FANOUT_CLOCK_MARGIN_US (60 * 1000000LL)
 
 /* The SHA1 of fl_fanout_append_lua in hex, for EVALSHA. */
 void fl_fanout_sha(char out[41]);
@@ -153,15 +164,21 @@ void fl_fanout_metric_json(fl_sbuf_t *b, const fl_metric_t *m);
 
 /*
  * The fan-out part of one message's arguments to fl_fanout_append_lua,
- * appended to args: device, its JSON, channel, na, then the np points -
- * np, then per point: "r" and the offset from the arrival in us, or "a"
- * and the time in us; the values as a JSON object; nm, and nm times name
- * and JSON value. t holds the points left after the retention cut;
- * now_us is the time the payload was parsed at. With t NULL (nothing to
- * fan out here) the four head arguments are empty / 0.
+ * appended to args: device, channel, na, then na more -
+ *   the message's JSON from the end of its id to its time,
+ *     '","device":ID,"ts":';
+ *   nf and the shadow fields "t:NAME" of its nf distinct metric names;
+ *   np, then per point: "A" and its time in ms (surely within the skew,
+ *     FL_FANOUT_CLOCK_MARGIN_US), "a" and its time in us, or "r" and the
+ *     offset from the arrival in us; the JSON after its time,
+ *     ',"values":{...}}'; nm, and per metric the 1-based index of its name
+ *     among the nf, "v:NAME" and its JSON value.
+ * t holds the points left after the retention cut; now_us is the time the
+ * payload was parsed at, skew_us limits.max_clock_skew. With t NULL
+ * (nothing to fan out here) the three head arguments are empty / 0.
  */
 void fl_fanout_message(fl_resp_t *args, const char *device,
                        const fl_telemetry_t *t, int64_t now_us,
-                       const char *channel);
+                       int64_t skew_us, const char *channel);
 
 #endif

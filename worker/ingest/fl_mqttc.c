@@ -105,6 +105,7 @@
 #include "fl_mqttsh.h"
 #include "fl_payload.h"
 #include "fl_shadow.h"
+#include "fl_worker.h"
 
 #define TICK_MS               50   /* timers: keepalive, deadlines, backoff */
 #define RECONNECT_MIN_MS      100
@@ -216,6 +217,7 @@ static struct {
     int64_t             fan_max; /* ingest.parse_inline_max */
     fl_payload_limits_t lim;
     int64_t             retention_ms;
+    int64_t             skew_us; /* limits.max_clock_skew */
     int                 shards;
     char               *wsid_key, *channel_prefix;
     fl_resp_t           script_argv; /* ARGV[3] .. [8] */
@@ -1021,7 +1023,7 @@ static int send_script(entry_t *e0, int64_t now)
         if (e->fan.argc)
             fl_resp_append(&r, &e->fan);
         else
-            fl_fanout_message(&r, NULL, NULL, 0, NULL);
+            fl_fanout_message(&r, NULL, NULL, 0, 0, NULL);
         e->sent_at = now;
     }
     cmd = fl_resp_finish(&r, &len);
@@ -1497,7 +1499,8 @@ static void fan_prepare(entry_t *e)
     if (t.npoints > 0) {
         snprintf(channel, sizeof(channel), "%s%u", mc.channel_prefix,
                  fl_shadow_shard(dev, mc.shards));
-        fl_fanout_message(&e->fan, dev, &t, now_ms * 1000, channel);
+        fl_fanout_message(&e->fan, dev, &t, now_ms * 1000, mc.skew_us,
+                          channel);
     }
     fl_telemetry_free(&t);
 }
@@ -1683,6 +1686,7 @@ static void mqtt_connect(void)
     mc.connect_deadline = fl_now_ms() + mc.connect_timeout_ms;
     fl_mqttrx_init(&mc.rx, mc.max_packet, 0);
     mc.bev = bufferevent_socket_new(mc.base, -1, BEV_OPT_CLOSE_ON_FREE);
+    bufferevent_priority_set(mc.bev, FL_PRIO_INTAKE);
     bufferevent_setcb(mc.bev, on_mqtt_read, on_mqtt_write, on_mqtt_event,
                       NULL);
     bufferevent_enable(mc.bev, EV_WRITE);
@@ -1914,6 +1918,7 @@ static void conf_copy(const fl_worker_t *w)
     mc.fan_max = cf->ingest.parse_inline_max;
     fl_fanout_limits(&mc.lim, cf);
     mc.retention_ms = (int64_t)cf->postgres.retention_days * 86400000LL;
+    mc.skew_us = (int64_t)cf->limits.max_clock_skew_ms * 1000;
     mc.shards = cf->redis.channel_shards;
     mc.wsid_key = concat(cf->redis.prefix, "wsid");
     mc.channel_prefix = concat(cf->redis.prefix, "tele:");
