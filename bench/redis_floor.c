@@ -147,6 +147,33 @@ static double cmd_usec(redisContext *c)
     return sum;
 }
 
+static int aof_busy(redisContext *c)
+{
+    redisReply *r = redisCommand(c, "INFO persistence");
+    int         busy = 0;
+
+    if (r && r->type == REDIS_REPLY_STRING)
+        busy = strstr(r->str, "aof_rewrite_in_progress:1") != NULL ||
+               strstr(r->str, "aof_rewrite_scheduled:1") != NULL ||
+               strstr(r->str, "rdb_bgsave_in_progress:1") != NULL;
+    freeReplyObject(r);
+    return busy;
+}
+
+/* Start on a freshly rewritten AOF with no fork running, so that an
+ * automatic rewrite (auto-aof-rewrite-percentage: when the file has
+ * doubled) falls alike on every mode instead of on whichever runs when
+ * the file has grown enough. */
+static void settle_aof(redisContext *c)
+{
+    for (int i = 0; i < 600 && aof_busy(c); i++)
+        usleep(100000);
+    freeReplyObject(redisCommand(c, "BGREWRITEAOF"));
+    usleep(100000);
+    for (int i = 0; i < 600 && aof_busy(c); i++)
+        usleep(100000);
+}
+
 static void die(const char *what, redisContext *c)
 {
     fprintf(stderr, "redis_floor: %s: %s\n", what,
@@ -282,6 +309,7 @@ int main(int argc, char **argv)
     }
     fl_payload_limits_default(&lim);
     lim.max_future_ms = -1;
+    settle_aof(c);
 
     double   cpu0 = proc_cpu_s(pid), us0 = cmd_usec(c), t0 = mono_s();
     double   next_consume = t0;

@@ -145,7 +145,6 @@ int fl_worker_main(fl_config_t *cf, int slot, uint32_t generation, int entry,
         fl_error("event_base_new() failed");
         return 2;
     }
-    event_base_priority_init(w->base, FL_PRIOS);
 
     for (i = 0; i < (int)fl_nelem(sigs); i++) {
         ev_sig[i] = evsignal_new(w->base, sigs[i], on_signal, NULL);

@@ -50,15 +50,6 @@ struct fl_worker_s {
 
 extern fl_worker_t fl_worker;
 
-/* Event priorities of a worker's base (libevent runs the active events of
- * the lowest number first, and polls between batches): reading the MQTT
- * intake's socket is FL_PRIO_INTAKE, so a device's message is not kept
- * waiting behind a long WebSocket write-out (fl_ws_flush_dirty() works
- * in slices); everything else is FL_PRIO_NORMAL, libevent's default. */
-#define FL_PRIO_INTAKE 0
-#define FL_PRIO_NORMAL 1
-#define FL_PRIOS       2
-
 /* Called by the master right after fork; returns the exit code. */
 int fl_worker_main(fl_config_t *cf, int slot, uint32_t generation, int entry,
                    int listen_fd);

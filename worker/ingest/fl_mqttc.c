@@ -105,7 +105,6 @@
 #include "fl_mqttsh.h"
 #include "fl_payload.h"
 #include "fl_shadow.h"
-#include "fl_worker.h"
 
 #define TICK_MS               50   /* timers: keepalive, deadlines, backoff */
 #define RECONNECT_MIN_MS      100
@@ -1686,7 +1685,6 @@ static void mqtt_connect(void)
     mc.connect_deadline = fl_now_ms() + mc.connect_timeout_ms;
     fl_mqttrx_init(&mc.rx, mc.max_packet, 0);
     mc.bev = bufferevent_socket_new(mc.base, -1, BEV_OPT_CLOSE_ON_FREE);
-    bufferevent_priority_set(mc.bev, FL_PRIO_INTAKE);
     bufferevent_setcb(mc.bev, on_mqtt_read, on_mqtt_write, on_mqtt_event,
                       NULL);
     bufferevent_enable(mc.bev, EV_WRITE);

@@ -57,7 +57,7 @@
 #define CLOSE_WAIT_MS 2000
 #define READS_PER_EV  4
 #define WRITEV_MAX    64
-#define FLUSH_SLICE   32 /* connections written before the loop may poll */
+#define FLUSH_SLICE   32 /* connections written before the loop polls */
 
 typedef struct outq_s {
     struct outq_s *next;
@@ -620,17 +620,21 @@ static void bury(void);
 /* Write what the connections touched since the last call queued, then
  * free the connections that went away (never earlier: they may be on
  * the dirty list, or on the stack of a callback). A message to many
- * clients is written FLUSH_SLICE connections at a time: the rest goes
- * to ws.more, an active event of normal priority, so that the loop polls
- * in between and a device's message waiting on the intake's socket
- * (FL_PRIO_INTAKE) is taken first instead of after the whole write-out. */
+ * clients is written FLUSH_SLICE connections at a time: the rest waits
+ * for ws.more, a timer due at once, which libevent runs only after it
+ * has polled again and run what was ready by then - so a device's
+ * message waiting on the worker's MQTT socket is read after one slice,
+ * not after the whole write-out, and nothing waits longer than its turn
+ * (one priority: no starving either way). */
 static void flush(int sliced)
 {
     for (int n = 0; ws.dirty; n++) {
         fl_ws_conn_t *c = ws.dirty;
 
         if (sliced && n == FLUSH_SLICE && ws.more) {
-            event_active(ws.more, EV_TIMEOUT, 0);
+            static const struct timeval now = {0, 0};
+
+            evtimer_add(ws.more, &now);
             return;
         }
         ws.dirty = c->dnext;
@@ -1212,7 +1216,7 @@ static int ws_init(fl_worker_t *w)
     ws.tick = event_new(w->base, -1, EV_PERSIST, on_tick, NULL);
     if (ws.tick == NULL || event_add(ws.tick, &tv) != 0)
         return FL_ERROR;
-    ws.more = event_new(w->base, -1, 0, on_more, NULL);
+    ws.more = evtimer_new(w->base, on_more, NULL);
     if (ws.more == NULL)
         return FL_ERROR;
     fl_http_route(NULL, "/ws", handshake, NULL);
