@@ -124,7 +124,8 @@ static struct {
     const fl_config_t *cf;
     clist_t            hb, closing;
     fl_ws_conn_t      *over;  /* conflated connections */
-    fl_ws_conn_t      *dirty; /* have output to write */
+    fl_ws_conn_t      *dirty; /* have output to write, oldest first */
+    fl_ws_conn_t      *dirty_tail;
     fl_ws_conn_t      *grave; /* gone, freed at the next safe point */
     struct event      *tick;
     struct event      *more; /* the rest of a sliced flush */
@@ -193,12 +194,18 @@ static void over_del(fl_ws_conn_t *c)
     c->oprev = c->onext = NULL;
 }
 
+/* In order: a write-out in slices serves first the connections that have
+ * waited longest, not the ones the last message touched again. */
 static void mark_dirty(fl_ws_conn_t *c)
 {
     if (!c->dirty) {
         c->dirty = 1;
-        c->dnext = ws.dirty;
-        ws.dirty = c;
+        c->dnext = NULL;
+        if (ws.dirty)
+            ws.dirty_tail->dnext = c;
+        else
+            ws.dirty = c;
+        ws.dirty_tail = c;
     }
 }
 
@@ -638,6 +645,8 @@ static void flush(int sliced)
             return;
         }
         ws.dirty = c->dnext;
+        if (ws.dirty == NULL)
+            ws.dirty_tail = NULL;
         c->dnext = NULL;
         c->dirty = 0;
         conn_flush(c);
