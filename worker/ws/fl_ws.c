@@ -625,8 +625,8 @@ static void conn_flush(fl_ws_conn_t *c)
 static void bury(void);
 
 /* Write what the connections touched since the last call queued, then
- * free the connections that went away (never earlier: they may be on
- * the dirty list, or on the stack of a callback). A message to many
+ * free the connections that went away and are off the dirty list (never
+ * earlier: they may be on the stack of a callback). A message to many
  * clients is written FLUSH_SLICE connections at a time: the rest waits
  * for ws.more, a timer due at once, which libevent runs only after it
  * has polled again and run what was ready by then - so a device's
@@ -642,7 +642,7 @@ static void flush(int sliced)
             static const struct timeval now = {0, 0};
 
             evtimer_add(ws.more, &now);
-            return;
+            break;
         }
         ws.dirty = c->dnext;
         if (ws.dirty == NULL)
@@ -720,14 +720,26 @@ static void conn_free(fl_ws_conn_t *c)
         fl_worker_drain_check();
 }
 
+/* Free the connections that went away, except those still on the dirty
+ * list (a sliced flush has not reached them yet): they stay for the
+ * next call, so that a list that never empties under load does not keep
+ * every closed socket open. */
 static void bury(void)
 {
+    fl_ws_conn_t *keep = NULL;
+
     while (ws.grave) {
         fl_ws_conn_t *c = ws.grave;
 
         ws.grave = c->gnext;
-        conn_free(c);
+        if (c->dirty) {
+            c->gnext = keep;
+            keep = c;
+        } else {
+            conn_free(c);
+        }
     }
+    ws.grave = keep;
 }
 
 /* Close c with code (FL_WS_CLOSE_NO_STATUS: a close frame without one,
