@@ -171,11 +171,11 @@ void fl_fanout_message(fl_resp_t *args, const char *device,
                        const fl_telemetry_t *t, int64_t now_us,
                        int64_t skew_us, const char *channel)
 {
-    fl_resp_t    pts = {0};
+    fl_resp_t    head = {0}, pts = {0};
     fl_sbuf_t    js = {0};
     size_t       total = 0, cap = 8;
     const char **names;
-    int         *h, *idx, n = 0, k = 0;
+    int         *h, n = 0;
 
     if (t == NULL || t->npoints == 0) {
         fl_resp_arg(args, "", 0);
@@ -187,24 +187,11 @@ void fl_fanout_message(fl_resp_t *args, const char *device,
         total += t->points[p].nmetrics;
     while (cap <= 2 * total)
         cap *= 2;
-    names = fl_alloc(total * sizeof(*names) + 1);
-    idx = fl_alloc(total * sizeof(*idx) + 1);
-    h = fl_calloc(cap, sizeof(*h));
-    for (size_t p = 0; p < t->npoints; p++) {
-        for (size_t m = 0; m < t->points[p].nmetrics; m++)
-            idx[k++] = name_index(names, &n, h, cap,
-                                  t->points[p].metrics[m].name);
-    }
-    /* the shadow fields to read, then the points */
-    fl_resp_i64(&pts, n);
-    for (int i = 0; i < n; i++) {
-        js.len = 0;
-        fl_sb_lit(&js, "t:");
-        fl_sb_put(&js, names[i], strlen(names[i]));
-        fl_resp_arg(&pts, js.p, js.len);
-    }
+    /* one block: the distinct names in order, then the hash slots */
+    names = fl_calloc(1, total * sizeof(*names) + cap * sizeof(*h));
+    h = (int *)(names + total);
+    /* the points, each metric by the index of its name ... */
     fl_resp_i64(&pts, (int64_t)t->npoints);
-    k = 0;
     for (size_t p = 0; p < t->npoints; p++) {
         const fl_point_t *pt = &t->points[p];
         int               rel = pt->nmetrics > 0 && pt->metrics[0].rel;
@@ -233,29 +220,39 @@ void fl_fanout_message(fl_resp_t *args, const char *device,
         fl_sb_lit(&js, "}}");
         fl_resp_arg(&pts, js.p, js.len);
         fl_resp_i64(&pts, (int64_t)pt->nmetrics);
-        for (size_t m = 0; m < pt->nmetrics; m++, k++) {
-            fl_resp_i64(&pts, idx[k]);
+        for (size_t m = 0; m < pt->nmetrics; m++) {
+            const char *name = pt->metrics[m].name;
+
+            fl_resp_i64(&pts, name_index(names, &n, h, cap, name));
             js.len = 0;
             fl_sb_lit(&js, "v:");
-            fl_sb_put(&js, pt->metrics[m].name, strlen(pt->metrics[m].name));
+            fl_sb_put(&js, name, strlen(name));
             fl_resp_arg(&pts, js.p, js.len);
             js.len = 0;
             fl_fanout_metric_json(&js, &pt->metrics[m]);
             fl_resp_arg(&pts, js.p, js.len);
         }
     }
-    fl_resp_str(args, device);
-    fl_resp_str(args, channel);
-    fl_resp_i64(args, pts.argc + 1);
+    /* ... after the shadow fields to read, one per distinct name */
     js.len = 0;
     fl_sb_lit(&js, "\",\"device\":");
     fl_sb_jstr(&js, device);
     fl_sb_lit(&js, ",\"ts\":");
-    fl_resp_arg(args, js.p, js.len);
+    fl_resp_arg(&head, js.p, js.len);
+    fl_resp_i64(&head, n);
+    for (int i = 0; i < n; i++) {
+        js.len = 0;
+        fl_sb_lit(&js, "t:");
+        fl_sb_put(&js, names[i], strlen(names[i]));
+        fl_resp_arg(&head, js.p, js.len);
+    }
+    fl_resp_str(args, device);
+    fl_resp_str(args, channel);
+    fl_resp_i64(args, head.argc + pts.argc);
+    fl_resp_append(args, &head);
     fl_resp_append(args, &pts);
+    fl_resp_free(&head);
     fl_resp_free(&pts);
     fl_sb_free(&js);
     free(names);
-    free(idx);
-    free(h);
 }
