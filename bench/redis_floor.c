@@ -424,29 +424,14 @@ int main(int argc, char **argv)
                     fl_resp_str(&r, "{\"type\":\"telemetry\",\"id\":\"");
                     fl_resp_arg(&r, tail.p, tail.len);
                 } else {
-                    fl_resp_t x = {0}, h = {0}, k = {0}, pu = {0}, lp = {0};
+                    fl_resp_t k = {0};
                     char      key[192], msg[512];
 
-                    fl_resp_str(&x, "XADD");
-                    fl_resp_str(&x, k_stream);
-                    fl_resp_str(&x, "MAXLEN");
-                    fl_resp_str(&x, "~");
-                    fl_resp_str(&x, "10000000");
-                    fl_resp_str(&x, "*");
-                    fl_resp_str(&x, "t");
-                    fl_resp_str(&x, topic);
-                    fl_resp_str(&x, "p");
-                    fl_resp_str(&x, payload);
-                    fl_resp_str(&x, "r");
-                    fl_resp_str(&x, rx);
-                    fl_resp_str(&x, "f");
-                    fl_resp_str(&x, "1");
-                    send_resp(c, &x);
-                    fl_resp_str(&h, "HSET");
-                    fl_resp_str(&h, k_dedup);
-                    fl_resp_str(&h, rf);
-                    fl_resp_str(&h, rv);
-                    send_resp(c, &h);
+                    redisAppendCommand(c,
+                                       "XADD %s MAXLEN ~ 10000000 * t %s p %s "
+                                       "r %s f 1",
+                                       k_stream, topic, payload, rx);
+                    redisAppendCommand(c, "HSET %s %s %s", k_dedup, rf, rv);
                     snprintf(key, sizeof(key), "%s%s", k_shadow, dev);
                     fl_resp_str(&k, "HMGET");
                     fl_resp_str(&k, key);
@@ -457,25 +442,14 @@ int main(int argc, char **argv)
                     fl_resp_str(&k, key);
                     fl_resp_append(&k, &hs);
                     send_resp(c, &k);
+                    fl_resp_free(&k);
                     snprintf(msg, sizeof(msg),
                              "{\"type\":\"telemetry\",\"id\":\"%" PRId64
                              "%.*s",
                              t_us, (int)tail.len, tail.p);
-                    fl_resp_str(&pu, "PUBLISH");
-                    fl_resp_str(&pu, chan);
-                    fl_resp_str(&pu, msg);
-                    send_resp(c, &pu);
-                    snprintf(key, sizeof(key), "%s%s", k_recent, dev);
-                    fl_resp_str(&lp, "LPUSH");
-                    fl_resp_str(&lp, key);
-                    fl_resp_str(&lp, msg);
-                    send_resp(c, &lp);
+                    redisAppendCommand(c, "PUBLISH %s %s", chan, msg);
+                    redisAppendCommand(c, "LPUSH %s%s %s", k_recent, dev, msg);
                     ncmd += 6;
-                    fl_resp_free(&x);
-                    fl_resp_free(&h);
-                    fl_resp_free(&k);
-                    fl_resp_free(&pu);
-                    fl_resp_free(&lp);
                 }
                 fl_resp_free(&hm);
                 fl_resp_free(&hs);
