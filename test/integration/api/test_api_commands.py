@@ -276,7 +276,13 @@ def test_list_and_get_with_pagination(api):
     d, other = ctx.dev("lst"), ctx.dev("other")
     register(a, d)
     register(a, other)
-    made = [send(a, d, {"n": i})["id"] for i in range(7)]
+    made = []
+    for i in range(7):
+        made.append(send(a, d, {"n": i})["id"])
+        # ids sort by creation to the millisecond, and within one only per
+        # worker (fl_commands.c command_id): two sends a millisecond apart
+        # are ordered whichever worker takes them
+        time.sleep(0.002)
     base = "/api/v1/devices/%s/commands" % d
 
     s, doc = a.get(base)
