@@ -12,12 +12,14 @@
  *           sends them: the figure to compare;
  *   mini    the floor of an atomic implementation: one script call per
  *           G messages making the same Redis calls (XADD, one HSET of
- *           the records, and per message HMGET of the shadow's times,
- *           HSET of every value, PUBLISH and LPUSH of the message with
- *           its id) and nothing else - no comparison of times, no
- *           arrival, the newest-wins HSET unconditional. Correctness
- *           needs more (an older point must not overwrite a newer one),
- *           so no correct script costs less;
+ *           the records, and per message HMGET of the shadow's
+ *           last_seen, _e, _r and _t, HSET of every value with its time,
+ *           _t and last_seen, PUBLISH and LPUSH of the message with its
+ *           id) and nothing else - no comparison of times, no arrival,
+ *           the newest-wins HSET unconditional. Correctness needs more
+ *           (an older point must not overwrite a newer one: at least
+ *           the shadow's newest time read), so no correct script costs
+ *           less;
  *   pipe    the same commands sent plain, pipelined, no script at all:
  *           not atomic (two workers could interleave a device's
  *           read-then-write and publish ids out of order), so not an
@@ -83,9 +85,38 @@ static const char mini_lua[] =
     "redis.call('SET', KEYS[3], string.format('%d', id))\n"
     "return 1\n";
 
+#define MAX_SLICES 1000
+
+/* A mode's state across its slices; its keys under pfx */
+typedef struct {
+    const char *name;
+    char        pfx[128], sha[41];
+    long        pid;
+    uint64_t    seq, sent, calls;
+    double      cpu, cmd_us, secs;
+    double      slice_us[MAX_SLICES]; /* Redis CPU us per message */
+} mode_t_;
+
 static const char *prefix = "floor:";
-static char        k_stream[128], k_dedup[128], k_wsid[128], k_shadow[128],
-    k_recent[128], k_chan[128];
+static char        k_stream[160], k_dedup[160], k_wsid[160], k_shadow[160],
+    k_recent[160], k_chan[160];
+
+static void use_keys(const mode_t_ *m)
+{
+    snprintf(k_stream, sizeof(k_stream), "%singest", m->pfx);
+    snprintf(k_dedup, sizeof(k_dedup), "%sdedup", m->pfx);
+    snprintf(k_wsid, sizeof(k_wsid), "%swsid", m->pfx);
+    snprintf(k_shadow, sizeof(k_shadow), "%sshadow:", m->pfx);
+    snprintf(k_recent, sizeof(k_recent), "%srecent:", m->pfx);
+    snprintf(k_chan, sizeof(k_chan), "%stele:", m->pfx);
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return x < y ? -1 : x > y;
+}
 
 static int64_t now_us(void)
 {
@@ -247,74 +278,20 @@ static size_t consume(redisContext *c)
     return n;
 }
 
-int main(int argc, char **argv)
+/* One slice of mode m: secs at rate, then the consumer catches up.
+ * Adds what Redis spent to m. */
+static void run_slice(redisContext *c, redisContext *cc, mode_t_ *m,
+                      int slot, double secs, double rate, int group,
+                      int devices, const fl_payload_limits_t *lim0)
 {
-    const char *addr = "127.0.0.1:6379", *mode = "fleetd";
-    long        pid = 0;
-    double      rate = 10000, dur = 10;
-    int         devices = 1000, group = 10, opt;
-    char        host[128], sha[41] = "", mini_sha[41] = "";
-    int         port;
-    redisContext *c, *cc;
-    fl_payload_limits_t lim;
-    uint64_t    seq = 0, sent = 0, calls = 0, consumed = 0;
-
-    while ((opt = getopt(argc, argv, "a:P:m:r:d:n:g:p:")) != -1) {
-        switch (opt) {
-        case 'a': addr = optarg; break;
-        case 'P': pid = atol(optarg); break;
-        case 'm': mode = optarg; break;
-        case 'r': rate = atof(optarg); break;
-        case 'd': dur = atof(optarg); break;
-        case 'n': devices = atoi(optarg); break;
-        case 'g': group = atoi(optarg); break;
-        case 'p': prefix = optarg; break;
-        default:
-            fprintf(stderr, "usage: redis_floor -a HOST:PORT -P REDIS_PID "
-                            "-m fleetd|mini|pipe [-r RATE] [-d S] [-n N] "
-                            "[-g G] [-p PREFIX]\n");
-            return 2;
-        }
-    }
-    if (strcmp(mode, "fleetd") && strcmp(mode, "mini") && strcmp(mode, "pipe"))
-        die("mode is fleetd, mini or pipe", NULL);
-    if (sscanf(addr, "%127[^:]:%d", host, &port) != 2 || group < 1 ||
-        devices < 1 || rate <= 0)
-        die("bad arguments", NULL);
-    snprintf(k_stream, sizeof(k_stream), "%singest", prefix);
-    snprintf(k_dedup, sizeof(k_dedup), "%sdedup", prefix);
-    snprintf(k_wsid, sizeof(k_wsid), "%swsid", prefix);
-    snprintf(k_shadow, sizeof(k_shadow), "%sshadow:", prefix);
-    snprintf(k_recent, sizeof(k_recent), "%srecent:", prefix);
-    snprintf(k_chan, sizeof(k_chan), "%stele:", prefix);
-    c = redisConnect(host, port);
-    cc = redisConnect(host, port);
-    if (c == NULL || c->err || cc == NULL || cc->err)
-        die("connect", c && c->err ? c : cc);
-    freeReplyObject(redisCommand(c, "DEL %s", k_stream));
-    freeReplyObject(
-        redisCommand(c, "XGROUP CREATE %s g $ MKSTREAM", k_stream));
-    fl_fanout_sha(sha);
-    {
-        redisReply *r = redisCommand(c, "SCRIPT LOAD %s", fl_fanout_append_lua);
-
-        if (r == NULL || r->type != REDIS_REPLY_STRING || strcmp(r->str, sha))
-            die("SCRIPT LOAD (fleetd)", c);
-        freeReplyObject(r);
-        r = redisCommand(c, "SCRIPT LOAD %s", mini_lua);
-        if (r == NULL || r->type != REDIS_REPLY_STRING)
-            die("SCRIPT LOAD (mini)", c);
-        snprintf(mini_sha, sizeof(mini_sha), "%s", r->str);
-        freeReplyObject(r);
-    }
-    fl_payload_limits_default(&lim);
-    lim.max_future_ms = -1;
-    settle_aof(c);
-
-    double   cpu0 = proc_cpu_s(pid), us0 = cmd_usec(c), t0 = mono_s();
+    const char         *mode = m->name;
+    fl_payload_limits_t lim = *lim0;
+    uint64_t            seq = m->seq, sent = 0, calls = 0, consumed = 0;
+    double   cpu0 = proc_cpu_s(m->pid), us0 = cmd_usec(c), t0 = mono_s();
     double   next_consume = t0;
-    uint64_t total = (uint64_t)(rate * dur);
+    uint64_t total = (uint64_t)(rate * secs);
 
+    use_keys(m);
     while (sent < total) {
         double   due = t0 + (double)sent / rate, t = mono_s();
         fl_resp_t r = {0};
@@ -330,7 +307,7 @@ int main(int argc, char **argv)
             usleep((useconds_t)((due - t) * 1e6));
         if (script) {
             fl_resp_str(&r, "EVALSHA");
-            fl_resp_str(&r, mode[0] == 'f' ? sha : mini_sha);
+            fl_resp_str(&r, m->sha);
             fl_resp_i64(&r, 3);
             fl_resp_str(&r, k_stream);
             fl_resp_str(&r, k_dedup);
@@ -346,7 +323,7 @@ int main(int argc, char **argv)
             fl_resp_i64(&r, n);
         }
         for (int i = 0; i < n; i++, seq++) {
-            char           topic[64], payload[160], dev[32], chan[160],
+            char           topic[64], payload[160], dev[32], chan[192],
                 rx[32], rf[32], rv[64];
             int            d = (int)(seq % (uint64_t)devices);
             fl_telemetry_t tl;
@@ -370,7 +347,7 @@ int main(int argc, char **argv)
                 fl_resp_str(&r, rx);
                 fl_resp_str(&r, rf);
                 fl_resp_str(&r, rv);
-                fl_fanout_message(&r, dev, &tl, t_us, SKEW_US, chan);
+                fl_fanout_message(&r, dev, &tl, t_us, SKEW_US, chan, rx);
             } else {
                 /* the same commands: fields and values from the parse */
                 fl_sbuf_t   js = {0}, tail = {0};
@@ -382,8 +359,11 @@ int main(int argc, char **argv)
                 fl_resp_str(&hm, "last_seen");
                 fl_resp_str(&hm, "_e");
                 fl_resp_str(&hm, "_r");
+                fl_resp_str(&hm, "_t");
                 fl_resp_str(&hs, "last_seen");
                 fl_resp_str(&hs, rx);
+                fl_resp_str(&hs, "_t");
+                fl_resp_str(&hs, tms);
                 fl_sb_lit(&tail, "\",\"device\":");
                 fl_sb_jstr(&tail, dev);
                 fl_sb_lit(&tail, ",\"ts\":");
@@ -394,7 +374,6 @@ int main(int argc, char **argv)
                     fl_sb_lit(&js, "t:");
                     fl_sb_put(&js, pt->metrics[m].name,
                               strlen(pt->metrics[m].name));
-                    fl_resp_arg(&hm, js.p, js.len);
                     fl_resp_arg(&hs, js.p, js.len);
                     fl_resp_str(&hs, tms);
                     js.p[0] = 'v';
@@ -476,14 +455,141 @@ int main(int argc, char **argv)
             usleep(10000);
     }
     {
-        double el = mono_s() - t0, cpu = proc_cpu_s(pid) - cpu0,
-               us = cmd_usec(c) - us0;
+        double cpu = proc_cpu_s(m->pid) - cpu0;
+
+        m->seq = seq;
+        m->sent += sent;
+        m->calls += calls;
+        m->secs += mono_s() - t0;
+        m->cpu += cpu;
+        m->cmd_us += cmd_usec(c) - us0;
+        m->slice_us[slot] = cpu * 1e6 / (double)(sent ? sent : 1);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    const char *addr = "127.0.0.1:6379", *modelist = "fleetd";
+    long        pid = 0;
+    double      rate = 10000, dur = 10, slice = 0;
+    int         devices = 1000, group = 10, opt, nmodes = 0, rounds;
+    char        host[128], list[64];
+    int         port;
+    redisContext *c, *cc;
+    fl_payload_limits_t lim;
+    mode_t_     modes[3];
+
+    while ((opt = getopt(argc, argv, "a:P:m:r:d:s:n:g:p:")) != -1) {
+        switch (opt) {
+        case 'a': addr = optarg; break;
+        case 'P': pid = atol(optarg); break;
+        case 'm': modelist = optarg; break;
+        case 'r': rate = atof(optarg); break;
+        case 'd': dur = atof(optarg); break;
+        case 's': slice = atof(optarg); break;
+        case 'n': devices = atoi(optarg); break;
+        case 'g': group = atoi(optarg); break;
+        case 'p': prefix = optarg; break;
+        default:
+            fprintf(stderr, "usage: redis_floor -a HOST:PORT -P REDIS_PID "
+                            "-m MODE[,MODE...] [-r RATE] [-d S] [-s SLICE] "
+                            "[-n N] [-g G] [-p PREFIX]\n");
+            return 2;
+        }
+    }
+    if (sscanf(addr, "%127[^:]:%d", host, &port) != 2 || group < 1 ||
+        devices < 1 || rate <= 0 || dur <= 0 || slice < 0)
+        die("bad arguments", NULL);
+    if (slice == 0 || slice > dur)
+        slice = dur;
+    rounds = (int)(dur / slice + 0.5);
+    if (rounds < 1 || rounds > MAX_SLICES)
+        die("-d / -s: 1 to 1000 slices", NULL);
+    snprintf(list, sizeof(list), "%s", modelist);
+    memset(modes, 0, sizeof(modes));
+    for (char *save = NULL, *t = strtok_r(list, ",", &save); t;
+         t = strtok_r(NULL, ",", &save)) {
+        static const char *const known[] = {"fleetd", "mini", "pipe"};
+        int                      k = 0;
+
+        while (k < 3 && strcmp(t, known[k]) != 0)
+            k++;
+        if (k == 3 || nmodes == 3)
+            die("modes are fleetd, mini and pipe", NULL);
+        modes[nmodes].name = known[k];
+        modes[nmodes].pid = pid;
+        /* one mode keeps PREFIX; several each their own keys below it */
+        snprintf(modes[nmodes].pfx, sizeof(modes[nmodes].pfx), "%s%s%s",
+                 prefix, strchr(modelist, ',') ? known[k] : "",
+                 strchr(modelist, ',') ? ":" : "");
+        nmodes++;
+    }
+    c = redisConnect(host, port);
+    cc = redisConnect(host, port);
+    if (c == NULL || c->err || cc == NULL || cc->err)
+        die("connect", c && c->err ? c : cc);
+    for (int j = 0; j < nmodes; j++) {
+        mode_t_    *m = &modes[j];
+        const char *lua = m->name[0] == 'f' ? fl_fanout_append_lua : mini_lua;
+        redisReply *r;
+
+        use_keys(m);
+        freeReplyObject(redisCommand(c, "DEL %s", k_stream));
+        freeReplyObject(
+            redisCommand(c, "XGROUP CREATE %s g $ MKSTREAM", k_stream));
+        r = redisCommand(c, "SCRIPT LOAD %s", lua);
+        if (r == NULL || r->type != REDIS_REPLY_STRING)
+            die("SCRIPT LOAD", c);
+        snprintf(m->sha, sizeof(m->sha), "%s", r->str);
+        freeReplyObject(r);
+    }
+    {
+        char sha[41];
+
+        fl_fanout_sha(sha);
+        for (int j = 0; j < nmodes; j++)
+            if (modes[j].name[0] == 'f' && strcmp(modes[j].sha, sha) != 0)
+                die("SCRIPT LOAD (fleetd): another SHA1", NULL);
+    }
+    fl_payload_limits_default(&lim);
+    lim.max_future_ms = -1;
+    settle_aof(c);
+
+    fl_payload_limits_default(&lim);
+    lim.max_future_ms = -1;
+    settle_aof(c);
+    for (int r = 0; r < rounds; r++) {
+        for (int j = 0; j < nmodes; j++) {
+            mode_t_ *m = &modes[(j + r) % nmodes];
+
+            run_slice(c, cc, m, r, slice, rate, group, devices, &lim);
+        }
+    }
+    for (int j = 0; j < nmodes; j++) {
+        mode_t_ *m = &modes[j];
 
         printf("RESULT mode=%s messages=%" PRIu64 " calls=%" PRIu64
                " elapsed_s=%.2f rate=%.0f redis_cpu_s=%.3f "
-               "cpu_us_per_msg=%.2f cmd_us_per_msg=%.2f\n",
-               mode, sent, calls, el, (double)sent / el, cpu,
-               cpu * 1e6 / (double)sent, us / (double)sent);
+               "cpu_us_per_msg=%.2f cmd_us_per_msg=%.2f slices=%d\n",
+               m->name, m->sent, m->calls, m->secs,
+               (double)m->sent / m->secs, m->cpu,
+               m->cpu * 1e6 / (double)m->sent, m->cmd_us / (double)m->sent,
+               rounds);
+    }
+    /* the first mode against each other, slice by slice (each round ran
+     * every mode, one after the other): how far noise moves the ratio */
+    for (int j = 1; j < nmodes; j++) {
+        double q[MAX_SLICES];
+
+        for (int r = 0; r < rounds; r++)
+            q[r] = modes[0].slice_us[r] / modes[j].slice_us[r];
+        qsort(q, (size_t)rounds, sizeof(q[0]), cmp_double);
+        printf("RATIO %s/%s total=%.3f median=%.3f q1=%.3f q3=%.3f "
+               "slices=%d\n",
+               modes[0].name, modes[j].name,
+               (modes[0].cpu / (double)modes[0].sent) /
+                   (modes[j].cpu / (double)modes[j].sent),
+               q[rounds / 2], q[rounds / 4], q[(3 * rounds) / 4], rounds);
     }
     redisFree(c);
     redisFree(cc);

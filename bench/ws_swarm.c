@@ -301,6 +301,26 @@ static void b64(const unsigned char *in, size_t len, char *out)
 
 /* ---- latency histogram ---------------------------------------------------- */
 
+/* The two parts of a latency, split at the message's id - the appender's
+ * wall clock in us when it made the message (fleetd: Redis's TIME in its
+ * append script; the floor bridge: its clock before the MULTI): t_us ->
+ * id (broker, intake, append) and id -> read (Redis Pub/Sub, hub,
+ * WebSocket). 10 us buckets up to 100 ms. */
+#define SEG_N 10000
+static uint64_t seg_hist[2][SEG_N + 1], seg_n;
+
+static void seg_add(int64_t t_us, int64_t id, int64_t rx_us)
+{
+    int64_t part[2] = {id - t_us, rx_us - id};
+
+    for (int k = 0; k < 2; k++) {
+        int64_t b = part[k] < 0 ? 0 : part[k] / HIST_BUCKET;
+
+        seg_hist[k][b >= SEG_N ? SEG_N : b]++;
+    }
+    seg_n++;
+}
+
 static void lat_add(int64_t us)
 {
     uint32_t b;
@@ -729,9 +749,13 @@ static void on_text(conn_t *c, const char *m, size_t len)
             memmem(m, len, "\"conflated\": true", 17))
             st.conflated++;
         if (opt.recv) {
-            if (json_num(m, len, "\"t_us\"", 6, &v) == 0)
+            if (json_num(m, len, "\"t_us\"", 6, &v) == 0) {
+                const char *q = memmem(m, len, "\"id\":\"", 6);
+
                 lat_add(rx_now_us - (int64_t)v);
-            else
+                if (q && q + 6 < m + len && q[6] >= '0' && q[6] <= '9')
+                    seg_add((int64_t)v, strtoll(q + 6, NULL, 10), rx_now_us);
+            } else
                 st.no_t_us++;
         }
     } else if (t[0] && rest >= 11 && memcmp(t, "subscribed\"", 11) == 0) {
@@ -1082,6 +1106,13 @@ static void report(const char *tag, double t, int final)
                quantile_u64(hist, HIST_N, st.lat_n, 0.99),
                quantile_u64(hist, HIST_N, st.lat_n, 0.999),
                st.lat_max_us / 1000.0, st.neg_lat);
+        if (final && seg_n > 0)
+            printf(" append_p50_ms=%.2f append_p99_ms=%.2f"
+                   " deliver_p50_ms=%.2f deliver_p99_ms=%.2f",
+                   quantile_u64(seg_hist[0], SEG_N, seg_n, 0.50),
+                   quantile_u64(seg_hist[0], SEG_N, seg_n, 0.99),
+                   quantile_u64(seg_hist[1], SEG_N, seg_n, 0.50),
+                   quantile_u64(seg_hist[1], SEG_N, seg_n, 0.99));
         if (!final)
             printf(" ip50_ms=%.2f ip99_ms=%.2f ip999_ms=%.2f imax_ms=%.3f",
                    quantile_u32(i_hist, st.i_hi, st.i_lat_n, 0.50),

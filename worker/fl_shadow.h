@@ -9,6 +9,11 @@
  *       t:{metric}        its time, epoch ms
  *       r:{key}           reported state, JSON text
  *       last_seen         arrival of the newest message, epoch ms
+ *       _t                at least the newest t:{metric}, epoch ms (13
+ *                         digits from 2001: the intake compares a reading
+ *                         with it as text, fl_fanout.h)
+ *       _e, _r            the TTL period in which the hash's and the
+ *                         resume list's TTL were last set (fl_fanout.h)
  *   {prefix}recent:{id}   list, the device's last ws.resume_keep
  *                         telemetry messages in their WebSocket form,
  *                         newest first, TTL ws.resume_ttl after the

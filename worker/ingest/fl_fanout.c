@@ -2,6 +2,7 @@
  * fl_fanout.c - the intake's append-and-fan-out script and the arguments
  * it takes (fl_fanout.h).
  */
+#include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -11,25 +12,40 @@
 
 const char fl_fanout_append_lua[] =
     FL_FANOUT_LUA
-    "local maxlen, dttl, spfx = ARGV[1], ARGV[2], ARGV[3]\n"
-    "local rpfx, skew = ARGV[5], tonumber(ARGV[8])\n"
+    "local A = ARGV\n"
+    "local maxlen, dttl, spfx = A[1], A[2], A[3]\n"
+    "local rpfx, skew = A[5], tonumber(A[8])\n"
     "local tm = redis.call('TIME')\n"
     "local now = tonumber(tm[1]) * 1000000 + tonumber(tm[2])\n"
-    "local c = fl_ctx(ARGV[4], ARGV[7], tonumber(ARGV[6]), "
-    "math.floor(now / 1000))\n"
+    "local c = fl_ctx(A[4], A[7], tonumber(A[6]), math.floor(now / 1000))\n"
     "local id = nil\n"
-    /* the telemetry of one message, its XADD id x, arrival ms seen; its
-     * arguments from ARGV[a] on (see fl_fanout_message) */
-    "local function fan(x, seen, dev, ch, a)\n"
-    "  local tail, nf = ARGV[a], tonumber(ARGV[a + 1])\n"
-    "  local fi, key = a + 2, spfx .. dev\n"
-    "  local cur = redis.call('HMGET', key, 'last_seen', '_e', '_r',\n"
-    "    unpack(ARGV, fi, fi + nf - 1))\n"
-    "  local np, b = tonumber(ARGV[fi + nf]), fi + nf + 1\n"
-    "  local arr, set, best, msgs = nil, {}, {}, {}\n"
+    "local function nextid()\n"
+    "  if id == nil then\n"
+    "    id = math.max(tonumber(redis.call('GET', KEYS[3]) or '0'), now - 1)\n"
+    "  end\n"
+    "  id = id + 1\n"
+    "  return string.format('%d', id)\n"
+    "end\n"
+    /* any message: every point's metrics against the stored times of
+     * their names (read here), the newest per name wins */
+    "local function fan_all(x, seen, key, dev, ch, a, cur)\n"
+    "  local tail, np, b = A[a], tonumber(A[a + 1]), a + 2\n"
+    "  local f, pos = {}, {}\n"
     "  for j = 1, np do\n"
-    "    local t, tn, nm = ARGV[b + 1], nil, tonumber(ARGV[b + 3])\n"
-    "    if ARGV[b] == 'A' then\n"
+    "    local nm = tonumber(A[b + 3])\n"
+    "    for q = b + 4, b + 3 + 4 * nm, 4 do\n"
+    "      local n = A[q + 2]\n"
+    "      if pos[n] == nil then f[#f + 1] = n; pos[n] = #f end\n"
+    "    end\n"
+    "    b = b + 4 + 4 * nm\n"
+    "  end\n"
+    "  local st = redis.call('HMGET', key, unpack(f))\n"
+    "  local mx = fl_tmax(key, cur[1], cur[4])\n"
+    "  local arr, set, best, msgs = nil, {}, {}, {}\n"
+    "  b = a + 2\n"
+    "  for j = 1, np do\n"
+    "    local t, tn, nm = A[b + 1], nil, tonumber(A[b + 3])\n"
+    "    if A[b] == 'A' then\n"
     "      tn = tonumber(t)\n"
     "    else\n"
     "      if arr == nil then\n"
@@ -37,42 +53,72 @@ const char fl_fanout_append_lua[] =
     "        arr = tonumber(ms) * 1000 + tonumber(sq)\n"
     "      end\n"
     "      local us = tonumber(t)\n"
-    "      if ARGV[b] == 'r' then us = arr + us end\n"
+    "      if A[b] == 'r' then us = arr + us end\n"
     "      if us <= arr + skew then\n"
     "        tn = math.floor(us / 1000)\n"
     "        t = string.format('%d', tn)\n"
     "      end\n"
     "    end\n"
     "    if tn ~= nil then\n"
-    "      if id == nil then\n"
-    "        id = math.max(tonumber(redis.call('GET', KEYS[3]) or '0'), "
-    "now - 1)\n"
-    "      end\n"
-    "      id = id + 1\n"
     "      msgs[#msgs + 1] = '{\"type\":\"telemetry\",\"id\":\"' ..\n"
-    "        string.format('%d', id) .. tail .. t .. ARGV[b + 2]\n"
-    "      for i = b + 4, b + 1 + 3 * nm, 3 do\n"
-    "        local k = tonumber(ARGV[i])\n"
-    "        if tn >= (best[k] or tonumber(cur[k + 3] or '-1')) then\n"
-    "          best[k] = tn\n"
-    "          set[#set + 1] = ARGV[i + 1]; set[#set + 1] = ARGV[i + 2]\n"
-    "          set[#set + 1] = ARGV[fi + k - 1]; set[#set + 1] = t\n"
+    "        nextid() .. tail .. t .. A[b + 2]\n"
+    "      if tn > mx then mx = tn end\n"
+    "      for q = b + 4, b + 3 + 4 * nm, 4 do\n"
+    "        local n = A[q + 2]\n"
+    "        if tn >= (best[n] or tonumber(st[pos[n]] or '-1')) then\n"
+    "          best[n] = tn\n"
+    "          set[#set + 1] = A[q]; set[#set + 1] = A[q + 1]\n"
+    "          set[#set + 1] = n; set[#set + 1] = t\n"
     "        end\n"
     "      end\n"
     "    end\n"
-    "    b = b + 4 + 3 * nm\n"
+    "    b = b + 4 + 4 * nm\n"
     "  end\n"
     "  if #msgs == 0 then return end\n"
-    "  if tonumber(cur[1] or '0') < tonumber(seen) then\n"
+    "  set[#set + 1] = '_t'; set[#set + 1] = fl_t13(mx)\n"
+    "  if fl_later(seen, cur[1]) then\n"
     "    set[#set + 1] = 'last_seen'; set[#set + 1] = seen\n"
     "  end\n"
     "  fl_put(c, key, set, {}, cur[2], cur[3], rpfx .. dev, ch, msgs)\n"
     "end\n"
+    /* the telemetry of one message, its XADD id x, arrival ms seen; its
+     * arguments from A[a] on (see fl_fanout_message). The common case -
+     * one point, its time in ms, not older than the shadow's newest (_t,
+     * compared as 13-digit text) - sets every metric: one HSET of the
+     * arguments as they are, nothing parsed but nm */
+    "local function fan(x, seen, dev, ch, a)\n"
+    "  local key = spfx .. dev\n"
+    "  local cur = redis.call('HMGET', key, 'last_seen', '_e', '_r', '_t')\n"
+    "  local t, mt = A[a + 3], cur[4]\n"
+    "  if A[a + 1] ~= '1' or A[a + 2] ~= 'A' or\n"
+    "     (mt and (#mt ~= 13 or t < mt)) or (not mt and cur[1]) then\n"
+    "    return fan_all(x, seen, key, dev, ch, a, cur)\n"
+    "  end\n"
+    "  local q = a + 6\n"
+    "  local e = q + 4 * tonumber(A[a + 5]) + 1\n"
+    "  if fl_later(seen, cur[1]) then e = e + 2 end\n"
+    "  local m = '{\"type\":\"telemetry\",\"id\":\"' .. nextid() .. A[a] ..\n"
+    "    t .. A[a + 4]\n"
+    "  local rk = rpfx .. dev\n"
+    "  if cur[2] ~= c.eb or (c.keep > 0 and cur[3] ~= c.rb) then\n"
+    "    return fl_put(c, key, {unpack(A, q, e)}, {}, cur[2], cur[3], rk,\n"
+    "      ch, {m})\n"
+    "  end\n"
+    "  redis.call('HSET', key, unpack(A, q, e))\n"
+    "  redis.call('PUBLISH', ch, m)\n"
+    "  if c.keep > 0 then\n"
+    "    local len = redis.call('LPUSH', rk, m)\n"
+    "    if len > c.keep + c.slack then\n"
+    "      redis.call('LTRIM', rk, 0, c.keep - 1)\n"
+    "    end\n"
+    "    if len == 1 then redis.call('PEXPIRE', rk, c.rttl) end\n"
+    "  end\n"
+    "end\n"
     "local out, a = {0, ''}, " FL_STR(FL_FANOUT_APPEND_ARGV) " + 1\n"
     "local rec, rix = {}, {}\n"
-    "for k = 1, tonumber(ARGV[" FL_STR(FL_FANOUT_APPEND_ARGV) "]) do\n"
-    "  local tp, p, r, rf = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]\n"
-    "  local dev, ch, na = ARGV[a + 5], ARGV[a + 6], tonumber(ARGV[a + 7])\n"
+    "for k = 1, tonumber(A[" FL_STR(FL_FANOUT_APPEND_ARGV) "]) do\n"
+    "  local tp, p, r, rf = A[a], A[a + 1], A[a + 2], A[a + 3]\n"
+    "  local dev, ch, na = A[a + 5], A[a + 6], tonumber(A[a + 7])\n"
     "  local x\n"
     "  if dev == '' then\n"
     "    x = redis.pcall('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',\n"
@@ -87,7 +133,7 @@ const char fl_fanout_append_lua[] =
     "  end\n"
     "  out[#out + 1] = x\n"
     "  if rf ~= '' then\n"
-    "    rec[#rec + 1] = rf; rec[#rec + 1] = ARGV[a + 4]\n"
+    "    rec[#rec + 1] = rf; rec[#rec + 1] = A[a + 4]\n"
     "    rix[#rix + 1] = #out\n"
     "  end\n"
     "  if dev ~= '' then\n"
@@ -151,31 +197,14 @@ void fl_fanout_metric_json(fl_sbuf_t *b, const fl_metric_t *m)
     }
 }
 
-/* The index (1-based) of name among the message's distinct metric names,
- * added when new: open addressing in h (cap a power of 2, > names). */
-static int name_index(const char **names, int *n, int *h, size_t cap,
-                      const char *name)
-{
-    size_t i = (size_t)fl_fnv1a(name, strlen(name)) & (cap - 1);
-
-    for (; h[i]; i = (i + 1) & (cap - 1)) {
-        if (strcmp(names[h[i] - 1], name) == 0)
-            return h[i];
-    }
-    names[*n] = name;
-    h[i] = ++*n;
-    return h[i];
-}
-
 void fl_fanout_message(fl_resp_t *args, const char *device,
                        const fl_telemetry_t *t, int64_t now_us,
-                       int64_t skew_us, const char *channel)
+                       int64_t skew_us, const char *channel,
+                       const char *seen)
 {
-    fl_resp_t    head = {0}, pts = {0};
-    fl_sbuf_t    js = {0};
-    size_t       total = 0, cap = 8;
-    const char **names;
-    int         *h, n = 0;
+    fl_resp_t body = {0};
+    fl_sbuf_t js = {0}, val = {0};
+    char      tms[24] = "";
 
     if (t == NULL || t->npoints == 0) {
         fl_resp_arg(args, "", 0);
@@ -183,30 +212,31 @@ void fl_fanout_message(fl_resp_t *args, const char *device,
         fl_resp_i64(args, 0);
         return;
     }
-    for (size_t p = 0; p < t->npoints; p++)
-        total += t->points[p].nmetrics;
-    while (cap <= 2 * total)
-        cap *= 2;
-    /* one block: the distinct names in order, then the hash slots */
-    names = fl_calloc(1, total * sizeof(*names) + cap * sizeof(*h));
-    h = (int *)(names + total);
-    /* the points, each metric by the index of its name ... */
-    fl_resp_i64(&pts, (int64_t)t->npoints);
+    fl_sb_lit(&js, "\",\"device\":");
+    fl_sb_jstr(&js, device);
+    fl_sb_lit(&js, ",\"ts\":");
+    fl_resp_arg(&body, js.p, js.len);
+    fl_resp_i64(&body, (int64_t)t->npoints);
     for (size_t p = 0; p < t->npoints; p++) {
         const fl_point_t *pt = &t->points[p];
         int               rel = pt->nmetrics > 0 && pt->metrics[0].rel;
+        int64_t           ms = pt->ts_us >= 0 ? pt->ts_us / 1000
+                                              : -((999 - pt->ts_us) / 1000);
 
+        tms[0] = '\0';
         if (rel) {
-            fl_resp_str(&pts, "r");
-            fl_resp_i64(&pts, pt->ts_us - now_us);
-        } else if (pt->ts_us <= now_us + skew_us - FL_FANOUT_CLOCK_MARGIN_US) {
-            /* surely not past the skew: the time in ms, as shown */
-            fl_resp_str(&pts, "A");
-            fl_resp_i64(&pts, pt->ts_us >= 0 ? pt->ts_us / 1000
-                                               : -((999 - pt->ts_us) / 1000));
+            fl_resp_str(&body, "r");
+            fl_resp_i64(&body, pt->ts_us - now_us);
+        } else if (pt->ts_us <= now_us + skew_us - FL_FANOUT_CLOCK_MARGIN_US &&
+                   ms >= FL_FANOUT_MS_MIN && ms <= FL_FANOUT_MS_MAX) {
+            /* surely not past the skew, 13 digits: the time in ms, as
+             * shown, compared as text by the script */
+            snprintf(tms, sizeof(tms), "%" PRId64, ms);
+            fl_resp_str(&body, "A");
+            fl_resp_str(&body, tms);
         } else {
-            fl_resp_str(&pts, "a");
-            fl_resp_i64(&pts, pt->ts_us);
+            fl_resp_str(&body, "a");
+            fl_resp_i64(&body, pt->ts_us);
         }
         js.len = 0;
         fl_sb_lit(&js, ",\"values\":{");
@@ -218,41 +248,34 @@ void fl_fanout_message(fl_resp_t *args, const char *device,
             fl_fanout_metric_json(&js, &pt->metrics[m]);
         }
         fl_sb_lit(&js, "}}");
-        fl_resp_arg(&pts, js.p, js.len);
-        fl_resp_i64(&pts, (int64_t)pt->nmetrics);
+        fl_resp_arg(&body, js.p, js.len);
+        fl_resp_i64(&body, (int64_t)pt->nmetrics);
         for (size_t m = 0; m < pt->nmetrics; m++) {
             const char *name = pt->metrics[m].name;
+            size_t      nlen = strlen(name);
 
-            fl_resp_i64(&pts, name_index(names, &n, h, cap, name));
             js.len = 0;
             fl_sb_lit(&js, "v:");
-            fl_sb_put(&js, name, strlen(name));
-            fl_resp_arg(&pts, js.p, js.len);
-            js.len = 0;
-            fl_fanout_metric_json(&js, &pt->metrics[m]);
-            fl_resp_arg(&pts, js.p, js.len);
+            fl_sb_put(&js, name, nlen);
+            fl_resp_arg(&body, js.p, js.len);
+            val.len = 0;
+            fl_fanout_metric_json(&val, &pt->metrics[m]);
+            fl_resp_arg(&body, val.p, val.len);
+            js.p[0] = 't';
+            fl_resp_arg(&body, js.p, js.len);
+            fl_resp_str(&body, tms);
         }
     }
-    /* ... after the shadow fields to read, one per distinct name */
-    js.len = 0;
-    fl_sb_lit(&js, "\",\"device\":");
-    fl_sb_jstr(&js, device);
-    fl_sb_lit(&js, ",\"ts\":");
-    fl_resp_arg(&head, js.p, js.len);
-    fl_resp_i64(&head, n);
-    for (int i = 0; i < n; i++) {
-        js.len = 0;
-        fl_sb_lit(&js, "t:");
-        fl_sb_put(&js, names[i], strlen(names[i]));
-        fl_resp_arg(&head, js.p, js.len);
-    }
+    /* the tail of the single point's HSET (tms: the last point's) */
+    fl_resp_str(&body, "_t");
+    fl_resp_str(&body, tms);
+    fl_resp_str(&body, "last_seen");
+    fl_resp_str(&body, seen);
     fl_resp_str(args, device);
     fl_resp_str(args, channel);
-    fl_resp_i64(args, head.argc + pts.argc);
-    fl_resp_append(args, &head);
-    fl_resp_append(args, &pts);
-    fl_resp_free(&head);
-    fl_resp_free(&pts);
+    fl_resp_i64(args, body.argc);
+    fl_resp_append(args, &body);
+    fl_resp_free(&body);
     fl_sb_free(&js);
-    free(names);
+    fl_sb_free(&val);
 }

@@ -58,12 +58,24 @@
  *
  * fl_ctx(ttl, rttl, keep, nowms): the context of fl_put - the shadow TTL
  *   and the resume list TTL in ms (strings as passed), ws.resume_keep, and
- *   Redis's clock in ms.
+ *   the TTL periods nowms (Redis's clock in ms) falls in, eb and rb: a
+ *   key's TTL is set again when the period its _e / _r field names is
+ *   over, at most TTL / FL_FANOUT_TTL_SLACK after it was last set, by a
+ *   string comparison (no number parsed per message).
+ * fl_later(s, o): whether time s (ms, a string) is later than o (a string
+ *   or nil/false).
+ * fl_tmax(key, seen, mt): the shadow's _t (the newest t:NAME it holds, at
+ *   least) as a number: mt when given; else the newest t: field, read
+ *   (once per device, then _t is kept) when the shadow exists (its
+ *   last_seen seen is given), -1 when it does not.
+ * fl_t13(mx): _t as written: 13 digits for any time up to 2286, which the
+ *   intake compares as text; times before 2001 raised to 10^12 (_t only
+ *   has to be at least every t:).
  * fl_newer(key, seen, m, a, n): of n metrics m[a], m[a+1], m[a+2]
  *   (name, time in ms, JSON value) of shadow hash key, the fields to set
- *   (each metric newer than the one stored, the newest of m per name;
- *   last_seen when seen, ms as a string, is newer); returns them and the
- *   hash's _e and _r.
+ *   (each metric newer than the one stored, the newest of m per name,
+ *   and _t; last_seen when seen, ms as a string, is newer); returns them
+ *   and the hash's _e and _r.
  * fl_put(c, key, set, del, ex, rx, rk, ch, msgs): HDEL del, HSET set (and
  *   _e / _r when the TTLs are refreshed), PEXPIRE key when due; PUBLISH
  *   each of msgs on ch and push them on resume list rk, trimmed lazily,
@@ -71,39 +83,66 @@
  */
 #define FL_FANOUT_LUA                                                          \
     "local function fl_ctx(ttl, rttl, keep, nowms)\n"                          \
-    "  return {ttl = ttl, rttl = rttl, keep = keep, nowms = nowms,\n"          \
-    "    ettl = math.floor(tonumber(ttl) / " FL_STR(FL_FANOUT_TTL_SLACK) "),\n" \
-    "    erttl = math.floor(tonumber(rttl) / " FL_STR(                         \
-        FL_FANOUT_TTL_SLACK) "),\n"                                            \
+    "  local et = math.max(1, math.floor(tonumber(ttl) / " FL_STR(             \
+        FL_FANOUT_TTL_SLACK) "))\n"                                            \
+    "  local rt = math.max(1, math.floor(tonumber(rttl) / " FL_STR(            \
+        FL_FANOUT_TTL_SLACK) "))\n"                                            \
+    "  return {ttl = ttl, rttl = rttl, keep = keep,\n"                         \
+    "    eb = string.format('%d', math.floor(nowms / et)),\n"                  \
+    "    rb = string.format('%d', math.floor(nowms / rt)),\n"                  \
     "    slack = math.max(1, math.floor(keep / " FL_STR(                       \
         FL_FANOUT_KEEP_SLACK) "))}\n"                                          \
     "end\n"                                                                    \
+    "local function fl_later(s, o)\n"                                          \
+    "  if not o then return true end\n"                                        \
+    "  if #s == #o then return s > o end\n"                                    \
+    "  return tonumber(s) > (tonumber(o) or -1)\n"                             \
+    "end\n"                                                                    \
+    "local function fl_tmax(key, seen, mt)\n"                                  \
+    "  if mt then return tonumber(mt) or -1 end\n"                             \
+    "  local mx = -1\n"                                                        \
+    "  if seen then\n"                                                         \
+    "    local all = redis.call('HGETALL', key)\n"                             \
+    "    for i = 1, #all, 2 do\n"                                              \
+    "      if string.sub(all[i], 1, 2) == 't:' then\n"                         \
+    "        mx = math.max(mx, tonumber(all[i + 1]) or -1)\n"                  \
+    "      end\n"                                                              \
+    "    end\n"                                                                \
+    "  end\n"                                                                  \
+    "  return mx\n"                                                            \
+    "end\n"                                                                    \
+    "local function fl_t13(mx)\n"                                              \
+    "  return string.format('%d', math.max(mx, " FL_STR(                       \
+        FL_FANOUT_MS_MIN) "))\n"                                               \
+    "end\n"                                                                    \
     "local function fl_newer(key, seen, m, a, n)\n"                            \
-    "  local f = {'last_seen', '_e', '_r'}\n"                                  \
+    "  local f = {'last_seen', '_e', '_r', '_t'}\n"                            \
     "  for i = a, a + 3 * n - 1, 3 do f[#f + 1] = 't:' .. m[i] end\n"          \
     "  local cur = redis.call('HMGET', key, unpack(f))\n"                      \
     "  local set, best = {}, {}\n"                                             \
+    "  local mx = n > 0 and fl_tmax(key, cur[1], cur[4]) or -1\n"              \
     "  for j = 0, n - 1 do\n"                                                  \
     "    local i = a + 3 * j\n"                                                \
     "    local k, ts = m[i], tonumber(m[i + 1])\n"                             \
-    "    local old = best[k] or tonumber(cur[j + 4] or '-1')\n"                \
+    "    local old = best[k] or tonumber(cur[j + 5] or '-1')\n"                \
+    "    if ts > mx then mx = ts end\n"                                        \
     "    if ts >= old then\n"                                                  \
     "      best[k] = ts\n"                                                     \
     "      set[#set + 1] = 'v:' .. k; set[#set + 1] = m[i + 2]\n"              \
     "      set[#set + 1] = 't:' .. k; set[#set + 1] = m[i + 1]\n"              \
     "    end\n"                                                                \
     "  end\n"                                                                  \
-    "  if tonumber(cur[1] or '0') < tonumber(seen) then\n"                     \
+    "  if n > 0 then set[#set + 1] = '_t'; set[#set + 1] = fl_t13(mx) end\n"   \
+    "  if fl_later(seen, cur[1]) then\n"                                       \
     "    set[#set + 1] = 'last_seen'; set[#set + 1] = seen\n"                  \
     "  end\n"                                                                  \
     "  return set, cur[2], cur[3]\n"                                           \
     "end\n"                                                                    \
     "local function fl_put(c, key, set, del, ex, rx, rk, ch, msgs)\n"          \
-    "  local rfresh = #msgs > 0 and c.keep > 0 and\n"                          \
-    "    c.nowms - tonumber(rx or '0') >= c.erttl\n"                           \
-    "  local efresh = c.nowms - tonumber(ex or '0') >= c.ettl\n"               \
-    "  if rfresh then set[#set + 1] = '_r'; set[#set + 1] = c.nowms end\n"     \
-    "  if efresh then set[#set + 1] = '_e'; set[#set + 1] = c.nowms end\n"     \
+    "  local rfresh = #msgs > 0 and c.keep > 0 and rx ~= c.rb\n"               \
+    "  local efresh = ex ~= c.eb\n"                                            \
+    "  if rfresh then set[#set + 1] = '_r'; set[#set + 1] = c.rb end\n"        \
+    "  if efresh then set[#set + 1] = '_e'; set[#set + 1] = c.eb end\n"        \
     "  if #del > 0 then redis.call('HDEL', key, unpack(del)) end\n"            \
     "  if #set > 0 then redis.call('HSET', key, unpack(set)) end\n"            \
     "  if efresh then redis.call('PEXPIRE', key, c.ttl) end\n"                 \
@@ -117,6 +156,11 @@
     "end\n"                                                                    \
     "  end\n"                                                                  \
     "end\n"
+
+/* The times the intake sends as text ("A", fl_fanout_message): 13 digits,
+ * 2001-09-09 to 2286-11-20, so that the script compares them as strings. */
+#define FL_FANOUT_MS_MIN 1000000000000
+#define FL_FANOUT_MS_MAX 9999999999999
 
 #define FL_STR_(x) #x
 #define FL_STR(x)  FL_STR_(x)
@@ -142,7 +186,11 @@
  * What it costs Redis is mostly the calls it makes (XADD, HMGET, HSET,
  * PUBLISH, LPUSH per fanned message): the Lua around them is kept to
  * reading prepared arguments - field names, the message's JSON around
- * its id and time, the time in ms - that fleetd builds on its side.
+ * its id and time, the time in ms, the HSET as it stands - that fleetd
+ * builds on its side. A shadow's _t holds (at least) the newest time of
+ * its metrics, so that a message not older reads 4 fields and compares
+ * one time as text; an older one, a batch or a time the script checks
+ * reads every name's time and compares them as numbers.
  */
 extern const char fl_fanout_append_lua[];
 #define FL_FANOUT_APPEND_ARGV 9
@@ -167,18 +215,22 @@ void fl_fanout_metric_json(fl_sbuf_t *b, const fl_metric_t *m);
  * appended to args: device, channel, na, then na more -
  *   the message's JSON from the end of its id to its time,
  *     '","device":ID,"ts":';
- *   nf and the shadow fields "t:NAME" of its nf distinct metric names;
- *   np, then per point: "A" and its time in ms (surely within the skew,
- *     FL_FANOUT_CLOCK_MARGIN_US), "a" and its time in us, or "r" and the
- *     offset from the arrival in us; the JSON after its time,
- *     ',"values":{...}}'; nm, and per metric the 1-based index of its name
- *     among the nf, "v:NAME" and its JSON value.
+ *   np, then per point: "A" and its time in ms (13 digits, surely within
+ *     the skew, FL_FANOUT_CLOCK_MARGIN_US), "a" and its time in us, or "r"
+ *     and the offset from the arrival in us; the JSON after its time,
+ *     ',"values":{...}}'; nm, and per metric "v:NAME", its JSON value,
+ *     "t:NAME" and T (the point's time in ms for "A", else "");
+ *   "_t", T of the last point, "last_seen", seen.
+ * So a single point's "v:", value, "t:", T ... "_t", T, "last_seen",
+ * seen are the HSET of the script's common case as they stand.
  * t holds the points left after the retention cut; now_us is the time the
- * payload was parsed at, skew_us limits.max_clock_skew. With t NULL
- * (nothing to fan out here) the three head arguments are empty / 0.
+ * payload was parsed at, skew_us limits.max_clock_skew, seen the arrival
+ * in ms (a string). With t NULL (nothing to fan out here) the three head
+ * arguments are empty / 0.
  */
 void fl_fanout_message(fl_resp_t *args, const char *device,
                        const fl_telemetry_t *t, int64_t now_us,
-                       int64_t skew_us, const char *channel);
+                       int64_t skew_us, const char *channel,
+                       const char *seen);
 
 #endif

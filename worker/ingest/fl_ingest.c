@@ -280,9 +280,11 @@ static int  read_new(int count, int64_t block_ms);
 /*
  * What the script saves per message (measured with bench/shadow-bench):
  * a key's TTL is set again only when FL_FANOUT_TTL_SLACK-th of it has
- * passed since the last time, which the shadow hash remembers in the
- * fields _e (its own TTL) and _r (the resume list's), read by the HMGET
- * that reads the metric times anyway; so a shadow expires between 63/64
+ * passed since the last time: the shadow hash remembers in the fields _e
+ * (its own TTL) and _r (the resume list's) the TTL period (a 64th of the
+ * TTL) they were last set in, read by the HMGET that reads the metric
+ * times anyway, and a key is set again in a later period; so a shadow
+ * expires between 63/64
  * of redis.shadow_ttl and all of it after its device's last message, a
  * resume list likewise with ws.resume_ttl. A resume list is trimmed back
  * to ws.resume_keep only when it has grown by FL_FANOUT_KEEP_SLACK-th of

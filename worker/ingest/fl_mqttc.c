@@ -1022,7 +1022,7 @@ static int send_script(entry_t *e0, int64_t now)
         if (e->fan.argc)
             fl_resp_append(&r, &e->fan);
         else
-            fl_fanout_message(&r, NULL, NULL, 0, 0, NULL);
+            fl_fanout_message(&r, NULL, NULL, 0, 0, NULL, NULL);
         e->sent_at = now;
     }
     cmd = fl_resp_finish(&r, &len);
@@ -1499,7 +1499,7 @@ static void fan_prepare(entry_t *e)
         snprintf(channel, sizeof(channel), "%s%u", mc.channel_prefix,
                  fl_shadow_shard(dev, mc.shards));
         fl_fanout_message(&e->fan, dev, &t, now_ms * 1000, mc.skew_us,
-                          channel);
+                          channel, e->rx);
     }
     fl_telemetry_free(&t);
 }

@@ -483,6 +483,39 @@ def test_shadow_keeps_newest_reading(ingest):
         "an older reading replaced the newer one in the shadow: %r" % h
 
 
+@pytest.mark.timeout(60)
+def test_shadow_without_newest_time_field_keeps_newest_reading(ingest):
+    """The intake compares a reading with the shadow's _t (the newest time
+    it holds) instead of with each metric's time. A shadow written before
+    _t existed (an upgrade) holds newer times than an arriving reading and
+    no _t: that reading must still lose to them, a newer one win, and _t
+    then cover every metric's time."""
+    ctx = ingest()
+    dev = ctx.dev("upgrade")
+    key = ctx.prefix + "shadow:" + dev
+    t = recent_ts(60000)
+    # what an earlier release left: values, times, last_seen, no _t
+    ctx.redis.hset(key, mapping={"v:temp": "2.0", "t:temp": str(t + 5000),
+                                 "v:rh": "40", "t:rh": str(t - 9000),
+                                 "last_seen": str(t - 1)})
+    ctx.send(dev, {"ts": t, "temp": 1.0, "rh": 41})
+    h = ctx.wait_shadow(dev, lambda h: h.get("v:rh") == "41", timeout=20,
+                        what="the newer rh of the reading")
+    assert (h["v:temp"], h["t:temp"]) == ("2.0", str(t + 5000)), \
+        "an older reading replaced the newer one in the shadow: %r" % h
+    assert h["t:rh"] == str(t) and int(h["_t"]) >= t + 5000, h
+    ctx.send(dev, {"ts": t + 6000, "temp": 3.0})
+    h = ctx.wait_shadow(dev, lambda h: h.get("v:temp") == "3", timeout=20,
+                        what="the newer temp")
+    assert (h["t:temp"], h["_t"]) == (str(t + 6000), str(t + 6000)), h
+    # an older reading again, now against _t: temp stays, rh older too
+    ctx.send(dev, {"ts": t + 1000, "temp": 0.5, "rh": 39})
+    h = ctx.wait_shadow(dev, lambda h: h.get("v:rh") == "39", timeout=20,
+                        what="rh of the reading between")
+    assert (h["v:temp"], h["_t"]) == ("3", str(t + 6000)), h
+    ctx.wait_rows(dev, 5)
+
+
 # ------------------------------------------------------------ at scale
 
 @pytest.mark.timeout(180)
