@@ -77,8 +77,12 @@
  * wall clock in microseconds made strictly increasing across the process
  * (fleetd's ids also grow with every message), values the payload as
  * received (devsim's payloads are flat JSON objects of numbers). No
- * parsing, no shadow state, no PostgreSQL: the least work between the
- * broker and the WebSocket layer. The RESULT line adds ws_published=.
+ * parsing, no shadow state: the least work between the broker and the
+ * WebSocket layer. With --xadd-store ROOT (and --xadd-stream fleetd's
+ * stream) the entry carries fleetd's topic and f=1, so fleetd's consumer
+ * stores it in PostgreSQL without publishing it again: the storing that
+ * fleetd must do competes for the same cores as in fleetd's own path.
+ * The RESULT line adds ws_published=.
  * A publisher with --topic-root R publishes on R/<device>/telemetry
  * instead, so that fleetd (on devices/+/...) does not see the messages.
  *
@@ -180,6 +184,7 @@ static struct {
     char        xadd_host[256];
     int         xadd_port;
     const char *xadd_stream;
+    const char *xadd_store; /* --xadd-store ROOT, or NULL */
     char        xadd_maxlen[24];
     char        dedup_prefix[256]; /* <prefix>dedup: */
     unsigned    dedup_slots;       /* N */
@@ -705,9 +710,9 @@ static int ws_message(conn_t *c, const char *topic, size_t tlen,
 static void xadd_message(conn_t *c, const char *topic, size_t tlen,
                          const void *payload, size_t plen, int msgid)
 {
-    char        rx[24];
-    const char *argv[12];
-    size_t      lens[12];
+    char        rx[24], stopic[300];
+    const char *argv[14];
+    size_t      lens[14];
     int         argc = 0;
     uint64_t    hash = msgid > 0 ? msg_hash(topic, tlen, payload, plen) : 0;
     redisReply *r;
@@ -725,11 +730,28 @@ static void xadd_message(conn_t *c, const char *topic, size_t tlen,
     ARG(opt.xadd_maxlen, strlen(opt.xadd_maxlen));
     ARG("*", 1);
     ARG("t", 1);
-    ARG(topic, tlen);
+    if (opt.xadd_store) {
+        /* fleetd's topic, and marked fanned out: its consumer stores the
+         * entry and does not publish it again */
+        const char *rest = memchr(topic, '/', tlen);
+        int         n = snprintf(stopic, sizeof(stopic), "%s%.*s",
+                                 opt.xadd_store,
+                                 rest ? (int)(tlen - (size_t)(rest - topic))
+                                      : 0,
+                                 rest ? rest : "");
+
+        ARG(stopic, n > 0 && (size_t)n < sizeof(stopic) ? (size_t)n : 0);
+    } else {
+        ARG(topic, tlen);
+    }
     ARG("p", 1);
     ARG(plen ? (const char *)payload : "", plen);
     ARG("r", 1);
     ARG(rx, strlen(rx));
+    if (opt.xadd_store) {
+        ARG("f", 1);
+        ARG("1", 1);
+    }
 #undef ARG
     if (opt.ws_publish)
         pub_argc = ws_message(c, topic, tlen, payload, plen, chan,
@@ -1642,6 +1664,11 @@ static void usage(FILE *f)
 "                         messageArrived (the PUBACK follows the append)\n"
 "      --xadd-stream KEY  stream for --xadd (bench:ingest)\n"
 "      --xadd-maxlen N    XADD ... MAXLEN ~ N (1000000)\n"
+"      --xadd-store ROOT  XADD the topic with its first level replaced by\n"
+"                         ROOT and the field f 1: into fleetd's stream,\n"
+"                         fleetd's consumer stores the entry and does not\n"
+"                         fan it out again (the fan-out floor with\n"
+"                         fleetd's storage work)\n"
 "      --ws-publish PREFIX:SHARDS  with --xadd: also PUBLISH fleetd's\n"
 "                         WebSocket form of the message on\n"
 "                         PREFIXtele:<FNV-1a 32 of the device %% SHARDS>\n"
@@ -1732,6 +1759,7 @@ int main(int argc, char **argv)
         {"receive-max", required_argument, NULL, 'R'},
         {"xadd", required_argument, NULL, 'X'},
         {"xadd-stream", required_argument, NULL, 'K'},
+        {"xadd-store", required_argument, NULL, 'O'},
         {"xadd-maxlen", required_argument, NULL, 'M'},
         {"t-us", no_argument, NULL, 'U'},
         {"ws-publish", required_argument, NULL, 'W'},
@@ -1811,6 +1839,7 @@ int main(int argc, char **argv)
             opt.receive_max = (int)v;
             break;
         case 'X': opt.xadd = optarg; break;
+        case 'O': opt.xadd_store = optarg; break;
         case 'K':
             if (!optarg[0]) {
                 fprintf(stderr, "devsim: --xadd-stream must not be empty\n");
