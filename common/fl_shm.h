@@ -150,6 +150,9 @@ typedef struct {
     volatile int64_t queue_length;
     volatile int64_t queue_pending;
     volatile int64_t queue_sampled_ms; /* 0: never sampled */
+    /* the last command id given on this node: its ms << 12 | its 12-bit
+     * sequence (fl_commands.c), so ids grow across the workers */
+    volatile uint64_t command_clock;
     fl_shm_worker_t  w[FL_SHM_ENTRIES];
 } fl_shm_t;
 

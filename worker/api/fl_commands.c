@@ -72,17 +72,23 @@ static int st_create, st_fail, st_sent, st_get, st_list, st_ack, st_expire,
 /*
  * A new command id: a UUIDv7 (RFC 9562) in lowercase hex, 36 bytes + NUL.
  * The first 48 bits are the wall clock in ms, so ids sort by creation time
- * (the list's order); within a millisecond of this process the 12-bit
- * rand_a field counts up (RFC 9562 method 1), 62 random bits follow.
- * FL_ERROR when the system has no randomness to give.
+ * (the list's order); within a millisecond the 12-bit rand_a field counts
+ * up (RFC 9562 method 1) node-wide - the last id's ms and count live in
+ * fl_shm, taken by compare-and-swap - so two commands created in one
+ * millisecond on two workers still list in the order they were created;
+ * 62 random bits follow. A clock step back keeps the order, and a 4,097th
+ * id in one millisecond borrows the next one. FL_ERROR when the system has
+ * no randomness to give.
  */
 static int command_id(char *out)
 {
-    static int64_t    last_ms;
-    static uint32_t   seq;
+    static uint64_t   local; /* without fl_shm (unit tests) */
+    volatile uint64_t *clk = fl_shm ? &fl_shm->command_clock : &local;
     unsigned char     b[16];
     size_t            got = 0;
-    int64_t           ms = fl_wall_ms();
+    uint64_t          want = (uint64_t)fl_wall_ms() << 12, last, next;
+    int64_t           ms;
+    uint32_t          seq;
     static const char d[] = "0123456789abcdef";
 
     while (got < 10) {
@@ -96,15 +102,13 @@ static int command_id(char *out)
         }
         got += (size_t)n;
     }
-    if (ms <= last_ms) {
-        ms = last_ms; /* the clock stepped back: keep the order */
-        seq = (seq + 1) & 0xfff;
-        if (seq == 0)
-            ms = ++last_ms; /* 4096 in one ms: borrow the next one */
-    } else {
-        seq = (uint32_t)(b[6] & 0x07) << 8 | b[7]; /* random start, room */
-    }
-    last_ms = ms;
+    last = __atomic_load_n(clk, __ATOMIC_RELAXED);
+    do
+        next = want > last ? want : last + 1;
+    while (!__atomic_compare_exchange_n(clk, &last, next, 0, __ATOMIC_RELAXED,
+                                        __ATOMIC_RELAXED));
+    ms = (int64_t)(next >> 12);
+    seq = (uint32_t)(next & 0xfff);
     for (int i = 0; i < 6; i++)
         b[i] = (unsigned char)(ms >> (40 - 8 * i));
     b[6] = (unsigned char)(0x70 | (seq >> 8));
