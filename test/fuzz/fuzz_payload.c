@@ -142,7 +142,8 @@ static void check_topic(const uint8_t *data, size_t size)
     }
     n = strlen(dev);
     if (n < 1 || n > FL_DEVICE_ID_MAX ||
-        (kind != FL_TOPIC_TELEMETRY && kind != FL_TOPIC_STATE))
+        (kind != FL_TOPIC_TELEMETRY && kind != FL_TOPIC_STATE &&
+         kind != FL_TOPIC_CMD_ACK))
         abort();
     for (i = 0; i < n; i++) {
         if (strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
