@@ -82,8 +82,7 @@ static int st_create, st_fail, st_sent, st_get, st_list, st_ack, st_expire,
  */
 static int command_id(char *out)
 {
-    static uint64_t   local; /* without fl_shm (unit tests) */
-    volatile uint64_t *clk = fl_shm ? &fl_shm->command_clock : &local;
+    volatile uint64_t *clk = &fl_shm->command_clock;
     unsigned char     b[16];
     size_t            got = 0;
     uint64_t          want = (uint64_t)fl_wall_ms() << 12, last, next;

@@ -202,8 +202,8 @@ void fl_fanout_message(fl_resp_t *args, const char *device,
                        int64_t skew_us, const char *channel,
                        const char *seen)
 {
-    fl_resp_t body = {0};
-    fl_sbuf_t js = {0}, val = {0};
+    fl_resp_t body = {0}, quads = {0};
+    fl_sbuf_t js = {0}, field = {0};
     char      tms[24] = "";
 
     if (t == NULL || t->npoints == 0) {
@@ -238,33 +238,36 @@ void fl_fanout_message(fl_resp_t *args, const char *device,
             fl_resp_str(&body, "a");
             fl_resp_i64(&body, pt->ts_us);
         }
+        /* the values object and the metrics' HSET arguments in one pass:
+         * each value printed once, into the object, and the argument
+         * taken from there; the object goes first */
         js.len = 0;
+        quads.argc = 0;
+        quads.body.len = 0;
         fl_sb_lit(&js, ",\"values\":{");
         for (size_t m = 0; m < pt->nmetrics; m++) {
+            const char *name = pt->metrics[m].name;
+            size_t      nlen = strlen(name), at;
+
             if (m > 0)
                 fl_sb_lit(&js, ",");
-            fl_sb_jstr(&js, pt->metrics[m].name);
+            fl_sb_jstr(&js, name);
             fl_sb_lit(&js, ":");
+            at = js.len;
             fl_fanout_metric_json(&js, &pt->metrics[m]);
+            field.len = 0;
+            fl_sb_lit(&field, "v:");
+            fl_sb_put(&field, name, nlen);
+            fl_resp_arg(&quads, field.p, field.len);
+            fl_resp_arg(&quads, js.p + at, js.len - at);
+            field.p[0] = 't';
+            fl_resp_arg(&quads, field.p, field.len);
+            fl_resp_str(&quads, tms);
         }
         fl_sb_lit(&js, "}}");
         fl_resp_arg(&body, js.p, js.len);
         fl_resp_i64(&body, (int64_t)pt->nmetrics);
-        for (size_t m = 0; m < pt->nmetrics; m++) {
-            const char *name = pt->metrics[m].name;
-            size_t      nlen = strlen(name);
-
-            js.len = 0;
-            fl_sb_lit(&js, "v:");
-            fl_sb_put(&js, name, nlen);
-            fl_resp_arg(&body, js.p, js.len);
-            val.len = 0;
-            fl_fanout_metric_json(&val, &pt->metrics[m]);
-            fl_resp_arg(&body, val.p, val.len);
-            js.p[0] = 't';
-            fl_resp_arg(&body, js.p, js.len);
-            fl_resp_str(&body, tms);
-        }
+        fl_resp_append(&body, &quads);
     }
     /* the tail of the single point's HSET (tms: the last point's) */
     fl_resp_str(&body, "_t");
@@ -276,6 +279,7 @@ void fl_fanout_message(fl_resp_t *args, const char *device,
     fl_resp_i64(args, body.argc);
     fl_resp_append(args, &body);
     fl_resp_free(&body);
+    fl_resp_free(&quads);
     fl_sb_free(&js);
-    fl_sb_free(&val);
+    fl_sb_free(&field);
 }
