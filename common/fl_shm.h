@@ -55,6 +55,18 @@ static const int fl_shm_ws_close[FL_SHM_WS_CLOSES] = {
     1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011, 1013, 0,
 };
 
+/* Upper bounds (us) of the loop-lag histogram's buckets (lag_ticks[i]
+ * counts ticks late by more than bound i-1 and at most bound i; the
+ * last slot, past the table, is +Inf). Fixed bounds rather than an
+ * fl_hist_t: Prometheus "le" counts must be exact at 5 ms, the bound
+ * operators alert on. */
+#define FL_SHM_LAG_BUCKETS 26
+static const uint32_t fl_shm_lag_le_us[FL_SHM_LAG_BUCKETS] = {
+    100,   250,   500,   1000,   1500,   2000,   2500,   3000,   3500,
+    4000,  4500,  5000,  6000,   7000,   8000,   9000,   10000,  15000,
+    20000, 30000, 50000, 100000, 250000, 500000, 1000000, 2500000,
+};
+
 /* Dependency states published by the modules that own a connection. */
 typedef enum {
     FL_DEP_UNUSED = 0, /* no module of this build uses it yet */
@@ -81,6 +93,9 @@ typedef struct {
     volatile uint32_t lag_p50_us;
     volatile uint32_t lag_p99_us;
     volatile uint32_t lag_max_us;
+    /* every lag tick since the slot's first start, by fl_shm_lag_le_us */
+    volatile uint64_t lag_ticks[FL_SHM_LAG_BUCKETS + 1];
+    volatile uint64_t lag_sum_us;
     volatile uint32_t conns_http;
     volatile uint32_t conns_ws;
     volatile uint64_t conns_accepted;

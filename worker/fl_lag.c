@@ -6,7 +6,10 @@
  * Lateness goes into a rolling window of one-second histograms
  * (FL_WINDOW_SLOTS seconds); once a second p50/p99/max of the window are
  * published in the shared segment, like Node's monitorEventLoopDelay but
- * rolling rather than reset on read.
+ * rolling rather than reset on read. Every tick is also counted for
+ * good in fixed buckets (fl_shm_lag_le_us), which /metrics exports as a
+ * Prometheus histogram: quantiles over any range, and the share of ticks
+ * later than a bound, which a 10 s window's p99 cannot give.
  */
 #include <string.h>
 
@@ -34,13 +37,27 @@ static void lag_publish(void)
     fl_window_rotate(&window);
 }
 
+/* Count one tick in the node-wide histogram (one writer per slot). */
+static void lag_count(fl_shm_worker_t *s, uint64_t late)
+{
+    int i = 0;
+
+    while (i < FL_SHM_LAG_BUCKETS && late > fl_shm_lag_le_us[i])
+        i++;
+    fl_shm_store(s->lag_ticks[i], fl_shm_load(s->lag_ticks[i]) + 1);
+    fl_shm_store(s->lag_sum_us, fl_shm_load(s->lag_sum_us) + late);
+}
+
 static void on_tick(evutil_socket_t fd, short what, void *arg)
 {
     int64_t        now = fl_now_us(), late = now - expected_us;
     struct timeval tv = {0, LAG_PERIOD_US};
 
     (void)fd, (void)what, (void)arg;
-    fl_window_record(&window, late > 0 ? (uint64_t)late : 0);
+    if (late < 0)
+        late = 0;
+    fl_window_record(&window, (uint64_t)late);
+    lag_count(fl_worker.stats, (uint64_t)late);
     if (now >= next_publish_us) {
         lag_publish();
         next_publish_us = now + 1000000;

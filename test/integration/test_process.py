@@ -527,6 +527,50 @@ def test_metrics_prometheus_text(fleetd):
             "no # TYPE line for %s" % n
 
 
+def loop_delay(f):
+    """fleetd_loop_delay_seconds from /metrics: ({le: cumulative}, count, sum)."""
+    samples = stack.parse_prometheus(f.metrics())
+    le = {}
+    for (n, ls), v in samples.items():
+        if n == "fleetd_loop_delay_seconds_bucket":
+            b = dict(ls)["le"]
+            le[float("inf") if b == "+Inf" else float(b)] = v
+    return (le, samples[("fleetd_loop_delay_seconds_count", frozenset())],
+            samples[("fleetd_loop_delay_seconds_sum", frozenset())])
+
+
+@pytest.mark.timeout(30)
+def test_loop_delay_histogram_counts_every_tick_and_a_stall(fleetd):
+    """The lag timer's ticks, counted for good: about 100 a second per
+    worker, buckets cumulative, and a worker stopped for 300 ms shows up
+    as one tick in the (0.25 s, 0.5 s] bucket (what an alert on
+    'ticks later than X' sees)."""
+    f = fleetd(workers=2)
+    text = f.metrics()
+    assert re.search(r"(?m)^# TYPE fleetd_loop_delay_seconds histogram$", text), text
+    le0, n0, s0 = loop_delay(f)
+    time.sleep(2.0)
+    le1, n1, s1 = loop_delay(f)
+    assert 2 * 100 * 2.0 * 0.5 <= n1 - n0 <= 2 * 100 * 2.0 * 1.05, (n0, n1)
+    bounds = sorted(le1)
+    assert bounds[-1] == float("inf") and le1[bounds[-1]] == n1
+    assert 0.005 in bounds and 0.25 in bounds and 0.5 in bounds, bounds
+    assert all(le1[a] <= le1[b] for a, b in zip(bounds, bounds[1:])), le1
+    assert s1 >= s0 >= 0
+    late0 = le1[0.5] - le1[0.25]
+    pid = f.worker_pids()[1]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        time.sleep(0.3)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    time.sleep(0.3)
+    le2, n2, s2 = loop_delay(f)
+    assert le2[0.5] - le2[0.25] >= late0 + 1, (le1, le2)
+    assert s2 - s1 >= 0.25, (s1, s2)
+    assert f.get("/livez")[0] == 200
+
+
 @pytest.mark.timeout(20)
 def test_unknown_path_is_404_json(fleetd):
     f = fleetd(workers=1)

@@ -226,6 +226,34 @@ static void hist_prom(struct evbuffer *b, const fl_shm_worker_t *const *cur,
                         (unsigned long long)h.count);
 }
 
+/* Every lag tick since each slot first started, summed over workers:
+ * what fleetd_loop_lag_seconds shows for the last 10 s, for any range. */
+static void lag_prom(struct evbuffer *b, const fl_shm_worker_t *const *cur,
+                     int n)
+{
+    uint64_t le = 0, sum = 0;
+
+    evbuffer_add_printf(b, "# HELP fleetd_loop_delay_seconds How late each "
+                           "10 ms tick of the event-loop lag timer ran.\n"
+                           "# TYPE fleetd_loop_delay_seconds histogram\n");
+    for (int i = 0; i <= FL_SHM_LAG_BUCKETS; i++) {
+        for (int w = 0; w < n; w++)
+            le += fl_shm_load(cur[w]->lag_ticks[i]);
+        if (i < FL_SHM_LAG_BUCKETS)
+            evbuffer_add_printf(
+                b, "fleetd_loop_delay_seconds_bucket{le=\"%g\"} %llu\n",
+                fl_shm_lag_le_us[i] / 1e6, (unsigned long long)le);
+    }
+    for (int w = 0; w < n; w++)
+        sum += fl_shm_load(cur[w]->lag_sum_us);
+    evbuffer_add_printf(b,
+                        "fleetd_loop_delay_seconds_bucket{le=\"+Inf\"} %llu\n"
+                        "fleetd_loop_delay_seconds_sum %g\n"
+                        "fleetd_loop_delay_seconds_count %llu\n",
+                        (unsigned long long)le, (double)sum / 1e6,
+                        (unsigned long long)le);
+}
+
 static void node_counter(struct evbuffer *b, const fl_shm_worker_t *const *cur,
                          int n, const char *name, const char *help, size_t off)
 {
@@ -503,6 +531,7 @@ static int metrics(fl_http_req_t *req, void *ud)
             fl_shm_load(cur[i]->lag_p99_us) / 1e6, cur[i]->slot,
             fl_shm_load(cur[i]->lag_max_us) / 1e6);
     }
+    lag_prom(b, cur, n);
     HELP("fleetd_connections", "gauge", "Open client connections.");
     for (int i = 0; i < n; i++)
         evbuffer_add_printf(
