@@ -15,11 +15,16 @@
  * Runs until SIGTERM / SIGINT or -d seconds, then prints one line:
  * "RESULT samples= p50_ms= p99_ms= max_ms= win_p99_ms=": the quantiles
  * of all samples, and what ingest-bench's lag_p99 column is for fleetd -
- * the highest p99 of a 10 s window ending on any whole second (fleetd
- * publishes the p99 of its last 10 s once a second; the bench keeps the
- * highest it sampled).
+ * the highest p99 of a 10 s window ending on any whole second, from 10 s
+ * after the start (fleetd publishes the p99 of its last 10 s once a
+ * second; the bench keeps the highest it sampled from 10 s into the step).
  *
- * Usage: lag_probe [-d S]
+ * -o FILE: also write every sample (us late, one a line) to FILE, so that
+ * ingest-bench can put several probes' samples into the buckets of
+ * fleetd's fleetd_loop_delay_seconds histogram and take the step's p99 of
+ * both the same way.
+ *
+ * Usage: lag_probe [-d S] [-o FILE]
  */
 #include <signal.h>
 #include <stdint.h>
@@ -80,12 +85,15 @@ int main(int argc, char **argv)
     struct timeval       tv = {0, PERIOD_US}, end = {0, 0};
     struct event        *s1, *s2, *stop;
     int                  opt;
+    const char          *dump = NULL;
 
-    while ((opt = getopt(argc, argv, "d:")) != -1) {
+    while ((opt = getopt(argc, argv, "d:o:")) != -1) {
         if (opt == 'd') {
             end.tv_sec = atoi(optarg);
+        } else if (opt == 'o') {
+            dump = optarg;
         } else {
-            fprintf(stderr, "usage: lag_probe [-d S]\n");
+            fprintf(stderr, "usage: lag_probe [-d S] [-o FILE]\n");
             return 2;
         }
     }
@@ -106,10 +114,11 @@ int main(int argc, char **argv)
     expected_us = now_us() + PERIOD_US;
     evtimer_add(tick, &tv);
     event_base_dispatch(base);
-    /* the highest p99 of the 10 s windows ending on whole seconds */
+    /* the highest p99 of the 10 s windows ending on whole seconds, from
+     * the first window that is full */
     int64_t wmax = 0;
 
-    for (int64_t t = n ? at[0] + 1000000 : 0; n && t <= at[n - 1] + 999999;
+    for (int64_t t = n ? at[0] + 10000000 : 0; n && t <= at[n - 1] + 999999;
          t += 1000000) {
         size_t k = 0;
 
@@ -122,6 +131,20 @@ int main(int argc, char **argv)
         qsort(win, k, sizeof(win[0]), cmp);
         if (win[(size_t)((double)(k - 1) * 0.99)] > wmax)
             wmax = win[(size_t)((double)(k - 1) * 0.99)];
+    }
+    if (dump != NULL) {
+        FILE *f = fopen(dump, "w");
+
+        if (f == NULL) {
+            perror(dump);
+            return 1;
+        }
+        for (size_t i = 0; i < n; i++)
+            fprintf(f, "%lld\n", (long long)samples[i]);
+        if (fclose(f) != 0) {
+            perror(dump);
+            return 1;
+        }
     }
     qsort(samples, n, sizeof(samples[0]), cmp);
     printf("RESULT samples=%zu p50_ms=%.2f p99_ms=%.2f max_ms=%.2f "
