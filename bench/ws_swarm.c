@@ -56,8 +56,19 @@
  * server must not send: masked, RSV bits, bad opcode or length),
  * close_CODE (closes by code, 1006 = no close frame).
  *
+ * -D FILE: after the RESULT line, its counters and histograms go to FILE
+ * (format above dump_write()). ws_swarm --merge FILE... adds such dumps
+ * of several processes up and prints the one RESULT line a single process
+ * holding all their clients would print: histograms summed (quantiles do
+ * not average), cpu_s the sum, rate over the first to the last message of
+ * any of them. One thread reading every socket in turn puts its own
+ * per-delivery cost into the latency of the clients it reads last; spread
+ * over processes, the clients are closer to separate browsers.
+ *
  * Exit status 0; 1 when a connection failed or was closed by the server
- * (in recv mode: or no message arrived); 2 on a usage error.
+ * (in recv mode: or no message arrived; --merge: in any of the dumps); 2
+ * on a usage error (--merge: or a dump it cannot read, cut short, or whose
+ * buckets do not add up).
  *
  * Build: cc -O2 -Wall -Wextra bench/ws_swarm.c -o build/bench/ws_swarm
  *        (or make -C bench)
@@ -142,6 +153,8 @@ static struct {
     uint64_t    expect;
     double      hs_timeout;
     int         quiet;
+    const char *dump; /* -D: write the merge's input here at the end */
+    int         merge;
 } opt = {
     .port = 80,
     .path = "/ws",
@@ -1068,6 +1081,21 @@ static void on_event(conn_t *c, uint32_t ev)
 
 /* ---- reporting ------------------------------------------------------------ */
 
+/* The final RESULT's cpu_s: our own user + system CPU, taken when the
+ * RESULT is printed, or (--merge) set beforehand to the dumps' sum. -D
+ * writes the value the RESULT printed. */
+static double result_cpu_s = -1;
+
+static double own_cpu_s(void)
+{
+    struct rusage ru;
+
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return -1;
+    return (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+}
+
 static void report(const char *tag, double t, int final)
 {
     static uint64_t last_msgs;
@@ -1121,19 +1149,16 @@ static void report(const char *tag, double t, int final)
                    st.i_lat_max_us / 1000.0);
     }
     if (final) {
-        struct rusage ru;
-        double        cpu = -1;
-        double        span = st.last_rx_us > st.first_rx_us
-                                 ? (st.last_rx_us - st.first_rx_us) / 1e6
-                                 : 0;
+        double span = st.last_rx_us > st.first_rx_us
+                          ? (st.last_rx_us - st.first_rx_us) / 1e6
+                          : 0;
 
-        if (getrusage(RUSAGE_SELF, &ru) == 0)
-            cpu = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
-                  (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+        if (result_cpu_s < 0)
+            result_cpu_s = own_cpu_s();
         printf(" rate=%.1f first_rx_us=%" PRId64 " last_rx_us=%" PRId64
                " cpu_s=%.3f",
                span > 0 ? (double)(st.msgs - 1) / span : 0.0, st.first_rx_us,
-               st.last_rx_us, cpu);
+               st.last_rx_us, result_cpu_s);
     }
     printf("\n");
     fflush(stdout);
@@ -1145,6 +1170,261 @@ static void report(const char *tag, double t, int final)
         st.i_lat_n = 0;
         st.i_lat_max_us = 0;
     }
+}
+
+/* ---- dump and merge ------------------------------------------------------- */
+
+/* Clients spread over several processes (bench/ws-bench -j) give one
+ * figure only if their histograms are added up: quantiles do not average.
+ * -D FILE writes, after the RESULT line, everything that RESULT is made
+ * of; --merge FILE... adds the dumps up into st, hist and seg_hist and
+ * prints the RESULT with report(), so one process and a merge of many
+ * share one definition of every figure. Text, one item a line:
+ *   ws_swarm-dump 1        the format and its version, first line
+ *   KEY=VALUE              recv, t, the counters of dump_ctr (RESULT's
+ *                          names), first_rx_us, last_rx_us (-1: none),
+ *                          lat_max_us, cpu_s, then the non-zero
+ *                          close_CODE and http_NNN
+ *   hist B N               N latencies in bucket B (10 us each from 0;
+ *                          B = HIST_N: the overflow), non-zero only
+ *   seg0 B N, seg1 B N     the same for seg_hist[0], [1] (B <= SEG_N)
+ *   end                    last line: the dump is whole
+ * Merged: the counters and buckets summed, first_rx_us the smallest,
+ * last_rx_us, lat_max_us and t the largest, cpu_s summed; rate follows
+ * from msgs and that span as in one process. */
+static const struct {
+    const char *name;
+    uint64_t   *v;
+} dump_ctr[] = {
+    {"started", &st.started},         {"connected", &st.connected},
+    {"subscribed", &st.subscribed},   {"failed", &st.failed},
+    {"sub_failed", &st.sub_failed},   {"open", &st.open},
+    {"fail_connect", &st.fail_connect}, {"fail_timeout", &st.fail_timeout},
+    {"fail_http", &st.fail_http},     {"fail_accept", &st.fail_accept},
+    {"fail_closed", &st.fail_closed}, {"msgs", &st.msgs},
+    {"conflated", &st.conflated},     {"no_t_us", &st.no_t_us},
+    {"neg_lat", &st.neg_lat},         {"errors", &st.errors},
+    {"gaps", &st.gaps},               {"other", &st.other},
+    {"pings", &st.pings},             {"pongs", &st.pongs},
+    {"proto_err", &st.proto_err},     {"too_big", &st.too_big},
+    {"lat_n", &st.lat_n},             {"seg_n", &seg_n},
+};
+#define DUMP_CTRS (sizeof(dump_ctr) / sizeof(dump_ctr[0]))
+
+static int dump_write(const char *path, double t)
+{
+    FILE *f = fopen(path, "w");
+    int   bad;
+
+    if (!f) {
+        fprintf(stderr, "ws_swarm: -D %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    fprintf(f, "ws_swarm-dump 1\nrecv=%d\nt=%.6f\n", opt.recv, t);
+    for (size_t i = 0; i < DUMP_CTRS; i++)
+        fprintf(f, "%s=%" PRIu64 "\n", dump_ctr[i].name, *dump_ctr[i].v);
+    /* cpu_s: getrusage's microseconds, all of them (RESULT rounds) */
+    fprintf(f, "first_rx_us=%" PRId64 "\nlast_rx_us=%" PRId64
+            "\nlat_max_us=%" PRId64 "\ncpu_s=%.6f\n", st.first_rx_us,
+            st.last_rx_us, st.lat_max_us, result_cpu_s);
+    for (int i = 0; i < CLOSE_CODES; i++)
+        if (st.close_code[i])
+            fprintf(f, "close_%d=%" PRIu64 "\n", i, st.close_code[i]);
+    for (int i = 0; i < 600; i++)
+        if (st.http[i])
+            fprintf(f, "http_%d=%" PRIu64 "\n", i, st.http[i]);
+    for (uint32_t i = 0; hist && i <= HIST_N; i++)
+        if (hist[i])
+            fprintf(f, "hist %" PRIu32 " %" PRIu64 "\n", i, hist[i]);
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i <= SEG_N; i++)
+            if (seg_hist[k][i])
+                fprintf(f, "seg%d %d %" PRIu64 "\n", k, i, seg_hist[k][i]);
+    fputs("end\n", f);
+    bad = ferror(f);
+    if (fclose(f) != 0 || bad) {
+        fprintf(stderr, "ws_swarm: -D %s: write failed\n", path);
+        return -1;
+    }
+    return 0;
+}
+
+/* A whole number, all of s (no sign unless neg_ok). */
+static int dump_int(const char *s, int neg_ok, int64_t *out)
+{
+    char *end;
+
+    if (!*s || (*s == '-' && !neg_ok) || *s == '+')
+        return -1;
+    errno = 0;
+    *out = strtoll(s, &end, 10);
+    return errno || *end ? -1 : 0;
+}
+
+/* What the merge takes from the dumps besides sums. */
+typedef struct {
+    double  t, cpu_s;
+    int64_t first_rx_us, last_rx_us, lat_max_us;
+} merge_t;
+
+/* Adds one dump to st, hist, seg_hist and m. The buckets must add up to
+ * the dump's own lat_n and seg_n: a dump cut short or from another build
+ * is refused, not merged. */
+static int dump_read(const char *path, merge_t *m)
+{
+    FILE    *f = fopen(path, "r");
+    char     line[256];
+    int      ln = 0, whole = 0;
+    uint64_t lat_n0 = st.lat_n, seg_n0 = seg_n, sum[3] = {0, 0, 0};
+    double   d;
+    int64_t  v;
+
+    if (!f) {
+        fprintf(stderr, "ws_swarm: --merge %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    while (fgets(line, sizeof(line), f)) {
+        char *val, *end;
+        int   found = 0;
+
+        ln++;
+        if (!strchr(line, '\n'))
+            goto bad;
+        line[strcspn(line, "\n")] = '\0';
+        if (ln == 1) {
+            if (strcmp(line, "ws_swarm-dump 1") != 0)
+                goto bad;
+            continue;
+        }
+        if (whole)
+            goto bad; /* nothing after "end" */
+        if (strcmp(line, "end") == 0) {
+            whole = 1;
+            continue;
+        }
+        if (strncmp(line, "hist ", 5) == 0 || strncmp(line, "seg0 ", 5) == 0 ||
+            strncmp(line, "seg1 ", 5) == 0) {
+            int      k = line[0] == 'h' ? 0 : line[3] - '0' + 1;
+            int64_t  b, n;
+            uint64_t top = k == 0 ? HIST_N : SEG_N;
+
+            val = strchr(line + 5, ' ');
+            if (!val)
+                goto bad;
+            *val++ = '\0';
+            if (dump_int(line + 5, 0, &b) || dump_int(val, 0, &n) ||
+                (uint64_t)b > top)
+                goto bad;
+            if (k == 0)
+                hist[b] += (uint64_t)n;
+            else
+                seg_hist[k - 1][b] += (uint64_t)n;
+            sum[k] += (uint64_t)n;
+            continue;
+        }
+        val = strchr(line, '=');
+        if (!val)
+            goto bad;
+        *val++ = '\0';
+        for (size_t i = 0; i < DUMP_CTRS && !found; i++)
+            if (strcmp(line, dump_ctr[i].name) == 0) {
+                if (dump_int(val, 0, &v))
+                    goto bad;
+                *dump_ctr[i].v += (uint64_t)v;
+                found = 1;
+            }
+        if (found)
+            continue;
+        if (strcmp(line, "t") == 0 || strcmp(line, "cpu_s") == 0) {
+            errno = 0;
+            d = strtod(val, &end);
+            if (errno || end == val || *end)
+                goto bad;
+            if (line[0] == 't')
+                m->t = d > m->t ? d : m->t;
+            else if (d > 0)
+                m->cpu_s += d; /* -1: getrusage failed, nothing to add */
+        } else if (strncmp(line, "close_", 6) == 0 ||
+                   strncmp(line, "http_", 5) == 0) {
+            int     is_close = line[0] == 'c';
+            int64_t code;
+
+            if (dump_int(line + (is_close ? 6 : 5), 0, &code) ||
+                code >= (is_close ? CLOSE_CODES : 600) || dump_int(val, 0, &v))
+                goto bad;
+            if (is_close)
+                st.close_code[code] += (uint64_t)v;
+            else
+                st.http[code] += (uint64_t)v;
+        } else {
+            if (dump_int(val, 1, &v))
+                goto bad;
+            if (strcmp(line, "recv") == 0 && (v == 0 || v == 1))
+                opt.recv |= (int)v;
+            else if (strcmp(line, "first_rx_us") == 0) {
+                if (v >= 0 && (m->first_rx_us < 0 || v < m->first_rx_us))
+                    m->first_rx_us = v;
+            } else if (strcmp(line, "last_rx_us") == 0)
+                m->last_rx_us = v > m->last_rx_us ? v : m->last_rx_us;
+            else if (strcmp(line, "lat_max_us") == 0)
+                m->lat_max_us = v > m->lat_max_us ? v : m->lat_max_us;
+            else
+                goto bad;
+        }
+    }
+    fclose(f);
+    if (!whole) {
+        fprintf(stderr, "ws_swarm: --merge %s: no \"end\" line: cut short\n",
+                path);
+        return -1;
+    }
+    if (sum[0] != st.lat_n - lat_n0 || sum[1] != seg_n - seg_n0 ||
+        sum[2] != seg_n - seg_n0) {
+        fprintf(stderr, "ws_swarm: --merge %s: the buckets do not add up to "
+                "lat_n/seg_n\n", path);
+        return -1;
+    }
+    return 0;
+
+bad:
+    fprintf(stderr, "ws_swarm: --merge %s:%d: not a ws_swarm dump line: %.80s\n",
+            path, ln, line);
+    fclose(f);
+    return -1;
+}
+
+/* Exit status of a run (or of a merge: of the runs together). */
+static int exit_status(void)
+{
+    if (st.failed || st.sub_failed)
+        return 1;
+    for (int i = 0; i < CLOSE_CODES; i++)
+        if (st.close_code[i])
+            return 1;
+    if (opt.recv && st.msgs == 0)
+        return 1;
+    return 0;
+}
+
+static int merge(char **files, int n)
+{
+    merge_t m = {.first_rx_us = -1, .last_rx_us = -1};
+
+    hist = calloc(HIST_N + 1, sizeof(*hist));
+    if (!hist) {
+        fprintf(stderr, "ws_swarm: out of memory\n");
+        return 1;
+    }
+    opt.recv = 0; /* a dump's recv=1 turns on the latency keys */
+    for (int i = 0; i < n; i++)
+        if (dump_read(files[i], &m) != 0)
+            return 2;
+    st.first_rx_us = m.first_rx_us;
+    st.last_rx_us = m.last_rx_us;
+    st.lat_max_us = m.lat_max_us;
+    result_cpu_s = m.cpu_s;
+    report("RESULT", m.t, 1);
+    return exit_status();
 }
 
 /* ---- options -------------------------------------------------------------- */
@@ -1175,7 +1455,14 @@ static void usage(FILE *f)
 "  -e, --expect N         recv: stop after N telemetry messages\n"
 "  -H, --handshake-timeout S  connect + 101 + subscribed within S s (10)\n"
 "  -Q, --quiet            no STAT line every second\n"
+"  -D, --dump FILE        after the RESULT, write its counters and\n"
+"                         histograms to FILE, for --merge\n"
 "  -h, --help\n"
+"   or: ws_swarm --merge FILE...   (-M)\n"
+"                         add up -D dumps of several processes: one RESULT\n"
+"                         line as one process holding all their clients\n"
+"                         would print (histograms summed, not quantiles\n"
+"                         averaged; cpu_s summed)\n"
 "Lines on stdout: STAT (every second), READY (all settled), RESULT (end),\n"
 "all key=value.\n");
 }
@@ -1307,6 +1594,8 @@ int main(int argc, char **argv)
         {"expect", required_argument, NULL, 'e'},
         {"handshake-timeout", required_argument, NULL, 'H'},
         {"quiet", no_argument, NULL, 'Q'},
+        {"dump", required_argument, NULL, 'D'},
+        {"merge", no_argument, NULL, 'M'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -1317,7 +1606,7 @@ int main(int argc, char **argv)
     long                need;
     int                 ch, next = 0, ready = 0, rc = 0;
 
-    while ((ch = getopt_long(argc, argv, "c:b:B:T:O:s:n:k:o:r:P:m:t:i:e:H:Qh",
+    while ((ch = getopt_long(argc, argv, "c:b:B:T:O:s:n:k:o:r:P:m:t:i:e:H:QD:Mh",
                              lo, NULL)) != -1) {
         switch (ch) {
         case 'c':
@@ -1399,9 +1688,18 @@ int main(int argc, char **argv)
             opt.hs_timeout = v;
             break;
         case 'Q': opt.quiet = 1; break;
+        case 'D': opt.dump = optarg; break;
+        case 'M': opt.merge = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
+    }
+    if (opt.merge) { /* the other options do not apply */
+        if (optind >= argc || opt.dump) {
+            usage(stderr);
+            return 2;
+        }
+        return merge(argv + optind, argc - optind);
     }
     if (optind != argc - 1) {
         usage(stderr);
@@ -1552,12 +1850,8 @@ int main(int argc, char **argv)
     }
     now = mono_s();
     report("RESULT", now - t0, 1);
-    if (st.failed || st.sub_failed)
-        rc = 1;
-    for (int i = 0; i < CLOSE_CODES; i++)
-        if (st.close_code[i])
-            rc = 1;
-    if (opt.recv && st.msgs == 0)
+    rc = exit_status();
+    if (opt.dump && dump_write(opt.dump, now - t0) != 0)
         rc = 1;
     /* a close frame on every open connection, then the sockets go */
     for (int i = 0; i < next; i++) {
