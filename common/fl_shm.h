@@ -133,7 +133,12 @@ typedef struct {
     volatile uint64_t ingest_dead_lettered;
     volatile uint64_t ingest_claimed; /* taken over from dead consumers */
     volatile uint64_t ingest_pg_failures;
-    volatile uint64_t ingest_published;
+    volatile uint64_t ingest_published; /* points fanned out: by the
+                                           consumer once acknowledged, by
+                                           the intake's script at once */
+    volatile uint64_t ingest_fanout_failures; /* points whose shadow and
+                                                 fan-out failed in a script
+                                                 (stored, not shown live) */
 
     /* WebSocket (worker/ws/) */
     volatile uint64_t ws_accepted;

@@ -390,10 +390,17 @@ static void ingest_metrics(struct evbuffer              *b,
         C("ingest_storage_failures_total",
           "Batch writes that failed (retried).", ingest_pg_failures),
         C("ingest_published_total",
-          "Points published for fan-out, counted once their batch is "
-          "acknowledged (a batch published again after a failure counts "
-          "once).",
+          "Points published for fan-out: by the stream consumer, counted "
+          "once their batch is acknowledged (a batch published again after "
+          "a failure counts once); by the intake's append script, counted "
+          "when its reply comes.",
           ingest_published),
+        C("ingest_fanout_failures_total",
+          "Telemetry points (and state messages) whose shadow update and "
+          "live fan-out failed in Redis, in the intake's script or the "
+          "consumer's (a device's key of another type): stored all the "
+          "same, not shown live.",
+          ingest_fanout_failures),
 #undef C
     };
     const fl_shm_t *s = fl_shm;

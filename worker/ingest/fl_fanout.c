@@ -8,7 +8,9 @@
 
 #include <openssl/evp.h>
 
+#include "fl_core.h"
 #include "fl_fanout.h"
+#include "fl_log.h"
 
 const char fl_fanout_append_lua[] =
     FL_FANOUT_LUA
@@ -74,12 +76,13 @@ const char fl_fanout_append_lua[] =
     "    end\n"
     "    b = b + 4 + 4 * nm\n"
     "  end\n"
-    "  if #msgs == 0 then return end\n"
+    "  if #msgs == 0 then return 0 end\n"
     "  set[#set + 1] = '_t'; set[#set + 1] = fl_t13(mx)\n"
     "  if fl_later(seen, cur[1]) then\n"
     "    set[#set + 1] = 'last_seen'; set[#set + 1] = seen\n"
     "  end\n"
     "  fl_put(c, key, set, {}, cur[2], cur[3], rpfx .. dev, ch, msgs)\n"
+    "  return #msgs\n"
     "end\n"
     /* the telemetry of one message, its XADD id x, arrival ms seen; its
      * arguments from A[a] on (see fl_fanout_message). The common case -
@@ -101,8 +104,8 @@ const char fl_fanout_append_lua[] =
     "    t .. A[a + 4]\n"
     "  local rk = rpfx .. dev\n"
     "  if cur[2] ~= c.eb or (c.keep > 0 and cur[3] ~= c.rb) then\n"
-    "    return fl_put(c, key, {unpack(A, q, e)}, {}, cur[2], cur[3], rk,\n"
-    "      ch, {m})\n"
+    "    fl_put(c, key, {unpack(A, q, e)}, {}, cur[2], cur[3], rk, ch, {m})\n"
+    "    return 1\n"
     "  end\n"
     "  redis.call('HSET', key, unpack(A, q, e))\n"
     "  redis.call('PUBLISH', ch, m)\n"
@@ -113,8 +116,9 @@ const char fl_fanout_append_lua[] =
     "    end\n"
     "    if len == 1 then redis.call('PEXPIRE', rk, c.rttl) end\n"
     "  end\n"
+    "  return 1\n"
     "end\n"
-    "local out, a = {0, ''}, " FL_STR(FL_FANOUT_APPEND_ARGV) " + 1\n"
+    "local out, a = {0, '', 0}, " FL_STR(FL_FANOUT_APPEND_ARGV) " + 1\n"
     "local rec, rix = {}, {}\n"
     "for k = 1, tonumber(A[" FL_STR(FL_FANOUT_APPEND_ARGV) "]) do\n"
     "  local tp, p, r, rf = A[a], A[a + 1], A[a + 2], A[a + 3]\n"
@@ -137,10 +141,12 @@ const char fl_fanout_append_lua[] =
     "    rix[#rix + 1] = #out\n"
     "  end\n"
     "  if dev ~= '' then\n"
-    "    local ok, err = pcall(fan, x, r, dev, ch, a + 8)\n"
-    "    if not ok then\n"
-    "      out[1] = out[1] + 1\n"
-    "      out[2] = tostring(type(err) == 'table' and err.err or err)\n"
+    "    local ok, v = pcall(fan, x, r, dev, ch, a + 8)\n"
+    "    if ok then\n"
+    "      out[3] = out[3] + v\n"
+    "    else\n"
+    "      out[1] = out[1] + tonumber(A[a + 9])\n"
+    "      out[2] = tostring(type(v) == 'table' and v.err or v)\n"
     "    end\n"
     "  end\n"
     "  a = a + 8 + na\n"
@@ -169,6 +175,23 @@ void fl_fanout_sha(char out[41])
         return; /* "" : EVALSHA of nothing, NOSCRIPT, EVAL on reconnect */
     for (unsigned i = 0; i < len; i++)
         snprintf(out + 2 * i, 3, "%02x", md[i]);
+}
+
+void fl_fanout_fail_log(fl_fanout_log_t *l, const char *where,
+                        long long points, const char *why)
+{
+    int64_t now = fl_now_ms();
+
+    if (l->logged_at && now - l->logged_at < FL_FANOUT_LOG_EVERY_MS) {
+        l->quiet += (uint64_t)points;
+        return;
+    }
+    fl_warn("%s: the shadow update and fan-out of %lld point%s failed in "
+            "redis: %s; stored all the same, not shown live%s",
+            where, points, points == 1 ? "" : "s", why,
+            l->quiet ? " (and earlier ones not logged)" : "");
+    l->logged_at = now;
+    l->quiet = 0;
 }
 
 void fl_fanout_limits(fl_payload_limits_t *lim, const fl_config_t *cf)

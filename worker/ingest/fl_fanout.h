@@ -177,11 +177,14 @@
  *   ("" "": none), then what fl_fanout_message() built: device ("" = not
  *   fanned out here), channel, na, and na more.
  * The records of the call's messages are written by one HSET at the end.
- * Returns {failures, last failure, r1, r2, ...}: the fan-outs that failed
- * (the messages are in the stream all the same) and per message appended
- * its entry id, or "U" + error when its record was not written; a message
- * whose XADD failed ends the list with "!" + error, and the messages
- * after it were not appended.
+ * Returns {failed, last failure, published, r1, r2, ...}: the points of
+ * the messages whose fan-out failed (the messages are in the stream all
+ * the same, marked f = 1: not shown live, their shadow not updated), the
+ * telemetry messages (points) the fan-outs that succeeded published, and
+ * per message
+ * appended its entry id, or "U" + error when its record was not written;
+ * a message whose XADD failed ends the list with "!" + error, and the
+ * messages after it were not appended.
  *
  * What it costs Redis is mostly the calls it makes (XADD, HMGET, HSET,
  * PUBLISH, LPUSH per fanned message): the Lua around them is kept to
@@ -194,6 +197,7 @@
  */
 extern const char fl_fanout_append_lua[];
 #define FL_FANOUT_APPEND_ARGV 9
+#define FL_FANOUT_APPEND_HEAD 3 /* reply elements before the entry ids */
 #define FL_FANOUT_MSG_ARGS    5 /* before fl_fanout_message()'s */
 
 /* A point at most max_clock_skew - this much past fleetd's clock goes as
@@ -203,6 +207,18 @@ extern const char fl_fanout_append_lua[];
 
 /* The SHA1 of fl_fanout_append_lua in hex, for EVALSHA. */
 void fl_fanout_sha(char out[41]);
+
+/* A script's shadow and fan-out failures (a device's shadow or resume
+ * list key holding another type, say), logged by fl_fanout_fail_log() at
+ * most once per FL_FANOUT_LOG_EVERY_MS per l; where names the caller. The
+ * messages are stored all the same. */
+#define FL_FANOUT_LOG_EVERY_MS 10000
+typedef struct {
+    int64_t  logged_at;
+    uint64_t quiet; /* points not logged since */
+} fl_fanout_log_t;
+void fl_fanout_fail_log(fl_fanout_log_t *l, const char *where,
+                        long long points, const char *why);
 
 /* The payload limits of the consumer and the intake (from cf). */
 void fl_fanout_limits(fl_payload_limits_t *lim, const fl_config_t *cf);

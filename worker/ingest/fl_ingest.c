@@ -217,7 +217,8 @@ typedef struct batch {
     int            isolate;   /* storing one entry at a time */
     int            next;      /* isolate: the entry being stored */
     size_t         rows;      /* rows of this batch's committed writes */
-    size_t         published; /* points its script calls published */
+    size_t         published;  /* points its script calls published */
+    size_t         fan_failed; /* points whose shadow and fan-out failed */
     fl_cmd_ack_t  *acks;      /* the answers being applied (ACK_SLICE) */
     int           *ack_entry; /* their entries */
     int            nacks;
@@ -264,6 +265,7 @@ static struct {
     fl_idset_t          known;        /* devices with a registry row (lately) */
     struct event       *ev_hook;      /* FLEETD_TEST_HOOKS stall_before_xack */
     int64_t             hook_xack_ms; /* -1: no hook */
+    fl_fanout_log_t     fan_log;      /* records that failed in the script */
 } ing;
 
 static void step(void);
@@ -291,6 +293,7 @@ static int  read_new(int count, int64_t block_ms);
  * that more; readers take its first resume_keep entries (fl_wshub.c).
  * The pieces are shared with the intake's script (fl_fanout.h).
  */
+#define SHADOW_REPLY_HEAD 3 /* shadow_lua's reply before the deltas */
 static const char shadow_lua[] =
     /* KEYS: one shadow hash per entry (a device may repeat, in stream
      * order). ARGV[1] ttl_ms, ARGV[2] the length of the shadow key
@@ -321,9 +324,14 @@ static const char shadow_lua[] =
      * in the same script, so a WebSocket client that reads the list after
      * its SUBSCRIBE was confirmed misses nothing between the two. A
      * state change of a device with
-     * desired state recomputes its delta (fl_shadow.h); the script
-     * returns {device, delta, ...} for the deltas that changed, which the
-     * caller publishes. */
+     * desired state recomputes its delta (fl_shadow.h). The script
+     * returns {failed, last failure, published, device, delta, ...}: the
+     * points (a state message counts one) of the records that failed
+     * (each record is its own pcall:
+     * a device whose shadow or resume list key holds another type is
+     * stored but not shown, and costs the others nothing), the points
+     * published, and the deltas that changed, which the caller
+     * publishes. */
     FL_DELTA_LUA
     FL_FANOUT_LUA
     "local plen, dpfx, rpfx, a = tonumber(ARGV[2]), ARGV[3], ARGV[4], 9\n"
@@ -336,42 +344,59 @@ static const char shadow_lua[] =
     "  id = math.max(tonumber(redis.call('GET', ARGV[7]) or '0'), now - 1)\n"
     "  redis.call('SET', ARGV[7], string.format('%.0f', id + total))\n"
     "end\n"
-    "local out = {}\n"
-    "for k = 1, #KEYS do\n"
-    "  local key, mode = KEYS[k], ARGV[a]\n"
-    "  local seen, n = ARGV[a + 1], tonumber(ARGV[a + 2])\n"
+    /* one record (its arguments from a, n items, np messages): the
+     * shadow's delta when it changed, else nil */
+    "local function rec(key, mode, seen, a, n, np)\n"
     "  local dev = string.sub(key, plen + 1)\n"
-    "  a = a + 3\n"
     "  if mode == 't' then\n"
     "    local set, ex, rx = fl_newer(key, seen, ARGV, a, n)\n"
     "    a = a + 3 * n\n"
-    "    local np, ch, msgs = tonumber(ARGV[a]), ARGV[a + 1], {}\n"
+    "    local ch, msgs = ARGV[a + 1], {}\n"
     "    for i = a + 2, a + 1 + np do\n"
     "      id = id + 1\n"
     "      msgs[#msgs + 1] = '{\"type\":\"telemetry\",\"id\":\"' ..\n"
     "        string.format('%.0f', id) .. '\",' .. ARGV[i]\n"
     "    end\n"
-    "    a = a + 2 + np\n"
     "    fl_put(c, key, set, {}, ex, rx, rpfx .. dev, ch, msgs)\n"
-    "  else\n"
-    "    local cur = redis.call('HMGET', key, 'last_seen', '_e', '_r')\n"
-    "    local set, del = {}, {}\n"
-    "    if tonumber(cur[1] or '0') < tonumber(seen) then\n"
-    "      set[#set + 1] = 'last_seen'; set[#set + 1] = seen\n"
-    "    end\n"
-    "    for i = a, a + 2 * n - 1, 2 do\n"
-    "      if ARGV[i + 1] == '' then del[#del + 1] = 'r:' .. ARGV[i]\n"
-    "      else set[#set + 1] = 'r:' .. ARGV[i]; set[#set + 1] = ARGV[i + 1] "
-    "end\n"
-    "    end\n"
-    "    a = a + 2 * n + 1\n"
-    "    fl_put(c, key, set, del, cur[2], cur[3], nil, nil, {})\n"
-    "    local dkey = dpfx .. dev\n"
-    "    if redis.call('EXISTS', dkey) == 1 then\n"
-    "      local d = fl_delta(dkey, key)\n"
-    "      if d then out[#out + 1] = dev; out[#out + 1] = d end\n"
-    "    end\n"
+    "    return nil\n"
     "  end\n"
+    "  local cur = redis.call('HMGET', key, 'last_seen', '_e', '_r')\n"
+    "  local set, del = {}, {}\n"
+    "  if tonumber(cur[1] or '0') < tonumber(seen) then\n"
+    "    set[#set + 1] = 'last_seen'; set[#set + 1] = seen\n"
+    "  end\n"
+    "  for i = a, a + 2 * n - 1, 2 do\n"
+    "    if ARGV[i + 1] == '' then del[#del + 1] = 'r:' .. ARGV[i]\n"
+    "    else set[#set + 1] = 'r:' .. ARGV[i]; set[#set + 1] = ARGV[i + 1] "
+    "end\n"
+    "  end\n"
+    "  fl_put(c, key, set, del, cur[2], cur[3], nil, nil, {})\n"
+    "  local dkey = dpfx .. dev\n"
+    "  if redis.call('EXISTS', dkey) == 1 then\n"
+    "    local d = fl_delta(dkey, key)\n"
+    "    if d then return {dev, d} end\n"
+    "  end\n"
+    "  return nil\n"
+    "end\n"
+    /* a record that fails (a key of another type) costs only its own
+     * device: counted, the others go on, the batch is acknowledged */
+    "local out = {0, '', 0}\n"
+    "for k = 1, #KEYS do\n"
+    "  local mode, seen, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])\n"
+    "  local np, nx = 0, a + 4 + 2 * n\n"
+    "  if mode == 't' then\n"
+    "    np = tonumber(ARGV[a + 3 + 3 * n])\n"
+    "    nx = a + 5 + 3 * n + np\n"
+    "  end\n"
+    "  local ok, v = pcall(rec, KEYS[k], mode, seen, a + 3, n, np)\n"
+    "  if not ok then\n"
+    "    out[1] = out[1] + (mode == 't' and np or 1)\n"
+    "    out[2] = tostring(type(v) == 'table' and v.err or v)\n"
+    "  else\n"
+    "    out[3] = out[3] + np\n"
+    "    if v then out[#out + 1] = v[1]; out[#out + 1] = v[2] end\n"
+    "  end\n"
+    "  a = nx\n"
     "end\n"
     "return out\n";
 
@@ -965,7 +990,6 @@ static void fan_out(void)
         }
         g->fanning = 1;
         g->replies++;
-        g->published += c->published;
     }
     g->fanned = g->nchunks;
 }
@@ -1432,7 +1456,7 @@ static void publish_batch(void)
  * the retained message. */
 static void publish_deltas(const redisReply *reply)
 {
-    for (size_t i = 0; i + 1 < reply->elements; i += 2) {
+    for (size_t i = SHADOW_REPLY_HEAD; i + 1 < reply->elements; i += 2) {
         const redisReply *id = reply->element[i], *d = reply->element[i + 1];
 
         if (id->type == REDIS_REPLY_STRING && d->type == REDIS_REPLY_STRING)
@@ -1446,8 +1470,22 @@ static void on_published(fl_redis_t *r, redisReply *reply, void *ud)
     batch_t *b = ud;
 
     (void)r;
-    if (reply && reply->type == REDIS_REPLY_ARRAY)
+    if (reply && reply->type == REDIS_REPLY_ARRAY &&
+        reply->elements >= SHADOW_REPLY_HEAD &&
+        reply->element[0]->type == REDIS_REPLY_INTEGER &&
+        reply->element[2]->type == REDIS_REPLY_INTEGER) {
+        /* a shadow script's reply (the dead letters' are entry ids) */
+        b->published += (size_t)reply->element[2]->integer;
+        if (reply->element[0]->integer > 0) {
+            b->fan_failed += (size_t)reply->element[0]->integer;
+            fl_fanout_fail_log(&ing.fan_log, "stream consumer",
+                               reply->element[0]->integer,
+                               reply->element[1]->type == REDIS_REPLY_STRING
+                                   ? reply->element[1]->str
+                                   : "?");
+        }
         publish_deltas(reply);
+    }
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {
         if (reply && strncmp(reply->str, "NOSCRIPT", 8) == 0)
             ing.shadow_sha[0] = '\0'; /* script cache flushed: EVAL */
@@ -1538,8 +1576,6 @@ static void on_acked(fl_redis_t *r, redisReply *reply, void *ud)
                     continue;
                 }
                 stored++;
-                if (e->fanned) /* by the intake's script, as many */
-                    published += e->tele.npoints;
                 fl_hist_record(&st->e2e_latency_us,
                                (uint64_t)fl_max(0, now_ms - e->rx_ms) * 1000);
             } else if (e->kind == E_DEAD) {
@@ -1550,6 +1586,7 @@ static void on_acked(fl_redis_t *r, redisReply *reply, void *ud)
         }
         fl_shm_add(st->ingest_stored, stored);
         fl_shm_add(st->ingest_published, published);
+        fl_shm_add(st->ingest_fanout_failures, s->fan_failed);
         fl_shm_add(st->ingest_state, state_n);
         fl_shm_add(st->ingest_dead_lettered, dead_n);
         fl_shm_add(st->ingest_batches, 1);

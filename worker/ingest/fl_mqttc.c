@@ -223,8 +223,7 @@ static struct {
     int                 script_cached; /* EVAL done on this connection */
     int                 appending;     /* an append call is in flight */
     char                script_sha[48];
-    int64_t             fan_err_logged_at;
-    uint64_t            fan_err_quiet;
+    fl_fanout_log_t     fan_log; /* fan-outs that failed in the script */
 
     struct evdns_base *dns;
     struct event      *ev_tick;
@@ -902,25 +901,6 @@ static int send_append(entry_t *e)
     return FL_OK;
 }
 
-/* At most one line per DEDUP_LOG_EVERY_MS: a fan-out at append failed
- * (the message is in the stream all the same; dashboards miss it). */
-static void fan_err_log(long long n, const char *why)
-{
-    int64_t now = fl_now_ms();
-
-    if (mc.fan_err_logged_at &&
-        now - mc.fan_err_logged_at < DEDUP_LOG_EVERY_MS) {
-        mc.fan_err_quiet += (uint64_t)n;
-        return;
-    }
-    fl_warn("redis %s:%d: the shadow and fan-out of %lld message%s failed: "
-            "%s; stored all the same, not shown live%s",
-            mc.redis_host, mc.redis_port, n, n == 1 ? "" : "s", why,
-            mc.fan_err_quiet ? " (and earlier ones not logged)" : "");
-    mc.fan_err_logged_at = now;
-    mc.fan_err_quiet = 0;
-}
-
 /* The reply of an append script call (fl_fanout.h): the messages of the
  * call leave the FIFO's head in order, up to one that failed. */
 static void on_append(redisAsyncContext *c, void *r, void *priv)
@@ -938,22 +918,34 @@ static void on_append(redisAsyncContext *c, void *r, void *priv)
                    c->errstr);
         return;
     }
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 2 ||
-        reply->element[0]->type != REDIS_REPLY_INTEGER) {
+    if (reply->type != REDIS_REPLY_ARRAY ||
+        reply->elements < FL_FANOUT_APPEND_HEAD ||
+        reply->element[0]->type != REDIS_REPLY_INTEGER ||
+        reply->element[2]->type != REDIS_REPLY_INTEGER) {
         redis_fail(1, "append of %d message%s to redis %s:%d failed: %s", n,
                    n == 1 ? "" : "s", mc.redis_host, mc.redis_port,
                    reply->type == REDIS_REPLY_ERROR ? reply->str
                                                     : "unexpected reply");
         return;
     }
-    if (reply->element[0]->integer > 0)
-        fan_err_log(reply->element[0]->integer,
-                    reply->element[1]->type == REDIS_REPLY_STRING
-                        ? reply->element[1]->str
-                        : "?");
+    /* what the script published counts now: those messages are shown
+     * whether or not they are ever stored (the consumer does not count
+     * the entries marked f = 1); a fan-out that failed is counted as such */
+    if (reply->element[0]->integer > 0) {
+        fl_shm_add(mc.stats->ingest_fanout_failures,
+                   (uint64_t)reply->element[0]->integer);
+        fl_fanout_fail_log(&mc.fan_log, "intake",
+                           reply->element[0]->integer,
+                           reply->element[1]->type == REDIS_REPLY_STRING
+                               ? reply->element[1]->str
+                               : "?");
+    }
+    if (reply->element[2]->integer > 0)
+        fl_shm_add(mc.stats->ingest_published,
+                   (uint64_t)reply->element[2]->integer);
     for (int i = 0; i < n && mc.head; i++) {
-        const redisReply *x =
-            (size_t)i + 2 < reply->elements ? reply->element[i + 2] : NULL;
+        const size_t      k = (size_t)i + FL_FANOUT_APPEND_HEAD;
+        const redisReply *x = k < reply->elements ? reply->element[k] : NULL;
 
         if (x == NULL || x->type != REDIS_REPLY_STRING || x->str[0] == '!') {
             redis_fail(1, "XADD %s to redis %s:%d failed: %s", mc.ingest_key,

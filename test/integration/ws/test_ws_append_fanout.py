@@ -18,7 +18,9 @@ dashboard must see:
 - across a worker killed with SIGKILL in the middle of a burst, a
   message is shown as many times as the stream holds it: a broker
   redelivery that the dedup record catches is neither appended nor shown
-  again.
+  again;
+- a device whose shadow update Redis refuses costs only its own live
+  updates, in either script: stored, acknowledged, counted as a failure.
 """
 
 import json
@@ -239,4 +241,57 @@ def test_sigkill_mid_burst_shows_each_entry_once(ingest):  # noqa: F811
             if shown.get(s) != in_stream.get(s)}
     assert not diff, "shown vs in the stream (f=1): %r" % (
         list(diff.items())[:20],)
+    c.close()
+
+
+@pytest.mark.parametrize("env", [None, NO_FANOUT], ids=["append", "consumer"])
+@pytest.mark.timeout(90)
+def test_failed_fanout_is_stored_counted_and_costs_no_other_device(
+        ingest, env):  # noqa: F811
+    """A device whose shadow key holds a foreign value (a plain string,
+    as an operator's stray SET leaves it) makes its shadow update and
+    fan-out fail with WRONGTYPE, and its reported state's merge. Interleaved
+    with a healthy device's messages: every message of both is stored and
+    acknowledged, the healthy device's are shown and its shadow kept, the
+    failed ones are counted as failures (a state message as one) and not
+    as published, the log says so, and once the key is cleared the device
+    is shown again."""
+    ctx = node(ingest, env, workers=1)
+    good, bad = ctx.dev("fgood"), ctx.dev("fbad")
+    ctx.wait_idle()
+    pub0 = ctx.metric_sum("fleetd_ingest_published_total") or 0
+    fail0 = ctx.metric_sum("fleetd_ingest_fanout_failures_total") or 0
+    ctx.redis.set(ctx.shadow_key(bad), "not a hash")
+    c = WsClient.connect(ctx.f)
+    c.subscribe([good, bad])
+    base_ts = now_ms() - 60000
+    n = 10
+    for s in range(n):
+        ctx.send(good, {"ts": base_ts + s, "seq": s})
+        ctx.send(bad, {"ts": base_ts + s, "seq": s})
+    ctx.send(bad, {"fw": "9"}, kind="state")
+    ctx.send(good, {"fw": "9"}, kind="state")
+    ctx.wait_shadow(good, lambda h: h.get("r:fw") == '"9"')
+    ctx.wait_rows(good, n)
+    ctx.wait_rows(bad, n)
+    got = c.wait_telemetry(n, device=good, timeout=15)
+    assert [seq_of(m) for m in got] == list(range(n)), got
+    ctx.wait_idle()
+    c.drain(quiet=0.5)
+    assert c.telemetry(bad) == [], "shown without its shadow update"
+    assert len(c.telemetry(good)) == n
+    assert int(ctx.shadow(good)["v:seq"]) == n - 1
+    assert ctx.redis.get(ctx.shadow_key(bad)) == b"not a hash"
+    assert ctx.metric_sum("fleetd_ingest_published_total") - pub0 == n
+    assert ctx.metric_sum("fleetd_ingest_fanout_failures_total") - fail0 \
+        == n + 1
+    assert "WRONGTYPE" in ctx.f.log_text()
+    assert ctx.count_rows(good) == n and ctx.count_rows(bad) == n
+    assert ctx.redis.xpending(ctx.stream_key, "fleetd")["pending"] == 0
+    # cleared, the device is shown and has a shadow again
+    ctx.redis.delete(ctx.shadow_key(bad))
+    ctx.send(bad, {"ts": base_ts + n, "seq": n})
+    got = c.wait_telemetry(1, device=bad, timeout=15)
+    assert [seq_of(m) for m in got] == [n], got
+    ctx.wait_shadow(bad, lambda h: h.get("v:seq") == str(n))
     c.close()
