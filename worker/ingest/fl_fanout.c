@@ -177,21 +177,37 @@ void fl_fanout_sha(char out[41])
         snprintf(out + 2 * i, 3, "%02x", md[i]);
 }
 
-void fl_fanout_fail_log(fl_fanout_log_t *l, const char *where,
-                        long long points, const char *why)
+int fl_fanout_reply_head(const redisReply *reply, fl_fanout_log_t *l,
+                         const char *where, uint64_t *failed,
+                         uint64_t *published)
 {
-    int64_t now = fl_now_ms();
+    const redisReply *why;
+    int64_t           now;
 
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY ||
+        reply->elements < FL_FANOUT_REPLY_HEAD ||
+        reply->element[0]->type != REDIS_REPLY_INTEGER ||
+        reply->element[2]->type != REDIS_REPLY_INTEGER ||
+        reply->element[0]->integer < 0 || reply->element[2]->integer < 0)
+        return -1;
+    *failed = (uint64_t)reply->element[0]->integer;
+    *published = (uint64_t)reply->element[2]->integer;
+    if (*failed == 0)
+        return 0;
+    now = fl_now_ms();
     if (l->logged_at && now - l->logged_at < FL_FANOUT_LOG_EVERY_MS) {
-        l->quiet += (uint64_t)points;
-        return;
+        l->quiet += *failed;
+        return 0;
     }
-    fl_warn("%s: the shadow update and fan-out of %lld point%s failed in "
-            "redis: %s; stored all the same, not shown live%s",
-            where, points, points == 1 ? "" : "s", why,
+    why = reply->element[1];
+    fl_warn("%s: the shadow update and fan-out of %" PRIu64 " point%s failed "
+            "in redis: %s; stored all the same, not shown live%s",
+            where, *failed, *failed == 1 ? "" : "s",
+            why->type == REDIS_REPLY_STRING ? why->str : "?",
             l->quiet ? " (and earlier ones not logged)" : "");
     l->logged_at = now;
     l->quiet = 0;
+    return 0;
 }
 
 void fl_fanout_limits(fl_payload_limits_t *lim, const fl_config_t *cf)

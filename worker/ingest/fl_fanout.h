@@ -43,6 +43,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <hiredis/hiredis.h>
+
 #include "fl_config.h"
 #include "fl_enc.h"
 #include "fl_payload.h"
@@ -197,7 +199,6 @@
  */
 extern const char fl_fanout_append_lua[];
 #define FL_FANOUT_APPEND_ARGV 9
-#define FL_FANOUT_APPEND_HEAD 3 /* reply elements before the entry ids */
 #define FL_FANOUT_MSG_ARGS    5 /* before fl_fanout_message()'s */
 
 /* A point at most max_clock_skew - this much past fleetd's clock goes as
@@ -208,17 +209,26 @@ extern const char fl_fanout_append_lua[];
 /* The SHA1 of fl_fanout_append_lua in hex, for EVALSHA. */
 void fl_fanout_sha(char out[41]);
 
-/* A script's shadow and fan-out failures (a device's shadow or resume
- * list key holding another type, say), logged by fl_fanout_fail_log() at
- * most once per FL_FANOUT_LOG_EVERY_MS per l; where names the caller. The
- * messages are stored all the same. */
+/*
+ * The head that the replies of both shadow/fan-out scripts (the intake's
+ * fl_fanout_append_lua and the consumer's) start with:
+ * {failed, last failure, published} - the points (a state message counts
+ * one) whose shadow update and fan-out failed, the last error, the points
+ * published. fl_fanout_reply_head() reads it into *failed and *published
+ * and logs failures (a device's shadow or resume list key holding another
+ * type, say: the messages are stored all the same) at most once per
+ * FL_FANOUT_LOG_EVERY_MS per l, naming the caller (where). Returns 0, or
+ * -1 when reply does not start with such a head.
+ */
+#define FL_FANOUT_REPLY_HEAD   3
 #define FL_FANOUT_LOG_EVERY_MS 10000
 typedef struct {
     int64_t  logged_at;
     uint64_t quiet; /* points not logged since */
 } fl_fanout_log_t;
-void fl_fanout_fail_log(fl_fanout_log_t *l, const char *where,
-                        long long points, const char *why);
+int fl_fanout_reply_head(const redisReply *reply, fl_fanout_log_t *l,
+                         const char *where, uint64_t *failed,
+                         uint64_t *published);
 
 /* The payload limits of the consumer and the intake (from cf). */
 void fl_fanout_limits(fl_payload_limits_t *lim, const fl_config_t *cf);

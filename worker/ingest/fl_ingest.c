@@ -217,8 +217,8 @@ typedef struct batch {
     int            isolate;   /* storing one entry at a time */
     int            next;      /* isolate: the entry being stored */
     size_t         rows;      /* rows of this batch's committed writes */
-    size_t         published;  /* points its script calls published */
-    size_t         fan_failed; /* points whose shadow and fan-out failed */
+    uint64_t       published;  /* points its script calls published */
+    uint64_t       fan_failed; /* points whose shadow and fan-out failed */
     fl_cmd_ack_t  *acks;      /* the answers being applied (ACK_SLICE) */
     int           *ack_entry; /* their entries */
     int            nacks;
@@ -293,7 +293,6 @@ static int  read_new(int count, int64_t block_ms);
  * that more; readers take its first resume_keep entries (fl_wshub.c).
  * The pieces are shared with the intake's script (fl_fanout.h).
  */
-#define SHADOW_REPLY_HEAD 3 /* shadow_lua's reply before the deltas */
 static const char shadow_lua[] =
     /* KEYS: one shadow hash per entry (a device may repeat, in stream
      * order). ARGV[1] ttl_ms, ARGV[2] the length of the shadow key
@@ -1456,7 +1455,7 @@ static void publish_batch(void)
  * the retained message. */
 static void publish_deltas(const redisReply *reply)
 {
-    for (size_t i = SHADOW_REPLY_HEAD; i + 1 < reply->elements; i += 2) {
+    for (size_t i = FL_FANOUT_REPLY_HEAD; i + 1 < reply->elements; i += 2) {
         const redisReply *id = reply->element[i], *d = reply->element[i + 1];
 
         if (id->type == REDIS_REPLY_STRING && d->type == REDIS_REPLY_STRING)
@@ -1468,22 +1467,14 @@ static void publish_deltas(const redisReply *reply)
 static void on_published(fl_redis_t *r, redisReply *reply, void *ud)
 {
     batch_t *b = ud;
+    uint64_t failed, published;
 
     (void)r;
-    if (reply && reply->type == REDIS_REPLY_ARRAY &&
-        reply->elements >= SHADOW_REPLY_HEAD &&
-        reply->element[0]->type == REDIS_REPLY_INTEGER &&
-        reply->element[2]->type == REDIS_REPLY_INTEGER) {
-        /* a shadow script's reply (the dead letters' are entry ids) */
-        b->published += (size_t)reply->element[2]->integer;
-        if (reply->element[0]->integer > 0) {
-            b->fan_failed += (size_t)reply->element[0]->integer;
-            fl_fanout_fail_log(&ing.fan_log, "stream consumer",
-                               reply->element[0]->integer,
-                               reply->element[1]->type == REDIS_REPLY_STRING
-                                   ? reply->element[1]->str
-                                   : "?");
-        }
+    /* a shadow script's reply (the dead letters' are entry ids) */
+    if (fl_fanout_reply_head(reply, &ing.fan_log, "stream consumer", &failed,
+                             &published) == 0) {
+        b->published += published;
+        b->fan_failed += failed;
         publish_deltas(reply);
     }
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR) {

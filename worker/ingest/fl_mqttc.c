@@ -908,6 +908,7 @@ static void on_append(redisAsyncContext *c, void *r, void *priv)
     redisReply *reply = r;
     entry_t    *e = priv;
     int         n = e->group, expire = e->expire;
+    uint64_t    failed, published;
 
     if (!current(c))
         return;
@@ -918,10 +919,8 @@ static void on_append(redisAsyncContext *c, void *r, void *priv)
                    c->errstr);
         return;
     }
-    if (reply->type != REDIS_REPLY_ARRAY ||
-        reply->elements < FL_FANOUT_APPEND_HEAD ||
-        reply->element[0]->type != REDIS_REPLY_INTEGER ||
-        reply->element[2]->type != REDIS_REPLY_INTEGER) {
+    if (fl_fanout_reply_head(reply, &mc.fan_log, "intake", &failed,
+                             &published) != 0) {
         redis_fail(1, "append of %d message%s to redis %s:%d failed: %s", n,
                    n == 1 ? "" : "s", mc.redis_host, mc.redis_port,
                    reply->type == REDIS_REPLY_ERROR ? reply->str
@@ -931,20 +930,10 @@ static void on_append(redisAsyncContext *c, void *r, void *priv)
     /* what the script published counts now: those messages are shown
      * whether or not they are ever stored (the consumer does not count
      * the entries marked f = 1); a fan-out that failed is counted as such */
-    if (reply->element[0]->integer > 0) {
-        fl_shm_add(mc.stats->ingest_fanout_failures,
-                   (uint64_t)reply->element[0]->integer);
-        fl_fanout_fail_log(&mc.fan_log, "intake",
-                           reply->element[0]->integer,
-                           reply->element[1]->type == REDIS_REPLY_STRING
-                               ? reply->element[1]->str
-                               : "?");
-    }
-    if (reply->element[2]->integer > 0)
-        fl_shm_add(mc.stats->ingest_published,
-                   (uint64_t)reply->element[2]->integer);
+    fl_shm_add(mc.stats->ingest_fanout_failures, failed);
+    fl_shm_add(mc.stats->ingest_published, published);
     for (int i = 0; i < n && mc.head; i++) {
-        const size_t      k = (size_t)i + FL_FANOUT_APPEND_HEAD;
+        const size_t      k = (size_t)i + FL_FANOUT_REPLY_HEAD;
         const redisReply *x = k < reply->elements ? reply->element[k] : NULL;
 
         if (x == NULL || x->type != REDIS_REPLY_STRING || x->str[0] == '!') {
